@@ -1,0 +1,1 @@
+//! RabbitMQ adapter for socketioxide (work in progress, see issue 3).
