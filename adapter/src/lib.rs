@@ -1,1 +1,5 @@
-//! RabbitMQ adapter for socketioxide (work in progress, see issue 3).
+#![warn(missing_docs)]
+//! RabbitMQ (AMQP 0.9.1) adapter for [socketioxide](https://docs.rs/socketioxide), wire-compatible
+//! with python-socketio's message queue (work in progress, see issue 3).
+
+pub mod wire;
