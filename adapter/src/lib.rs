@@ -2,4 +2,5 @@
 //! RabbitMQ (AMQP 0.9.1) adapter for [socketioxide](https://docs.rs/socketioxide), wire-compatible
 //! with python-socketio's message queue (work in progress, see issue 3).
 
+pub mod broker;
 pub mod wire;

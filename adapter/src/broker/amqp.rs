@@ -1,0 +1,488 @@
+//! The RabbitMQ driver (lapin).
+//!
+//! ## Topology
+//!
+//! * Exchange: the configured name (default `flask-socketio`), `fanout`, durable=false,
+//!   auto_delete=false, internal=false, no arguments: exactly what python-socketio's
+//!   `KombuManager` and `AsyncAioPikaManager` declare. Any other flag makes RabbitMQ refuse the
+//!   declaration (406 PRECONDITION_FAILED) when a Python server declared it first, or the reverse.
+//! * Own queue: `socketioxide-amqp.<uuid4>` (or a configured name), durable=false,
+//!   exclusive=false, auto_delete=false, `x-expires` = 5 minutes by default (like Python's queues),
+//!   bound to the exchange with routing key `""`.
+//!
+//!   The queue is deliberately **not** exclusive: an exclusive queue dies with its connection, so
+//!   everything published during a client-side network blip would be lost. A named queue with
+//!   `x-expires` survives the blip; the reconnect loop redeclares it under the same name and the
+//!   buffered messages are delivered. A crashed instance leaves its queue behind for `x-expires`.
+//! * Direct messages (replies to one instance) go through the default exchange (`""`) with the
+//!   destination queue name as routing key, so they reach that instance only.
+//!
+//! Messages are published with `content_type=text/plain`, `content_encoding=utf-8` and
+//! `delivery_mode=2`, like kombu does; received bodies are parsed as JSON whatever their
+//! properties. Deliveries are acknowledged once handed to the adapter (prefetch 256 by default).
+//!
+//! ## Reconnection
+//!
+//! lapin 4 can recover a connection itself (`ConnectionProperties::enable_auto_recover`, which
+//! replays the declared topology). We do not use it: its TCP retries are bounded (16 attempts by
+//! default) after which the connection is dead for good, which does not fit a long broker outage.
+//! Instead a supervisor task owns the connection; when the consumer stream ends or a publish fails
+//! on a dead connection it reconnects with exponential backoff (100 ms to 10 s by default, without
+//! limit) and redeclares the exchange, the queue, the binding and the consumer.
+//! While disconnected, publishing fails at once with [`BrokerError::NotConnected`]; local delivery
+//! in the adapter is not affected.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, RwLock, Weak,
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable},
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::{BrokerError, Driver, MessageStream};
+
+/// Configuration of the RabbitMQ connection and topology.
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    /// The broker URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub uri: String,
+    /// The fanout exchange shared with the other instances (default `flask-socketio`, the
+    /// Flask-SocketIO default; plain python-socketio uses `socketio`).
+    pub exchange: String,
+    /// The name of the own queue (default `socketioxide-amqp.<uuid4>`).
+    pub queue_name: Option<String>,
+    /// The `x-expires` argument of the own queue (default 5 minutes; `None` for none).
+    pub queue_expires: Option<Duration>,
+    /// How many unacknowledged deliveries the broker may push at once (default 256).
+    pub prefetch: u16,
+    /// Wait for the broker to confirm each publish (default true). A refused publish is then an
+    /// error; without confirms only a dead connection is.
+    pub publisher_confirms: bool,
+    /// First delay of the reconnect backoff (default 100 ms).
+    pub reconnect_min: Duration,
+    /// Largest delay of the reconnect backoff (default 10 s).
+    pub reconnect_max: Duration,
+    /// Capacity of the channel between the consumer and the adapter (default 1024).
+    pub buffer: usize,
+}
+
+impl AmqpConfig {
+    /// A configuration with the defaults and the given broker URI.
+    pub fn new(uri: impl Into<String>) -> Self {
+        Self {
+            uri: uri.into(),
+            exchange: "flask-socketio".to_owned(),
+            queue_name: None,
+            queue_expires: Some(Duration::from_secs(300)),
+            prefetch: 256,
+            publisher_confirms: true,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+            buffer: 1024,
+        }
+    }
+    /// Sets the exchange name.
+    pub fn with_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+    /// Sets the own queue name.
+    pub fn with_queue_name(mut self, name: impl Into<String>) -> Self {
+        self.queue_name = Some(name.into());
+        self
+    }
+    /// Sets the `x-expires` of the own queue.
+    pub fn with_queue_expires(mut self, expires: Option<Duration>) -> Self {
+        self.queue_expires = expires;
+        self
+    }
+    /// Sets the consumer prefetch.
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+    /// Enables or disables publisher confirms.
+    pub fn with_publisher_confirms(mut self, confirms: bool) -> Self {
+        self.publisher_confirms = confirms;
+        self
+    }
+    /// Sets the reconnect backoff bounds.
+    pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max.max(min);
+        self
+    }
+}
+
+/// A RabbitMQ connection with python-socketio's topology, kept alive by a reconnect loop.
+///
+/// Cloning gives another handle to the same connection.
+#[derive(Clone)]
+pub struct AmqpDriver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: AmqpConfig,
+    queue: String,
+    channel: RwLock<Option<Channel>>,
+    broken: Arc<Notify>,
+    closed: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    rx: Mutex<Option<MessageStream>>,
+}
+
+impl std::fmt::Debug for AmqpDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpDriver")
+            .field("exchange", &self.inner.config.exchange)
+            .field("queue", &self.inner.queue)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+struct Session {
+    conn: Connection,
+    channel: Channel,
+    consumer: Option<Consumer>,
+}
+
+enum End {
+    Stop,
+    Lost,
+}
+
+impl AmqpDriver {
+    /// Connects, declares the exchange and the own queue, and starts consuming.
+    ///
+    /// The first connection must succeed (so that a wrong URI or credentials are reported);
+    /// later losses are handled by the reconnect loop. Must be called within a tokio runtime.
+    pub async fn connect(config: AmqpConfig) -> Result<Self, BrokerError> {
+        Self::start(config, true).await
+    }
+
+    /// Connects and declares the exchange, without a queue: the driver can only publish.
+    /// Used by the [`Emitter`](crate::Emitter).
+    pub async fn connect_publisher(config: AmqpConfig) -> Result<Self, BrokerError> {
+        Self::start(config, false).await
+    }
+
+    async fn start(config: AmqpConfig, consume: bool) -> Result<Self, BrokerError> {
+        let queue = config
+            .queue_name
+            .clone()
+            .unwrap_or_else(|| format!("socketioxide-amqp.{}", uuid::Uuid::new_v4()));
+        let session = open_session(&config, &queue, consume).await?;
+        let (tx, rx) = mpsc::channel(config.buffer.max(1));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            config,
+            queue,
+            channel: RwLock::new(Some(session.channel.clone())),
+            broken: Arc::new(Notify::new()),
+            closed: AtomicBool::new(false),
+            shutdown,
+            rx: Mutex::new(consume.then(|| MessageStream::new(rx))),
+        });
+        tracing::info!(
+            exchange = %inner.config.exchange,
+            queue = %inner.queue,
+            "connected to the AMQP broker"
+        );
+        tokio::spawn(supervise(
+            Arc::downgrade(&inner),
+            inner.broken.clone(),
+            shutdown_rx,
+            tx,
+            session,
+        ));
+        Ok(Self { inner })
+    }
+
+    /// Whether a broker connection is currently up.
+    pub fn is_connected(&self) -> bool {
+        read(&self.inner.channel)
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
+    }
+
+    /// The exchange name.
+    pub fn exchange(&self) -> &str {
+        &self.inner.config.exchange
+    }
+
+    async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+    ) -> Result<(), BrokerError> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(BrokerError::Closed);
+        }
+        let Some(channel) = read(&self.inner.channel).clone() else {
+            return Err(BrokerError::NotConnected);
+        };
+        let props = BasicProperties::default()
+            .with_content_type("text/plain".into())
+            .with_content_encoding("utf-8".into())
+            .with_delivery_mode(2);
+        let res = async {
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props,
+                )
+                .await?
+                .await
+        }
+        .await;
+        match res {
+            Ok(Confirmation::Nack(_)) => Err(BrokerError::Nacked),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Let the supervisor check the connection and reconnect if it is dead.
+                self.inner.broken.notify_one();
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Driver for AmqpDriver {
+    async fn publish(&self, body: Vec<u8>) -> Result<(), BrokerError> {
+        self.publish_raw(&self.inner.config.exchange, "", &body)
+            .await
+    }
+
+    async fn send_to(&self, queue: &str, body: Vec<u8>) -> Result<(), BrokerError> {
+        self.publish_raw("", queue, &body).await
+    }
+
+    fn queue_name(&self) -> &str {
+        &self.inner.queue
+    }
+
+    fn subscribe(&self) -> Option<MessageStream> {
+        self.inner
+            .rx
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        self.inner.shutdown.send_replace(true);
+        write(&self.inner.channel).take();
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn open_session(
+    config: &AmqpConfig,
+    queue: &str,
+    consume: bool,
+) -> Result<Session, BrokerError> {
+    let props = ConnectionProperties::default().with_connection_name(
+        format!(
+            "socketioxide-amqp {}",
+            if consume { queue } else { "publisher" }
+        )
+        .into(),
+    );
+    let conn = Connection::connect(&config.uri, props).await?;
+    let channel = conn.create_channel().await?;
+    if config.publisher_confirms {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
+    channel
+        .exchange_declare(
+            config.exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: false,
+                durable: false,
+                auto_delete: false,
+                internal: false,
+                nowait: false,
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = if consume {
+        let mut args = FieldTable::default();
+        if let Some(expires) = config.queue_expires {
+            let ms = i32::try_from(expires.as_millis())
+                .unwrap_or(i32::MAX)
+                .max(1);
+            args.insert("x-expires".into(), AMQPValue::LongInt(ms));
+        }
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: false,
+                    durable: false,
+                    exclusive: false,
+                    auto_delete: false,
+                    nowait: false,
+                },
+                args,
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                config.exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await?;
+        Some(
+            channel
+                .basic_consume(
+                    queue.into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?,
+        )
+    } else {
+        None
+    };
+    Ok(Session {
+        conn,
+        channel,
+        consumer,
+    })
+}
+
+/// Owns the connection: forwards deliveries, and reconnects when the connection is lost.
+async fn supervise(
+    inner: Weak<Inner>,
+    broken: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+    tx: mpsc::Sender<Vec<u8>>,
+    mut session: Session,
+) {
+    loop {
+        let end = run_session(&broken, &mut shutdown, &tx, &mut session).await;
+        let _ = session.conn.close(200, "bye".into()).await;
+        let Some(config) = inner.upgrade().map(|i| i.config.clone()) else {
+            return;
+        };
+        if let Some(i) = inner.upgrade() {
+            write(&i.channel).take();
+        }
+        if matches!(end, End::Stop) {
+            return;
+        }
+        tracing::warn!(exchange = %config.exchange, "lost the AMQP connection; reconnecting");
+        let consume = session.consumer.is_some();
+        let mut delay = config.reconnect_min;
+        session = loop {
+            let Some(queue) = inner.upgrade().map(|i| i.queue.clone()) else {
+                return;
+            };
+            if *shutdown.borrow() {
+                return;
+            }
+            match open_session(&config, &queue, consume).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "AMQP reconnect failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    delay = (delay * 2).min(config.reconnect_max);
+                }
+            }
+        };
+        let Some(i) = inner.upgrade() else {
+            return;
+        };
+        *write(&i.channel) = Some(session.channel.clone());
+        tracing::info!(exchange = %config.exchange, queue = %i.queue, "reconnected to the AMQP broker");
+    }
+}
+
+async fn run_session(
+    broken: &Notify,
+    shutdown: &mut watch::Receiver<bool>,
+    tx: &mpsc::Sender<Vec<u8>>,
+    session: &mut Session,
+) -> End {
+    loop {
+        if *shutdown.borrow() {
+            return End::Stop;
+        }
+        let next = async {
+            match session.consumer.as_mut() {
+                Some(c) => c.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            delivery = next => match delivery {
+                Some(Ok(delivery)) => {
+                    if tx.send(delivery.data).await.is_err() {
+                        // Nobody reads anymore.
+                        return End::Stop;
+                    }
+                    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                        tracing::debug!(error = %e, "cannot ack a delivery");
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "AMQP consumer error");
+                    return End::Lost;
+                }
+                None => return End::Lost,
+            },
+            _ = broken.notified() => {
+                if !session.conn.status().connected() || !session.channel.status().connected() {
+                    return End::Lost;
+                }
+            }
+            res = shutdown.changed() => {
+                if res.is_err() || *shutdown.borrow() {
+                    return End::Stop;
+                }
+            }
+        }
+    }
+}
