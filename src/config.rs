@@ -1,0 +1,413 @@
+//! Configuration: one [`Config`], loaded once from a vantage6 4.x server
+//! configuration file, our own `v6_socketio` section in that file,
+//! environment variables and command-line flags, and validated up front.
+//!
+//! Precedence for our own settings is flag > environment > file > default.
+//! clap resolves "flag > environment" (see [`ServeOverrides`]); this module
+//! layers the result over the file and the defaults.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::database_url::{DatabaseUrl, DatabaseUrlError};
+
+/// Default Engine.IO ping interval, as vantage6 (Engine.IO's default).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+/// Default Engine.IO ping timeout, as vantage6 sets it explicitly.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default pause between two offline sweeps: vantage6's node ping interval + 5 s.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(65);
+/// Default largest accepted Engine.IO payload, as python-engineio.
+pub const DEFAULT_MAX_PAYLOAD: u64 = 1_000_000;
+/// Default Socket.IO path, as Flask-SocketIO.
+pub const DEFAULT_PATH: &str = "/socket.io/";
+/// Default listen port (vantage6's REST API uses 7601 in its own examples;
+/// we default one above so both can run side by side).
+pub const DEFAULT_PORT: u16 = 7602;
+
+/// A problem with the configuration; every variant names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML or a key has the wrong type.
+    #[error("invalid configuration file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What serde said.
+        message: String,
+    },
+    /// A required setting is absent.
+    #[error("missing setting `{0}`: {1}")]
+    Missing(&'static str, &'static str),
+    /// A setting has an unusable value.
+    #[error("invalid setting `{name}`: {message}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// `uri` could not be understood.
+    #[error("invalid setting `uri`: {0}")]
+    DatabaseUrl(#[from] DatabaseUrlError),
+    /// `rabbitmq.uri` and the legacy `rabbitmq_uri` disagree.
+    #[error(
+        "conflicting settings `rabbitmq.uri` ({nested}) and legacy `rabbitmq_uri` ({legacy}): \
+         vantage6 4.x only reads `rabbitmq.uri`; remove one"
+    )]
+    ConflictingRabbitMq {
+        /// `rabbitmq.uri`, credentials hidden.
+        nested: String,
+        /// `rabbitmq_uri`, credentials hidden.
+        legacy: String,
+    },
+}
+
+/// Which origins may open cross-origin connections (`cors_allowed_origins`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: every origin (vantage6's default).
+    Any,
+    /// Only these origins, compared as exact strings (as Flask-SocketIO does).
+    List(Vec<String>),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration of one `serve` run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HS256 secret shared with the vantage6 REST API (`jwt_secret_key`).
+    pub jwt_secret_key: String,
+    /// The vantage6 database (`uri`).
+    pub database: DatabaseUrl,
+    /// RabbitMQ URI for cross-instance delivery (`rabbitmq.uri` or legacy `rabbitmq_uri`).
+    pub rabbitmq_uri: Option<String>,
+    /// `cors_allowed_origins`.
+    pub cors_allowed_origins: CorsOrigins,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Socket.IO path, e.g. `/socket.io/`.
+    pub path: String,
+    /// Engine.IO ping interval.
+    pub ping_interval: Duration,
+    /// Engine.IO ping timeout.
+    pub ping_timeout: Duration,
+    /// Pause between two offline sweeps.
+    pub sweep_interval: Duration,
+    /// Largest accepted Engine.IO payload in bytes.
+    pub max_payload: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Settings that flags or environment variables may override. Each field is
+/// `None` when neither was given.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeOverrides {
+    /// IP address to listen on [default: 0.0.0.0]
+    #[arg(long, env = "V6_SOCKETIO_IP")]
+    pub ip: Option<IpAddr>,
+    /// Port to listen on [default: 7602]
+    #[arg(long, env = "V6_SOCKETIO_PORT")]
+    pub port: Option<u16>,
+    /// Socket.IO path [default: /socket.io/]
+    #[arg(long, env = "V6_SOCKETIO_PATH")]
+    pub path: Option<String>,
+    /// Engine.IO ping interval in seconds [default: 25]
+    #[arg(long, env = "V6_SOCKETIO_PING_INTERVAL")]
+    pub ping_interval: Option<f64>,
+    /// Engine.IO ping timeout in seconds [default: 60]
+    #[arg(long, env = "V6_SOCKETIO_PING_TIMEOUT")]
+    pub ping_timeout: Option<f64>,
+    /// Seconds between two sweeps that mark silent nodes offline [default: 65]
+    #[arg(long, env = "V6_SOCKETIO_SWEEP_INTERVAL")]
+    pub sweep_interval: Option<f64>,
+    /// Largest accepted Engine.IO payload in bytes [default: 1000000]
+    #[arg(long, env = "V6_SOCKETIO_MAX_PAYLOAD")]
+    pub max_payload: Option<u64>,
+    /// Log format [default: text]
+    #[arg(long, env = "V6_SOCKETIO_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The parts of a vantage6 4.x server configuration file that we read.
+/// Unknown keys are ignored.
+#[derive(Debug, Default, Deserialize)]
+struct FileConfig {
+    jwt_secret_key: Option<String>,
+    uri: Option<String>,
+    rabbitmq: Option<RabbitMqSection>,
+    rabbitmq_uri: Option<String>,
+    cors_allowed_origins: Option<CorsValue>,
+    #[serde(default)]
+    v6_socketio: OwnSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RabbitMqSection {
+    uri: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CorsValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Our own section, `v6_socketio:` in the vantage6 file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnSection {
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+    path: Option<String>,
+    ping_interval: Option<f64>,
+    ping_timeout: Option<f64>,
+    sweep_interval: Option<f64>,
+    max_payload: Option<u64>,
+    log_format: Option<LogFormat>,
+}
+
+/// What [`Config::load`] noticed but accepted; the caller logs these once
+/// logging is set up.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ConfigWarnings(pub Vec<String>);
+
+impl Config {
+    /// Reads `path` and applies `overrides`.
+    pub fn load(
+        path: &Path,
+        overrides: &ServeOverrides,
+    ) -> Result<(Config, ConfigWarnings), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, overrides).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses the text of a configuration file and applies `overrides`.
+    pub fn from_yaml(
+        text: &str,
+        overrides: &ServeOverrides,
+    ) -> Result<(Config, ConfigWarnings), ConfigError> {
+        let file: FileConfig = if text.trim().is_empty() {
+            FileConfig::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                path: PathBuf::new(),
+                message: e.to_string(),
+            })?
+        };
+        Self::from_parts(file, overrides)
+    }
+
+    fn from_parts(
+        file: FileConfig,
+        overrides: &ServeOverrides,
+    ) -> Result<(Config, ConfigWarnings), ConfigError> {
+        let mut warnings = ConfigWarnings::default();
+        let jwt_secret_key =
+            file.jwt_secret_key
+                .filter(|k| !k.is_empty())
+                .ok_or(ConfigError::Missing(
+                    "jwt_secret_key",
+                    "vantage6 generates a random one per process when it is absent, \
+                 so its tokens could never be verified here; set the same value in both",
+                ))?;
+        let uri = file.uri.ok_or(ConfigError::Missing(
+            "uri",
+            "the vantage6 database URL, e.g. sqlite:///vantage6.sqlite or postgresql://user@host/db",
+        ))?;
+        let database = DatabaseUrl::parse(&uri)?;
+
+        let nested = file.rabbitmq.and_then(|r| r.uri).filter(|u| !u.is_empty());
+        let legacy = file.rabbitmq_uri.filter(|u| !u.is_empty());
+        let rabbitmq_uri = match (nested, legacy) {
+            (Some(n), Some(l)) if n != l => {
+                return Err(ConfigError::ConflictingRabbitMq {
+                    nested: redact_uri(&n),
+                    legacy: redact_uri(&l),
+                })
+            }
+            (Some(n), _) => Some(n),
+            (None, Some(l)) => {
+                warnings.0.push(format!(
+                    "legacy top-level `rabbitmq_uri` ({}) is used; vantage6 4.x ignores this key, \
+                     so its own instances do not scale over RabbitMQ: move it to `rabbitmq: {{uri: ...}}`",
+                    redact_uri(&l)
+                ));
+                Some(l)
+            }
+            (None, None) => None,
+        };
+
+        let cors_allowed_origins = match file.cors_allowed_origins {
+            None => CorsOrigins::Any,
+            Some(CorsValue::One(s)) if s == "*" => CorsOrigins::Any,
+            Some(CorsValue::One(s)) => CorsOrigins::List(vec![s]),
+            Some(CorsValue::Many(list)) if list.iter().any(|s| s == "*") => CorsOrigins::Any,
+            Some(CorsValue::Many(list)) => CorsOrigins::List(list),
+        };
+
+        let own = file.v6_socketio;
+        let ip = overrides
+            .ip
+            .or(own.ip)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let port = overrides.port.or(own.port).unwrap_or(DEFAULT_PORT);
+        let path = normalize_path(
+            overrides
+                .path
+                .clone()
+                .or(own.path)
+                .unwrap_or_else(|| DEFAULT_PATH.to_owned()),
+        )?;
+        let ping_interval = seconds(
+            "ping_interval",
+            overrides.ping_interval.or(own.ping_interval),
+            DEFAULT_PING_INTERVAL,
+        )?;
+        let ping_timeout = seconds(
+            "ping_timeout",
+            overrides.ping_timeout.or(own.ping_timeout),
+            DEFAULT_PING_TIMEOUT,
+        )?;
+        let sweep_interval = seconds(
+            "sweep_interval",
+            overrides.sweep_interval.or(own.sweep_interval),
+            DEFAULT_SWEEP_INTERVAL,
+        )?;
+        let max_payload = overrides
+            .max_payload
+            .or(own.max_payload)
+            .unwrap_or(DEFAULT_MAX_PAYLOAD);
+        if max_payload == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max_payload",
+                message: "must be at least 1 byte".into(),
+            });
+        }
+        let log_format = overrides
+            .log_format
+            .or(own.log_format)
+            .unwrap_or(LogFormat::Text);
+
+        Ok((
+            Config {
+                jwt_secret_key,
+                database,
+                rabbitmq_uri,
+                cors_allowed_origins,
+                listen: SocketAddr::new(ip, port),
+                path,
+                ping_interval,
+                ping_timeout,
+                sweep_interval,
+                max_payload,
+                log_format,
+            },
+            warnings,
+        ))
+    }
+}
+
+fn seconds(
+    name: &'static str,
+    value: Option<f64>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        Some(v) => Err(ConfigError::Invalid {
+            name,
+            message: format!("{v} is not a positive number of seconds"),
+        }),
+    }
+}
+
+fn normalize_path(path: String) -> Result<String, ConfigError> {
+    let trimmed = path.trim_matches('/');
+    if trimmed.is_empty() || trimmed.contains(['?', '#', ' ']) {
+        return Err(ConfigError::Invalid {
+            name: "path",
+            message: format!("{path:?} is not a usable URL path such as /socket.io/"),
+        });
+    }
+    Ok(format!("/{trimmed}/"))
+}
+
+/// Hides the password of a URI for logs and error messages.
+pub fn redact_uri(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut url) if url.password().is_some() => {
+            // Cannot fail for URLs that already have a password.
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "<unparsable URI>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "jwt_secret_key: s\nuri: sqlite:///x.sqlite\n";
+
+    #[test]
+    fn defaults_apply() {
+        let (c, w) = Config::from_yaml(MINIMAL, &ServeOverrides::default()).unwrap();
+        assert_eq!(c.listen.port(), DEFAULT_PORT);
+        assert_eq!(c.path, "/socket.io/");
+        assert_eq!(c.ping_timeout, DEFAULT_PING_TIMEOUT);
+        assert_eq!(c.cors_allowed_origins, CorsOrigins::Any);
+        assert!(c.rabbitmq_uri.is_none());
+        assert!(w.0.is_empty());
+    }
+
+    #[test]
+    fn path_is_normalized() {
+        assert_eq!(normalize_path("socket.io".into()).unwrap(), "/socket.io/");
+        assert!(normalize_path("/".into()).is_err());
+    }
+
+    #[test]
+    fn redacts_password() {
+        assert_eq!(
+            redact_uri("amqp://u:secret@h:5672/v"),
+            "amqp://u:***@h:5672/v"
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! Prometheus metrics: the node gauges vantage6 fills from
+//! `node_metrics_update` (same names and labels as vantage6's `Metrics`
+//! class) and this server's own counters, served on `/metrics`.
+
+use std::sync::{atomic::AtomicU64, Arc};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde_json::Value;
+
+/// Labels of a node gauge: vantage6's `node_id`, `os`, `platform`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// The node's id.
+    pub node_id: String,
+    /// `os` from the payload, or `unknown`.
+    pub os: String,
+    /// `platform` from the payload, or `unknown`.
+    pub platform: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GpuLabels {
+    node_id: String,
+    os: String,
+    platform: String,
+    gpu_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// vantage6's non-GPU node metrics.
+const NODE_METRICS: [(&str, &str); 6] = [
+    ("cpu_percent", "CPU usage percentage"),
+    ("memory_percent", "Memory usage percentage"),
+    (
+        "num_algorithm_containers",
+        "Number of running algorithm containers",
+    ),
+    ("cpu_count", "Number of CPUs"),
+    ("memory_total", "Total memory"),
+    ("memory_available", "Available memory"),
+];
+
+/// vantage6's GPU node metrics: lists, one value per GPU.
+const GPU_METRICS: [(&str, &str); 5] = [
+    ("gpu_count", "Number of GPUs"),
+    ("gpu_load", "GPU load"),
+    ("gpu_memory_used", "GPU memory used"),
+    ("gpu_memory_free", "GPU memory free"),
+    ("gpu_temperature", "GPU temperature"),
+];
+
+/// Why one entry of a `node_metrics_update` payload was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetricError {
+    /// Not one of vantage6's metric names.
+    #[error("metric '{0}' does not exist")]
+    Unknown(String),
+    /// A GPU metric that is not a list of numbers, or another metric that is not a number.
+    #[error("metric '{0}' has a value of the wrong type")]
+    WrongType(String),
+}
+
+/// All metrics of the process. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    node: Vec<(&'static str, Family<NodeLabels, FloatGauge>)>,
+    gpu: Vec<(&'static str, Family<GpuLabels, FloatGauge>)>,
+    connected: Gauge,
+    events: Family<EventLabels, Counter>,
+    unidentified: Family<ReasonLabels, Counter>,
+    ignored: Family<ReasonLabels, Counter>,
+    db_errors: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let node = NODE_METRICS
+            .iter()
+            .map(|(name, help)| {
+                let family = Family::<NodeLabels, FloatGauge>::default();
+                registry.register(*name, *help, family.clone());
+                (*name, family)
+            })
+            .collect();
+        let gpu = GPU_METRICS
+            .iter()
+            .map(|(name, help)| {
+                let family = Family::<GpuLabels, FloatGauge>::default();
+                registry.register(*name, *help, family.clone());
+                (*name, family)
+            })
+            .collect();
+        let connected = Gauge::default();
+        registry.register(
+            "v6_socketio_connected_sockets",
+            "Sockets connected to /tasks on this instance",
+            connected.clone(),
+        );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "v6_socketio_events_received",
+            "Events received from clients, by event name",
+            events.clone(),
+        );
+        let unidentified = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "v6_socketio_unidentified_connections",
+            "Connections that could not be identified, by reason",
+            unidentified.clone(),
+        );
+        let ignored = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "v6_socketio_ignored_events",
+            "Client events that were dropped, by reason",
+            ignored.clone(),
+        );
+        let db_errors = Counter::default();
+        registry.register(
+            "v6_socketio_database_errors",
+            "Database operations that failed",
+            db_errors.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                node,
+                gpu,
+                connected,
+                events,
+                unidentified,
+                ignored,
+                db_errors,
+            }),
+        }
+    }
+
+    /// Records one metric of a node, as vantage6's `Metrics.set_metric`.
+    pub fn set_node_metric(
+        &self,
+        labels: &NodeLabels,
+        name: &str,
+        value: &Value,
+    ) -> Result<(), MetricError> {
+        if let Some((_, family)) = self.inner.node.iter().find(|(n, _)| *n == name) {
+            let v = value
+                .as_f64()
+                .ok_or_else(|| MetricError::WrongType(name.to_owned()))?;
+            family.get_or_create(labels).set(v);
+            return Ok(());
+        }
+        let (_, family) = self
+            .inner
+            .gpu
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| MetricError::Unknown(name.to_owned()))?;
+        let values = value
+            .as_array()
+            .and_then(|items| items.iter().map(Value::as_f64).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| MetricError::WrongType(name.to_owned()))?;
+        for (gpu_id, v) in values.into_iter().enumerate() {
+            let labels = GpuLabels {
+                node_id: labels.node_id.clone(),
+                os: labels.os.clone(),
+                platform: labels.platform.clone(),
+                gpu_id: gpu_id.to_string(),
+            };
+            family.get_or_create(&labels).set(v);
+        }
+        Ok(())
+    }
+
+    /// A socket connected to (`+1`) or left (`-1`) `/tasks`.
+    pub fn socket_connected(&self, delta: i64) {
+        self.inner.connected.inc_by(delta);
+    }
+
+    /// Counts a received client event.
+    pub fn event_received(&self, event: &str) {
+        self.inner
+            .events
+            .get_or_create(&EventLabels {
+                event: event.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection that stayed unidentified.
+    pub fn unidentified(&self, reason: &str) {
+        self.inner
+            .unidentified
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a dropped client event.
+    pub fn ignored_event(&self, reason: &str) {
+        self.inner
+            .ignored
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed database operation.
+    pub fn database_error(&self) {
+        self.inner.db_errors.inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.inner.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labels() -> NodeLabels {
+        NodeLabels {
+            node_id: "7".into(),
+            os: "Linux".into(),
+            platform: "x86_64".into(),
+        }
+    }
+
+    #[test]
+    fn records_node_and_gpu_metrics() {
+        let m = Metrics::new();
+        m.set_node_metric(&labels(), "cpu_percent", &json!(12.5))
+            .unwrap();
+        m.set_node_metric(&labels(), "gpu_load", &json!([0.5, 0.75]))
+            .unwrap();
+        let text = m.render();
+        assert!(text.contains(r#"cpu_percent{node_id="7",os="Linux",platform="x86_64"} 12.5"#));
+        assert!(
+            text.contains(r#"gpu_load{node_id="7",os="Linux",platform="x86_64",gpu_id="1"} 0.75"#)
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_and_mistyped() {
+        let m = Metrics::new();
+        assert_eq!(
+            m.set_node_metric(&labels(), "nope", &json!(1)),
+            Err(MetricError::Unknown("nope".into()))
+        );
+        assert_eq!(
+            m.set_node_metric(&labels(), "gpu_load", &json!(1)),
+            Err(MetricError::WrongType("gpu_load".into()))
+        );
+        assert_eq!(
+            m.set_node_metric(&labels(), "cpu_count", &json!("x")),
+            Err(MetricError::WrongType("cpu_count".into()))
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! The only module that speaks SQL: reads and writes the vantage6 4.x
+//! database (SQLite or PostgreSQL) through an async sqlx pool.
+//!
+//! The vantage6 server owns the schema; `serve` never creates or alters a
+//! table. Queries are written once in SQL that both dialects accept
+//! (`$n` parameters, `CAST(… AS BIGINT)` for PostgreSQL's 32-bit integer
+//! columns); the few places where the dialects differ (timestamps, binding
+//! node configuration values) say so.
+
+mod demo;
+
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqlitePoolOptions},
+    PgPool, SqlitePool,
+};
+
+use crate::{
+    database_url::DatabaseUrl,
+    identity::{EventScope, Identity, NodeIdentity, UserIdentity},
+    node_config::{ConfigRow, ConfigValue},
+};
+
+/// A database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The driver reported an error.
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A row exists but lacks something vantage6 always sets.
+    #[error("inconsistent database: {0}")]
+    Inconsistent(String),
+}
+
+/// `authenticatable.status` values (vantage6 `AuthStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthStatus {
+    /// `online`.
+    Online,
+    /// `offline`.
+    Offline,
+}
+
+impl AuthStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuthStatus::Online => "online",
+            AuthStatus::Offline => "offline",
+        }
+    }
+}
+
+/// Why an `authenticatable` id does not lead to an [`Identity`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unknown {
+    /// No such `authenticatable` row.
+    NoSuchId,
+    /// `authenticatable.type` is neither `node` nor `user`.
+    OtherType(Option<String>),
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same query code on whichever pool is configured. Each arm gets
+/// its own monomorphised copy of `$body`, with `$pool` bound to that pool.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Handle to the vantage6 database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: Pool,
+}
+
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Store {
+    /// Connects to an existing vantage6 database (it is never created here).
+    pub async fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        let pool = match url {
+            DatabaseUrl::Sqlite(path) => {
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(false)
+                    .busy_timeout(Duration::from_secs(10));
+                Pool::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .connect_with(options)
+                        .await?,
+                )
+            }
+            DatabaseUrl::Postgres(url) => {
+                let options: PgConnectOptions = url.parse()?;
+                Pool::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(10)
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .connect_with(options)
+                        .await?,
+                )
+            }
+        };
+        Ok(Self { pool })
+    }
+
+    /// Checks that the vantage6 tables this server uses exist, so that a
+    /// wrong `uri` fails at start-up rather than at the first connection.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        for table in [
+            "authenticatable",
+            "node",
+            "\"user\"",
+            "collaboration",
+            "\"Member\"",
+            "rule",
+            "nodeconfig",
+            "run",
+            "task",
+        ] {
+            let sql = format!("SELECT 1 FROM {table} LIMIT 1");
+            on_pool!(self, p => sqlx::query(&sql).fetch_optional(p).await.map(|_| ())).map_err(
+                |e| {
+                    StoreError::Inconsistent(format!(
+                        "table {table} is not readable ({e}); is `uri` a vantage6 4.x database?"
+                    ))
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Looks up who `auth_id` (a token's `sub`) is.
+    pub async fn identify(&self, auth_id: i64) -> Result<Result<Identity, Unknown>, StoreError> {
+        let kind: Option<(Option<String>,)> = on_pool!(self, p =>
+            sqlx::query_as("SELECT type FROM authenticatable WHERE id = $1")
+                .bind(auth_id)
+                .fetch_optional(p)
+                .await?
+        );
+        match kind {
+            None => Ok(Err(Unknown::NoSuchId)),
+            Some((Some(kind),)) if kind == "node" => self.node(auth_id).await,
+            Some((Some(kind),)) if kind == "user" => self.user(auth_id).await,
+            Some((other,)) => Ok(Err(Unknown::OtherType(other))),
+        }
+    }
+
+    async fn node(&self, id: i64) -> Result<Result<Identity, Unknown>, StoreError> {
+        let row: Option<(Option<String>, Option<i64>, Option<i64>)> = on_pool!(self, p =>
+            sqlx::query_as(
+                "SELECT name, CAST(organization_id AS BIGINT), CAST(collaboration_id AS BIGINT) \
+                 FROM node WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(p)
+            .await?
+        );
+        let Some((name, Some(organization_id), Some(collaboration_id))) = row else {
+            return Err(StoreError::Inconsistent(format!(
+                "node {id} has no node row with organization and collaboration"
+            )));
+        };
+        Ok(Ok(Identity::Node(NodeIdentity {
+            id,
+            name: name.unwrap_or_default(),
+            organization_id,
+            collaboration_id,
+        })))
+    }
+
+    async fn user(&self, id: i64) -> Result<Result<Identity, Unknown>, StoreError> {
+        let row: Option<(Option<String>, Option<i64>)> = on_pool!(self, p =>
+            sqlx::query_as(
+                "SELECT username, CAST(organization_id AS BIGINT) FROM \"user\" WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(p)
+            .await?
+        );
+        let Some((username, Some(organization_id))) = row else {
+            return Err(StoreError::Inconsistent(format!(
+                "user {id} has no user row with an organization"
+            )));
+        };
+        let event_scope = self.event_receive_scope(id).await?;
+        let collaboration_ids = match event_scope {
+            None => Vec::new(),
+            Some(EventScope::Global) => self.all_collaborations().await?,
+            Some(_) => self.organization_collaborations(organization_id).await?,
+        };
+        Ok(Ok(Identity::User(UserIdentity {
+            id,
+            username: username.unwrap_or_default(),
+            organization_id,
+            event_scope,
+            collaboration_ids,
+        })))
+    }
+
+    /// The widest scope of the user's `event` RECEIVE rules, given directly
+    /// (`UserPermission`) or through roles (`Permission` +
+    /// `role_rule_association`). SQLAlchemy stores the enum member names.
+    async fn event_receive_scope(&self, user_id: i64) -> Result<Option<EventScope>, StoreError> {
+        let scopes: Vec<(Option<String>,)> = on_pool!(self, p =>
+            sqlx::query_as(
+                "SELECT CAST(r.scope AS TEXT) FROM rule r \
+                 WHERE r.name = 'event' AND CAST(r.operation AS TEXT) = 'RECEIVE' AND ( \
+                   r.id IN (SELECT up.rule_id FROM \"UserPermission\" up WHERE up.user_id = $1) \
+                   OR r.id IN (SELECT rr.rule_id FROM role_rule_association rr \
+                               JOIN \"Permission\" pm ON pm.role_id = rr.role_id \
+                               WHERE pm.user_id = $1))",
+            )
+            .bind(user_id)
+            .fetch_all(p)
+            .await?
+        );
+        Ok(scopes
+            .into_iter()
+            .filter_map(|(s,)| s.as_deref().and_then(EventScope::from_db))
+            .max())
+    }
+
+    async fn all_collaborations(&self) -> Result<Vec<i64>, StoreError> {
+        let ids: Vec<(i64,)> = on_pool!(self, p =>
+            sqlx::query_as("SELECT CAST(id AS BIGINT) FROM collaboration ORDER BY id")
+                .fetch_all(p)
+                .await?
+        );
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn organization_collaborations(&self, org_id: i64) -> Result<Vec<i64>, StoreError> {
+        let ids: Vec<(Option<i64>,)> = on_pool!(self, p =>
+            sqlx::query_as(
+                "SELECT DISTINCT CAST(collaboration_id AS BIGINT) FROM \"Member\" \
+                 WHERE organization_id = $1 ORDER BY 1",
+            )
+            .bind(org_id)
+            .fetch_all(p)
+            .await?
+        );
+        Ok(ids.into_iter().filter_map(|(id,)| id).collect())
+    }
+
+    /// Sets `authenticatable.status`.
+    pub async fn set_status(&self, auth_id: i64, status: AuthStatus) -> Result<(), StoreError> {
+        on_pool!(self, p =>
+            sqlx::query("UPDATE authenticatable SET status = $1 WHERE id = $2")
+                .bind(status.as_str())
+                .bind(auth_id)
+                .execute(p)
+                .await?
+                .rows_affected()
+        );
+        Ok(())
+    }
+
+    /// A `ping`: status online and `last_seen` = `now` (UTC, naive, as vantage6).
+    pub async fn record_ping(&self, auth_id: i64, now: NaiveDateTime) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE authenticatable SET status = $1, last_seen = $2 WHERE id = $3";
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::query(SQL)
+                .bind(AuthStatus::Online.as_str())
+                .bind(sqlalchemy_sqlite_datetime(now))
+                .bind(auth_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Pool::Postgres(p) => sqlx::query(SQL)
+                .bind(AuthStatus::Online.as_str())
+                .bind(now)
+                .bind(auth_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(())
+    }
+
+    /// Marks `online` nodes whose `last_seen` is before `before` as
+    /// `offline`; returns how many. Nodes that never pinged (NULL
+    /// `last_seen`) are left alone.
+    pub async fn sweep_offline_nodes(&self, before: NaiveDateTime) -> Result<u64, StoreError> {
+        const SQL: &str = "UPDATE authenticatable SET status = 'offline' \
+             WHERE type = 'node' AND status = 'online' AND last_seen < $1";
+        let done = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query(SQL)
+                .bind(sqlalchemy_sqlite_datetime(before))
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Pool::Postgres(p) => sqlx::query(SQL)
+                .bind(before)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(done)
+    }
+
+    /// Replaces all `nodeconfig` rows of a node, in one transaction.
+    pub async fn replace_node_config(
+        &self,
+        node_id: i64,
+        rows: &[ConfigRow],
+    ) -> Result<(), StoreError> {
+        const DELETE: &str = "DELETE FROM nodeconfig WHERE node_id = $1";
+        const INSERT: &str = "INSERT INTO nodeconfig (node_id, \"key\", value) VALUES ($1, $2, $3)";
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query(DELETE).bind(node_id).execute(&mut *tx).await?;
+                for row in rows {
+                    let q = sqlx::query(INSERT).bind(node_id).bind(&row.key);
+                    // As Python's sqlite3: bools are integers, numbers keep
+                    // their type and SQLite's column affinity makes the text.
+                    let q = match &row.value {
+                        ConfigValue::Null => q.bind(None::<String>),
+                        ConfigValue::Bool(b) => q.bind(i64::from(*b)),
+                        ConfigValue::Int(i) => q.bind(*i),
+                        ConfigValue::Float(f) => q.bind(*f),
+                        ConfigValue::Text(s) | ConfigValue::Json(s) => q.bind(s.as_str()),
+                    };
+                    q.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+            Pool::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query(DELETE).bind(node_id).execute(&mut *tx).await?;
+                for row in rows {
+                    let q = sqlx::query(INSERT).bind(node_id).bind(&row.key);
+                    // As psycopg2: typed values, cast to the VARCHAR column
+                    // by PostgreSQL (true → 'true', 0.5 → '0.5').
+                    let q = match &row.value {
+                        ConfigValue::Null => q.bind(None::<String>),
+                        ConfigValue::Bool(b) => q.bind(*b),
+                        ConfigValue::Int(i) => q.bind(*i),
+                        ConfigValue::Float(f) => q.bind(*f),
+                        ConfigValue::Text(s) | ConfigValue::Json(s) => q.bind(s.as_str()),
+                    };
+                    q.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes all `nodeconfig` rows of a node.
+    pub async fn delete_node_config(&self, node_id: i64) -> Result<(), StoreError> {
+        on_pool!(self, p =>
+            sqlx::query("DELETE FROM nodeconfig WHERE node_id = $1")
+                .bind(node_id)
+                .execute(p)
+                .await?
+                .rows_affected()
+        );
+        Ok(())
+    }
+
+    /// The `job_id` of a run's task: `None` when the run does not exist,
+    /// `Some(None)` when the task has no job id.
+    pub async fn job_id_of_run(&self, run_id: i64) -> Result<Option<Option<i64>>, StoreError> {
+        let row: Option<(Option<i64>,)> = on_pool!(self, p =>
+            sqlx::query_as(
+                "SELECT CAST(t.job_id AS BIGINT) FROM run r JOIN task t ON t.id = r.task_id \
+                 WHERE r.id = $1",
+            )
+            .bind(run_id)
+            .fetch_optional(p)
+            .await?
+        );
+        Ok(row.map(|(job,)| job))
+    }
+
+    /// Appends a line to `run.log` as vantage6 does (a `"\n"` first when the
+    /// old log does not end with one), atomically. Returns false when the
+    /// run does not exist.
+    pub async fn append_run_log(&self, run_id: i64, line: &str) -> Result<bool, StoreError> {
+        let done = on_pool!(self, p =>
+            sqlx::query(
+                "UPDATE run SET log = CASE \
+                   WHEN log IS NULL OR log = '' THEN $1 \
+                   WHEN substr(log, length(log), 1) = $2 THEN log || $1 \
+                   ELSE log || $2 || $1 END \
+                 WHERE id = $3",
+            )
+            .bind(line)
+            .bind("\n")
+            .bind(run_id)
+            .execute(p)
+            .await?
+            .rows_affected()
+        );
+        Ok(done > 0)
+    }
+}
+
+/// SQLAlchemy's SQLite `DATETIME` text form: `YYYY-MM-DD HH:MM:SS.ffffff`.
+fn sqlalchemy_sqlite_datetime(t: NaiveDateTime) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+pub use demo::create_demo_database;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_datetime_matches_sqlalchemy() {
+        let t = chrono::NaiveDate::from_ymd_opt(2026, 11, 28)
+            .and_then(|d| d.and_hms_micro_opt(7, 5, 3, 42))
+            .expect("valid date");
+        assert_eq!(sqlalchemy_sqlite_datetime(t), "2026-11-28 07:05:03.000042");
+    }
+}
