@@ -1,0 +1,180 @@
+//! Configuration parsing against a real-shaped vantage6 4.x server file.
+
+use std::{path::Path, time::Duration};
+
+use clap::Parser;
+use v6_socketio::{
+    config::{Config, ConfigError, CorsOrigins, LogFormat, ServeOverrides},
+    database_url::DatabaseUrl,
+};
+
+const FIXTURE: &str = "tests/fixtures/vantage6-server-4x.yaml";
+
+fn load(overrides: &ServeOverrides) -> Config {
+    Config::load(Path::new(FIXTURE), overrides)
+        .expect("fixture loads")
+        .0
+}
+
+#[test]
+fn reads_vantage6_keys_and_ignores_the_rest() {
+    let c = load(&ServeOverrides::default());
+    assert_eq!(c.jwt_secret_key, "vantage6-test-secret");
+    assert_eq!(
+        c.database,
+        DatabaseUrl::Postgres("postgres://vantage6:s3cret@db.example.org:5432/vantage6".into())
+    );
+    assert_eq!(
+        c.rabbitmq_uri.as_deref(),
+        Some("amqp://v6:guest@rabbit.example.org:5672/vantage6")
+    );
+    assert_eq!(
+        c.cors_allowed_origins,
+        CorsOrigins::List(vec![
+            "https://portal.example.org".into(),
+            "http://localhost:7600".into()
+        ])
+    );
+    // vantage6's own `ip`/`port` belong to its REST API, not to us.
+    assert_eq!(c.listen.to_string(), "0.0.0.0:7700");
+    assert_eq!(c.path, "/socket.io/");
+    assert_eq!(c.ping_interval, Duration::from_secs(25));
+    assert_eq!(c.ping_timeout, Duration::from_secs(30));
+    assert_eq!(c.sweep_interval, Duration::from_millis(2500));
+    assert_eq!(c.max_payload, 1_000_000);
+    assert_eq!(c.log_format, LogFormat::Text);
+}
+
+/// The `serve` flags, parsed as the binary parses them (clap resolves
+/// flag > environment; the file and the defaults come after).
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    overrides: ServeOverrides,
+}
+
+#[test]
+fn flag_beats_env_beats_file_beats_default() {
+    // The only test in this binary that touches these variables.
+    std::env::set_var("V6_SOCKETIO_PORT", "7800");
+    std::env::set_var("V6_SOCKETIO_PING_TIMEOUT", "45");
+    std::env::set_var("V6_SOCKETIO_LOG_FORMAT", "json");
+    let from_env = Flags::parse_from(["serve"]).overrides;
+    let from_flag = Flags::parse_from(["serve", "--port", "7900", "--ip", "127.0.0.1"]).overrides;
+    std::env::remove_var("V6_SOCKETIO_PORT");
+    std::env::remove_var("V6_SOCKETIO_PING_TIMEOUT");
+    std::env::remove_var("V6_SOCKETIO_LOG_FORMAT");
+
+    let c = load(&from_env);
+    assert_eq!(c.listen.port(), 7800, "env beats file");
+    assert_eq!(c.ping_timeout, Duration::from_secs(45), "env beats file");
+    assert_eq!(c.log_format, LogFormat::Json, "env beats default");
+    assert_eq!(
+        c.sweep_interval,
+        Duration::from_millis(2500),
+        "file beats default"
+    );
+
+    let c = load(&from_flag);
+    assert_eq!(
+        c.listen.to_string(),
+        "127.0.0.1:7900",
+        "flag beats env and file"
+    );
+}
+
+fn from_yaml(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
+    Config::from_yaml(text, &ServeOverrides::default()).map(|(c, w)| (c, w.0))
+}
+
+#[test]
+fn legacy_rabbitmq_key_is_used_with_a_warning() {
+    let (c, warnings) =
+        from_yaml("jwt_secret_key: k\nuri: sqlite:///v6.sqlite\nrabbitmq_uri: amqp://u:p@h/v\n")
+            .expect("valid");
+    assert_eq!(c.rabbitmq_uri.as_deref(), Some("amqp://u:p@h/v"));
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].contains("rabbitmq_uri") && warnings[0].contains("u:***@h"));
+}
+
+#[test]
+fn conflicting_rabbitmq_keys_are_an_error_naming_both() {
+    let err = from_yaml(
+        "jwt_secret_key: k\nuri: sqlite:///v6.sqlite\nrabbitmq: {uri: 'amqp://a/v'}\nrabbitmq_uri: amqp://b/v\n",
+    )
+    .expect_err("conflict");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("rabbitmq.uri") && msg.contains("rabbitmq_uri"),
+        "{msg}"
+    );
+    // Identical values are not a conflict.
+    let (c, w) = from_yaml(
+        "jwt_secret_key: k\nuri: sqlite:///v6.sqlite\nrabbitmq: {uri: 'amqp://a/v'}\nrabbitmq_uri: amqp://a/v\n",
+    )
+    .expect("same value");
+    assert_eq!(c.rabbitmq_uri.as_deref(), Some("amqp://a/v"));
+    assert!(w.is_empty());
+}
+
+#[test]
+fn missing_or_invalid_settings_are_one_line_errors_naming_them() {
+    let cases = [
+        ("uri: sqlite:///v6.sqlite\n", "jwt_secret_key"),
+        ("jwt_secret_key: k\n", "`uri`"),
+        ("jwt_secret_key: k\nuri: mysql://h/db\n", "`uri`"),
+        (
+            "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {ping_timeout: -1}\n",
+            "ping_timeout",
+        ),
+        (
+            "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {path: /}\n",
+            "path",
+        ),
+        (
+            "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {prot: 1}\n",
+            "prot",
+        ),
+        (
+            "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {port: nope}\n",
+            "port",
+        ),
+        (
+            "jwt_secret_key: [not, a, string]\nuri: sqlite:///x\n",
+            "jwt_secret_key",
+        ),
+    ];
+    for (yaml, name) in cases {
+        let msg = from_yaml(yaml).expect_err(yaml).to_string();
+        assert!(
+            msg.contains(name),
+            "{yaml:?} gave {msg:?}, which does not name {name}"
+        );
+        assert!(!msg.contains('\n'), "{msg:?} is not one line");
+    }
+}
+
+#[test]
+fn cors_star_and_single_string() {
+    let (c, _) = from_yaml("jwt_secret_key: k\nuri: sqlite:///x\ncors_allowed_origins: '*'\n")
+        .expect("valid");
+    assert_eq!(c.cors_allowed_origins, CorsOrigins::Any);
+    let (c, _) = from_yaml(
+        "jwt_secret_key: k\nuri: sqlite:///x\ncors_allowed_origins: https://ui.example\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.cors_allowed_origins,
+        CorsOrigins::List(vec!["https://ui.example".into()])
+    );
+}
+
+#[test]
+fn missing_file_is_an_error_naming_it() {
+    let err = Config::load(
+        Path::new("tests/fixtures/absent.yaml"),
+        &ServeOverrides::default(),
+    )
+    .expect_err("absent");
+    assert!(err.to_string().contains("absent.yaml"));
+}
