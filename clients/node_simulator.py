@@ -103,7 +103,7 @@ class NodeTaskNamespace(socketio.ClientNamespace):
     def trigger_event(self, event, *args):
         # record every event (also those without a handler) before dispatch
         node = self.node_worker_ref
-        if event not in ("connect", "disconnect", "connect_error"):
+        if event not in ("connect", "disconnect", "connect_error") and not event.startswith("__"):
             data = None if not args else (args[0] if len(args) == 1 else list(args))
             node.out.write({"event": event, "data": data})
         return super().trigger_event(event, *args)
@@ -342,14 +342,14 @@ class SimulatedNode:
         """on_expired_token / on_invalid_token: disconnect, new token, new Client."""
         rejected = self.token
         old = self.sio
-        try:
-            old.disconnect()
-        except Exception:
-            log.exception("disconnect failed")
         if not self.args.token_file:
             log.error("%s and no --token-file to obtain a new token: exiting", reason)
             self.finish(3)
             return
+        try:
+            old.disconnect()
+        except Exception:
+            log.exception("disconnect failed")
         token = self._new_token(rejected)
         if token is None:
             log.error("no new token appeared in %s", self.args.token_file)

@@ -40,9 +40,11 @@ else opts.transports = ['polling', 'websocket'];
 
 const socket = io(`${args.url.replace(/\/+$/, '')}/tasks`, opts);
 
+socket.io.on('open', () => {
+  socket.io.engine.on('upgrade', (t) => out({ event: 'upgrade', data: t.name }));
+});
 socket.on('connect', () => {
   out({ event: 'connect', data: { transport: socket.io.engine.transport.name } });
-  socket.io.engine.on('upgrade', (t) => out({ event: 'upgrade', data: t.name }));
 });
 socket.on('connect_error', (err) => out({ event: 'connect_error', data: String(err && err.message) }));
 socket.on('disconnect', (reason) => { out({ event: 'disconnect', data: reason }); });

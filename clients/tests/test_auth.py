@@ -1,0 +1,120 @@
+"""Unidentified clients (design doc §2.3, contract point 3).
+
+They stay connected to /tasks, join no room, get nothing (except
+``expired_token`` / ``invalid_token`` to themselves), and everything they send
+is ignored without hurting the server.
+"""
+from __future__ import annotations
+
+import pytest
+
+from support import (
+    expect_exact,
+    expect_silence,
+    join_msg,
+    node_status_payload,
+    quiesce,
+    wait_until,
+)
+
+CASES = {
+    # name: (how to build the Authorization header, events the client gets)
+    "no_token": (lambda t, w: None, []),
+    "garbage": (lambda t, w: "Bearer not-a-jwt", []),
+    "empty_bearer": (lambda t, w: "Bearer ", []),
+    "wrong_scheme": (lambda t, w: "Token " + t.access(w.node_a1), []),
+    "refresh_token": (lambda t, w: "Bearer " + t.refresh(w.node_a1), []),
+    "unknown_subject": (lambda t, w: "Bearer " + t.unknown_subject(), []),
+    "container_token": (lambda t, w: "Bearer " + t.container(w.node_a1, w.task1.id), []),
+    "expired": (lambda t, w: "Bearer " + t.expired(w.node_a1), [("expired_token", None)]),
+    "forged": (lambda t, w: "Bearer " + t.forged(w.node_a1), [("invalid_token", None)]),
+    "expired_user": (lambda t, w: "Bearer " + t.expired(w.u_glob), [("expired_token", None)]),
+    "forged_user": (lambda t, w: "Bearer " + t.forged(w.u_glob), [("invalid_token", None)]),
+}
+
+
+def test_unidentified_clients(world, db, srv, tokens, clients, connect_node, connect_user):
+    """All cases at once (one client each), so the quiet periods are shared."""
+    glob = connect_user(world.u_glob)
+    b1 = connect_node(world.node_b1)
+    c2 = connect_node(world.node_c2)
+    quiesce(glob, b1, c2)
+
+    bad = {}
+    for case, (make_header, _) in CASES.items():
+        header = make_header(tokens, world)
+        kw = {"auth_header": header} if header is not None else {}
+        bad[case] = clients(None, label=f"unidentified[{case}]", **kw)  # CONNECT ack must come anyway
+    expect_exact({**{bad[c]: CASES[c][1] for c in CASES}, glob: [], b1: [], c2: []})
+    for case, rec in bad.items():
+        assert rec.connected, f"{case}: an unidentified client must stay connected to /tasks"
+    assert db.auth_row(world.node_a1.id) == ("offline", None)
+    assert db.auth_row(world.u_glob.id)[0] == "online"
+
+    # everything they send is ignored
+    log_before = db.run_log(world.r_a.id)
+    for rec in bad.values():
+        rec.emit("ping")
+        rec.emit("algorithm_status_change", {
+            "run_id": world.r_a.id, "task_id": world.task1.id, "collaboration_id": world.c1.id,
+            "status": "active", "node_id": world.node_a1.id, "organization_id": world.org_a.id,
+            "parent_id": None,
+        })
+        rec.emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_a.id,
+                                   "task_id": world.task1.id, "log": "from an unidentified client"})
+        rec.emit("node_info_update", {"encryption": True, "database_labels": ["x"]})
+        rec.emit("node_metrics_update", {"cpu_percent": 99.0, "os": "linux", "platform": "x86_64"})
+        rec.emit("message", "hello")
+        rec.emit("error", "oops")
+        rec.emit("dataframe_deleted", {"df_name": "x", "session_id": 1, "node_id": world.node_a1.id})
+    expect_silence(*bad.values(), glob, b1, c2)
+    srv.assert_alive()
+    assert db.auth_row(world.node_a1.id) == ("offline", None), "a ping of an unidentified client changed the DB"
+    assert db.auth_row(world.u_glob.id)[1] is None, "a ping of an unidentified client changed the DB"
+    assert db.run_log(world.r_a.id) == log_before
+    assert db.node_config_count(world.node_a1.id) == 0
+    assert not [s for s in srv.metrics() if s[1].get("node_id") == str(world.node_a1.id)]
+
+    # the server still serves others, and the unidentified clients are in no room
+    a1 = connect_node(world.node_a1)
+    c1 = f"collaboration_{world.c1.id}"
+    online = ("node-online", node_status_payload(world.node_a1))
+    expect_exact({
+        glob: [online, join_msg("Node", world.node_a1.name, c1)],
+        b1: [online, join_msg("Node", world.node_a1.name, c1)],
+        c2: [], a1: [], **{rec: [] for rec in bad.values()},
+    })
+    for case, rec in bad.items():
+        assert rec.connected, f"{case}: the server dropped the unidentified client"
+    # and they leave without a trace
+    for rec in bad.values():
+        rec.disconnect()
+    expect_silence(glob, b1, c2, a1)
+
+
+def test_headers_are_read_on_websocket_only_transport(world, db, clients, tokens):
+    """The token comes from the handshake request, also when it is the websocket upgrade."""
+    rec = clients(tokens.access(world.node_a1), label="ws-only", transports=["websocket"])
+    rec.wait_count(3)
+    c1 = f"collaboration_{world.c1.id}"
+    c1_orga = f"collaboration_{world.c1.id}_organization_{world.org_a.id}"
+    expect_exact({rec: [("sync", None), join_msg("Node", world.node_a1.name, c1),
+                        join_msg("Node", world.node_a1.name, c1_orga)]})
+    wait_until(lambda: db.auth_row(world.node_a1.id)[0] == "online")
+
+
+def test_expired_token_then_reconnect_with_fresh_token(world, db, clients, tokens, connect_user):
+    """What the real node does on expired_token: disconnect, new client, new token."""
+    glob = connect_user(world.u_glob)
+    old = clients(tokens.expired(world.node_b1), label="expired")
+    expect_exact({old: [("expired_token", None)], glob: []})
+    old.disconnect()
+    expect_silence(glob)  # an unidentified client leaves without a trace
+    new = clients(tokens.access(world.node_b1), label="fresh")
+    new.wait_count(3)
+    c1 = f"collaboration_{world.c1.id}"
+    expect_exact({
+        new: [("sync", None), join_msg("Node", world.node_b1.name, c1),
+              join_msg("Node", world.node_b1.name, f"collaboration_{world.c1.id}_organization_{world.org_b.id}")],
+        glob: [("node-online", node_status_payload(world.node_b1)), join_msg("Node", world.node_b1.name, c1)],
+    })

@@ -1,0 +1,124 @@
+"""Engine.IO / HTTP surface: handshake, path, transports, CORS (design doc §1, §9)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from support import (
+    ServerProcess,
+    expect_exact,
+    http_get,
+    join_msg,
+    node_status_payload,
+    wait_until,
+)
+
+
+def handshake(url, headers=None):
+    status, hdrs, body = http_get(url + "/socket.io/?EIO=4&transport=polling", headers=headers)
+    return status, hdrs, body.decode(errors="replace")
+
+
+def test_health(srv):
+    status, _, _ = http_get(srv.url + "/health")
+    assert status == 200
+
+
+def test_engineio_handshake(srv):
+    status, _, body = handshake(srv.url)
+    assert status == 200, body
+    assert body.startswith("0"), f"not an Engine.IO OPEN packet: {body!r}"
+    info = json.loads(body[1:])
+    assert isinstance(info.get("sid"), str) and info["sid"]
+    assert info["upgrades"] == ["websocket"]
+    assert info["pingInterval"] == 25000
+    assert info["pingTimeout"] == 60000
+    assert info["maxPayload"] == 1000000
+
+
+def test_socketio_is_not_under_the_api_path(srv):
+    status, _, _ = http_get(srv.url + "/api/socket.io/?EIO=4&transport=polling")
+    assert status == 404
+
+
+def test_cors_wildcard_echoes_origin_with_credentials(srv):
+    origin = "http://ui.example.org:4200"
+    status, hdrs, body = handshake(srv.url, {"Origin": origin})
+    assert status == 200, body
+    assert hdrs.get("Access-Control-Allow-Origin") == origin
+    assert hdrs.get("Access-Control-Allow-Credentials") == "true"
+
+
+@pytest.fixture()
+def listed_cors_server(db, jwt_secret, tmp_path):
+    # also exercises the postgresql+psycopg2:// spelling of the URL
+    uri = db.uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+    proc = ServerProcess(tmp_path, db, jwt_secret, cors=["http://allowed.example", "https://ui.example.org"],
+                         uri=uri, name="cors-list")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def test_cors_list(listed_cors_server, world, tokens, db):
+    srv = listed_cors_server
+    for origin in ("http://allowed.example", "https://ui.example.org"):
+        status, hdrs, body = handshake(srv.url, {"Origin": origin})
+        assert status == 200, body
+        assert hdrs.get("Access-Control-Allow-Origin") == origin
+        assert hdrs.get("Access-Control-Allow-Credentials") == "true"
+    status, hdrs, _ = handshake(srv.url, {"Origin": "http://evil.example"})
+    assert hdrs.get("Access-Control-Allow-Origin") not in ("http://evil.example", "*"), (
+        "an origin that is not listed must not be allowed"
+    )
+    # the server with the alternative URI spelling works end to end
+    from support import Recorder
+
+    rec = Recorder(srv.url, tokens.access(world.node_a1), label="cors-list-node")
+    try:
+        rec.connect()
+        rec.wait_count(3)
+        assert rec.snapshot()[0] == ("sync", None)
+        wait_until(lambda: db.auth_row(world.node_a1.id)[0] == "online")
+    finally:
+        rec.disconnect()
+    wait_until(lambda: db.auth_row(world.node_a1.id)[0] == "offline")
+
+
+@pytest.mark.parametrize("transports", [["polling"], ["websocket"], None], ids=["polling", "websocket", "upgrade"])
+def test_transports(transports, world, clients, tokens, connect_user):
+    glob = connect_user(world.u_glob, transports=transports)
+    a1 = clients(tokens.access(world.node_a1), label="a1", transports=transports)
+    c1 = f"collaboration_{world.c1.id}"
+    c1_orga = f"collaboration_{world.c1.id}_organization_{world.org_a.id}"
+    expect_exact({
+        a1: [("sync", None), join_msg("Node", world.node_a1.name, c1), join_msg("Node", world.node_a1.name, c1_orga)],
+        glob: [("node-online", node_status_payload(world.node_a1)), join_msg("Node", world.node_a1.name, c1)],
+    })
+    if transports is None:
+        # default: polling first, then upgrade to websocket
+        wait_until(lambda: a1.sio.transport() == "websocket", what="upgrade to websocket")
+    else:
+        assert a1.sio.transport() == transports[0]
+    a1.emit("algorithm_status_change", {
+        "run_id": world.r_a.id, "task_id": world.task1.id, "collaboration_id": world.c1.id,
+        "status": "active", "node_id": world.node_a1.id, "organization_id": world.org_a.id, "parent_id": None,
+    })
+    relayed = ("algorithm_status_change", {
+        "status": "active", "run_id": world.r_a.id, "task_id": world.task1.id,
+        "job_id": world.task1.extra["job_id"], "collaboration_id": world.c1.id,
+        "node_id": world.node_a1.id, "organization_id": world.org_a.id, "parent_id": None,
+    })
+    expect_exact({a1: [relayed], glob: [relayed]})
+
+
+def test_large_payload_within_max_payload(world, db, clients, tokens, connect_node):
+    """A node_info_update of ~200 kB (many columns) fits in maxPayload 1000000."""
+    a1 = connect_node(world.node_a1)
+    cols = [f"column_{i:05d}_" + "x" * 20 for i in range(6000)]
+    a1.emit("node_info_update", {"database_labels": ["big"], "database_columns": {"columns_big": cols}})
+    wait_until(lambda: db.node_config_count(world.node_a1.id) == 6001, timeout=15,
+               what="6001 node_config rows")
+    assert a1.connected
