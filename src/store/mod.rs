@@ -95,6 +95,8 @@ impl Store {
                 let options = SqliteConnectOptions::new()
                     .filename(path)
                     .create_if_missing(false)
+                    // As SQLAlchemy: no foreign-key enforcement on SQLite.
+                    .foreign_keys(false)
                     .busy_timeout(Duration::from_secs(10));
                 Pool::Sqlite(
                     SqlitePoolOptions::new()
