@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    sqlite::{SqliteConnectOptions, SqlitePoolOptions},
-    PgPool, SqlitePool,
+    postgres::{PgArguments, PgConnectOptions, PgPoolOptions},
+    query::Query,
+    sqlite::{SqliteArguments, SqliteConnectOptions, SqlitePoolOptions},
+    PgPool, Postgres, Sqlite, SqlitePool,
 };
 
 use crate::{
@@ -274,23 +275,15 @@ impl Store {
 
     /// A `ping`: status online and `last_seen` = `now` (UTC, naive, as vantage6).
     pub async fn record_ping(&self, auth_id: i64, now: NaiveDateTime) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE authenticatable SET status = $1, last_seen = $2 WHERE id = $3";
-        match &self.pool {
-            Pool::Sqlite(p) => sqlx::query(SQL)
+        on_pool!(self, p =>
+            sqlx::query("UPDATE authenticatable SET status = $1, last_seen = $2 WHERE id = $3")
                 .bind(AuthStatus::Online.as_str())
-                .bind(sqlalchemy_sqlite_datetime(now))
+                .bind_timestamp(now)
                 .bind(auth_id)
                 .execute(p)
                 .await?
-                .rows_affected(),
-            Pool::Postgres(p) => sqlx::query(SQL)
-                .bind(AuthStatus::Online.as_str())
-                .bind(now)
-                .bind(auth_id)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        };
+                .rows_affected()
+        );
         Ok(())
     }
 
@@ -298,21 +291,16 @@ impl Store {
     /// `offline`; returns how many. Nodes that never pinged (NULL
     /// `last_seen`) are left alone.
     pub async fn sweep_offline_nodes(&self, before: NaiveDateTime) -> Result<u64, StoreError> {
-        const SQL: &str = "UPDATE authenticatable SET status = 'offline' \
-             WHERE type = 'node' AND status = 'online' AND last_seen < $1";
-        let done = match &self.pool {
-            Pool::Sqlite(p) => sqlx::query(SQL)
-                .bind(sqlalchemy_sqlite_datetime(before))
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Pool::Postgres(p) => sqlx::query(SQL)
-                .bind(before)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        };
-        Ok(done)
+        Ok(on_pool!(self, p =>
+            sqlx::query(
+                "UPDATE authenticatable SET status = 'offline' \
+                 WHERE type = 'node' AND status = 'online' AND last_seen < $1",
+            )
+            .bind_timestamp(before)
+            .execute(p)
+            .await?
+            .rows_affected()
+        ))
     }
 
     /// Replaces all `nodeconfig` rows of a node, in one transaction.
@@ -321,46 +309,22 @@ impl Store {
         node_id: i64,
         rows: &[ConfigRow],
     ) -> Result<(), StoreError> {
-        const DELETE: &str = "DELETE FROM nodeconfig WHERE node_id = $1";
-        const INSERT: &str = "INSERT INTO nodeconfig (node_id, \"key\", value) VALUES ($1, $2, $3)";
-        match &self.pool {
-            Pool::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                sqlx::query(DELETE).bind(node_id).execute(&mut *tx).await?;
-                for row in rows {
-                    let q = sqlx::query(INSERT).bind(node_id).bind(&row.key);
-                    // As Python's sqlite3: bools are integers, numbers keep
-                    // their type and SQLite's column affinity makes the text.
-                    let q = match &row.value {
-                        ConfigValue::Null => q.bind(None::<String>),
-                        ConfigValue::Bool(b) => q.bind(i64::from(*b)),
-                        ConfigValue::Int(i) => q.bind(*i),
-                        ConfigValue::Float(f) => q.bind(*f),
-                        ConfigValue::Text(s) | ConfigValue::Json(s) => q.bind(s.as_str()),
-                    };
-                    q.execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM nodeconfig WHERE node_id = $1")
+                .bind(node_id)
+                .execute(&mut *tx)
+                .await?;
+            for row in rows {
+                sqlx::query("INSERT INTO nodeconfig (node_id, \"key\", value) VALUES ($1, $2, $3)")
+                    .bind(node_id)
+                    .bind(&row.key)
+                    .bind_config_value(&row.value)
+                    .execute(&mut *tx)
+                    .await?;
             }
-            Pool::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                sqlx::query(DELETE).bind(node_id).execute(&mut *tx).await?;
-                for row in rows {
-                    let q = sqlx::query(INSERT).bind(node_id).bind(&row.key);
-                    // As psycopg2: typed values, cast to the VARCHAR column
-                    // by PostgreSQL (true → 'true', 0.5 → '0.5').
-                    let q = match &row.value {
-                        ConfigValue::Null => q.bind(None::<String>),
-                        ConfigValue::Bool(b) => q.bind(*b),
-                        ConfigValue::Int(i) => q.bind(*i),
-                        ConfigValue::Float(f) => q.bind(*f),
-                        ConfigValue::Text(s) | ConfigValue::Json(s) => q.bind(s.as_str()),
-                    };
-                    q.execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-            }
-        }
+            tx.commit().await?
+        });
         Ok(())
     }
 
@@ -411,6 +375,50 @@ impl Store {
             .rows_affected()
         );
         Ok(done > 0)
+    }
+}
+
+/// The binds whose form differs between the dialects, chosen so that the
+/// stored value is what vantage6 (SQLAlchemy with sqlite3 or psycopg2)
+/// stores for the same Python value.
+trait DialectBind<'q>: Sized {
+    /// A naive UTC timestamp: SQLAlchemy's text form on SQLite, a
+    /// `timestamp` on PostgreSQL.
+    fn bind_timestamp(self, t: NaiveDateTime) -> Self;
+    /// A `nodeconfig.value`: typed, so that the database renders it into the
+    /// string column as it does for the reference (SQLite: `false` → `'0'`,
+    /// `0.5` → `'0.5'`; PostgreSQL: `false` → `'false'`).
+    fn bind_config_value(self, v: &'q ConfigValue) -> Self;
+}
+
+impl<'q> DialectBind<'q> for Query<'q, Sqlite, SqliteArguments<'q>> {
+    fn bind_timestamp(self, t: NaiveDateTime) -> Self {
+        self.bind(sqlalchemy_sqlite_datetime(t))
+    }
+    fn bind_config_value(self, v: &'q ConfigValue) -> Self {
+        match v {
+            ConfigValue::Null => self.bind(None::<&str>),
+            // Python's sqlite3 binds bools as integers.
+            ConfigValue::Bool(b) => self.bind(i64::from(*b)),
+            ConfigValue::Int(i) => self.bind(*i),
+            ConfigValue::Float(f) => self.bind(*f),
+            ConfigValue::Text(s) | ConfigValue::Json(s) => self.bind(s.as_str()),
+        }
+    }
+}
+
+impl<'q> DialectBind<'q> for Query<'q, Postgres, PgArguments> {
+    fn bind_timestamp(self, t: NaiveDateTime) -> Self {
+        self.bind(t)
+    }
+    fn bind_config_value(self, v: &'q ConfigValue) -> Self {
+        match v {
+            ConfigValue::Null => self.bind(None::<&str>),
+            ConfigValue::Bool(b) => self.bind(*b),
+            ConfigValue::Int(i) => self.bind(*i),
+            ConfigValue::Float(f) => self.bind(*f),
+            ConfigValue::Text(s) | ConfigValue::Json(s) => self.bind(s.as_str()),
+        }
     }
 }
 
