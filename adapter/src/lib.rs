@@ -2,5 +2,9 @@
 //! RabbitMQ (AMQP 0.9.1) adapter for [socketioxide](https://docs.rs/socketioxide), wire-compatible
 //! with python-socketio's message queue (work in progress, see issue 3).
 
+pub mod adapter;
 pub mod broker;
 pub mod wire;
+
+pub use adapter::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, CustomAmqpAdapter, Error, Metrics};
+pub use broker::{AmqpConfig, AmqpDriver};

@@ -1,0 +1,336 @@
+//! Adapter behaviour over the in-process broker: several `SocketIo` servers, dummy clients,
+//! and python-socketio messages injected on the exchange.
+
+mod common;
+
+use common::{eventually, py_emit, server, wait_for_cluster, Client};
+use futures_util::StreamExt;
+use serde_json::json;
+use socketioxide_amqp::{
+    broker::MemoryBroker,
+    wire::{self, Message},
+};
+
+/// Drains the tap and decodes what was published to the exchange.
+fn published(tap: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) -> Vec<Message> {
+    let mut out = Vec::new();
+    while let Ok(body) = tap.try_recv() {
+        out.push(wire::decode(&body).expect("our own messages decode"));
+    }
+    out
+}
+
+fn emits(msgs: Vec<Message>) -> Vec<wire::Emit> {
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            Message::Emit(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_server_with_one_python_readable_publish() {
+    let broker = MemoryBroker::new();
+    let (io1, ctr1) = server(broker.driver()).await;
+    let (io2, _) = server(broker.driver()).await;
+    let mut c1 = Client::connect(&io1).await;
+    let mut c2 = Client::connect(&io2).await;
+    wait_for_cluster(&[&io1, &io2], 2).await;
+
+    let mut tap = broker.tap();
+    io1.emit("hello", &json!({"a": 1})).await.unwrap();
+    assert_eq!(c1.next().await, r#"2["hello",{"a":1}]"#);
+    assert_eq!(c2.next().await, r#"2["hello",{"a":1}]"#);
+
+    let emits = emits(published(&mut tap));
+    assert_eq!(emits.len(), 1, "exactly one publish per broadcast");
+    let e = &emits[0];
+    assert_eq!(e.event, "hello");
+    assert_eq!(e.data, json!([{"a": 1}]));
+    assert_eq!(e.namespace, "/");
+    assert!(e.room.is_none());
+    assert_eq!(e.host_id, ctr1.host_id());
+
+    // The sender ignored its own message: the next frame is the next broadcast.
+    io1.to("nobody").emit("skip", &()).await.unwrap();
+    io2.emit("marker", &()).await.unwrap();
+    assert_eq!(c1.next().await, r#"2["marker",null]"#);
+    assert!(ctr1.metrics().ignored >= 1);
+}
+
+#[tokio::test]
+async fn rooms_except_and_binary_between_servers() {
+    let broker = MemoryBroker::new();
+    let (io1, _) = server(broker.driver()).await;
+    let (io2, _) = server(broker.driver()).await;
+    let mut a = Client::connect(&io1).await;
+    let mut b = Client::connect(&io2).await;
+    let mut c = Client::connect(&io2).await;
+    wait_for_cluster(&[&io1, &io2], 3).await;
+    io1.local().fetch_sockets().await.unwrap();
+    // Rooms set on each server locally.
+    for s in io2.sockets() {
+        s.join(if s.id == b.sid { "r1" } else { "r2" });
+    }
+    io1.to("r1").emit("only-r1", &1).await.unwrap();
+    assert_eq!(b.next().await, r#"2["only-r1",1]"#);
+    io1.to(["r1", "r2"])
+        .except("r2")
+        .emit("except", &2)
+        .await
+        .unwrap();
+    assert_eq!(b.next().await, r#"2["except",2]"#);
+
+    let bin = bytes::Bytes::from_static(b"\x01\x02");
+    io1.to("r2").emit("bin", &(bin.clone(), "x")).await.unwrap();
+    let (frame, bins) = c.next_with_bins(1).await;
+    assert_eq!(frame, r#"51-["bin",{"_placeholder":true,"num":0},"x"]"#);
+    assert_eq!(bins, [b"\x01\x02".to_vec()]);
+
+    io2.emit("marker", &()).await.unwrap();
+    assert_eq!(a.next().await, r#"2["marker",null]"#);
+}
+
+#[tokio::test]
+async fn python_emit_reaches_local_sockets() {
+    let broker = MemoryBroker::new();
+    let (io, ctr) = server(broker.driver()).await;
+    let mut a = Client::connect(&io).await;
+    let mut b = Client::connect(&io).await;
+    io.local()
+        .sockets()
+        .into_iter()
+        .for_each(|s| s.join(if s.id == a.sid { "room1" } else { "room2" }));
+
+    // The literal message captured from python-socketio 5.18.1.
+    broker.inject(br#"{"method": "emit", "event": "my event", "data": [{"a": 1}], "binary": false, "namespace": "/", "room": "room1", "skip_sid": null, "callback": null, "host_id": "29359f22c4e0480e8f2718beb2381ea7"}"#.to_vec());
+    assert_eq!(a.next().await, r#"2["my event",{"a":1}]"#);
+
+    // Several args, room list.
+    broker.inject(py_emit(
+        "multi",
+        json!(["a", 2, null]),
+        json!(["room1", "room2"]),
+    ));
+    assert_eq!(a.next().await, r#"2["multi","a",2,null]"#);
+    assert_eq!(b.next().await, r#"2["multi","a",2,null]"#);
+
+    // A sid is a room, `[null]` is no argument, skip_sid excludes.
+    broker.inject(py_emit("to-sid", json!([null]), json!(b.sid.to_string())));
+    assert_eq!(b.next().await, r#"2["to-sid"]"#);
+    let mut skip = serde_json::from_slice::<serde_json::Value>(&py_emit(
+        "skip",
+        json!([]),
+        serde_json::Value::Null,
+    ))
+    .unwrap();
+    skip["skip_sid"] = json!([a.sid.to_string(), "FDEIIuLvTWf7FaSBAAAA"]);
+    broker.inject(serde_json::to_vec(&skip).unwrap());
+    assert_eq!(b.next().await, r#"2["skip"]"#);
+
+    // Binary with placeholders, to everybody.
+    broker.inject(br#"{"method": "emit", "event": "bin", "data": [[{"_placeholder": true, "num": 0}, "x", {"k": {"_placeholder": true, "num": 1}}], "AQI=", "eno="], "binary": true, "namespace": "/", "room": null, "skip_sid": null, "callback": null, "host_id": "29359f22c4e0480e8f2718beb2381ea7"}"#.to_vec());
+    for client in [&mut a, &mut b] {
+        let (frame, bins) = client.next_with_bins(2).await;
+        assert_eq!(
+            frame,
+            r#"52-["bin",{"_placeholder":true,"num":0},"x",{"k":{"_placeholder":true,"num":1}}]"#
+        );
+        assert_eq!(bins, [b"\x01\x02".to_vec(), b"zz".to_vec()]);
+    }
+
+    // Junk is counted and dropped, the next message still works.
+    broker.inject(b"\x80not json".to_vec());
+    broker.inject(br#"{"method":"emit"}"#.to_vec());
+    broker.inject(py_emit("after-junk", json!([1]), serde_json::Value::Null));
+    assert_eq!(a.next().await, r#"2["after-junk",1]"#);
+    assert_eq!(ctr.metrics().invalid, 2);
+}
+
+#[tokio::test]
+async fn python_callback_requests_get_callback_replies() {
+    let broker = MemoryBroker::new();
+    let (io, ctr) = server(broker.driver()).await;
+    let a = Client::connect(&io).await;
+    let mut a = a;
+    let mut tap = broker.tap();
+    let py_host = "84aef12e5c124534bf0e9c1587f02701";
+    let body = json!({"method": "emit", "event": "ev", "data": [{"x": 1}], "binary": false,
+        "namespace": "/", "room": a.sid.to_string(), "skip_sid": null,
+        "callback": [a.sid.to_string(), "/", 7], "host_id": py_host});
+    broker.inject(serde_json::to_vec(&body).unwrap());
+    let frame = a.next().await;
+    assert!(
+        frame.starts_with('2') && frame.ends_with(r#"["ev",{"x":1}]"#),
+        "{frame}"
+    );
+    a.ack(&frame, r#"["ok",{"n":2}]"#).await;
+
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let callback = loop {
+        if let Some(Ok(Message::Callback(c))) = tap.recv().await.map(|b| wire::decode(&b)) {
+            break c;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+    };
+    assert_eq!(callback.host_id, py_host);
+    assert_eq!(callback.sid, a.sid.to_string());
+    assert_eq!(callback.id, 7);
+    assert_eq!(callback.namespace, "/");
+    assert_eq!(callback.args, json!(["ok", {"n": 2}]));
+    assert_ne!(callback.host_id, ctr.host_id());
+}
+
+#[tokio::test]
+async fn python_room_and_disconnect_methods_act_on_local_sockets() {
+    let broker = MemoryBroker::new();
+    let (io, _) = server(broker.driver()).await;
+    let mut a = Client::connect(&io).await;
+    let sid = a.sid.to_string();
+    let host = "29359f22c4e0480e8f2718beb2381ea7";
+    let inject = |v: serde_json::Value| broker.inject(serde_json::to_vec(&v).unwrap());
+
+    inject(
+        json!({"method": "enter_room", "sid": sid, "room": "room9", "namespace": "/", "host_id": host}),
+    );
+    // Unknown (python) sids are ignored, without ghost entries.
+    inject(
+        json!({"method": "enter_room", "sid": "FDEIIuLvTWf7FaSBAAAA", "room": "room9", "namespace": "/", "host_id": host}),
+    );
+    broker.inject(py_emit("in9", json!([]), json!("room9")));
+    assert_eq!(a.next().await, r#"2["in9"]"#);
+    assert_eq!(io.local().rooms().await.unwrap(), ["room9"]);
+
+    inject(
+        json!({"method": "leave_room", "sid": sid, "room": "room9", "namespace": "/", "host_id": host}),
+    );
+    inject(
+        json!({"method": "enter_room", "sid": sid, "room": "room8", "namespace": "/", "host_id": host}),
+    );
+    inject(json!({"method": "close_room", "room": "room8", "namespace": "/", "host_id": host}));
+    broker.inject(py_emit("marker", json!([]), json!(null)));
+    assert_eq!(a.next().await, r#"2["marker"]"#);
+    assert!(io.local().rooms().await.unwrap().is_empty());
+
+    inject(json!({"method": "disconnect", "sid": sid, "namespace": "/", "host_id": host}));
+    a.expect_disconnect().await;
+}
+
+#[tokio::test]
+async fn fetch_sockets_rooms_and_room_wide_ops_across_servers() {
+    let broker = MemoryBroker::new();
+    let (io1, _) = server(broker.driver()).await;
+    let (io2, _) = server(broker.driver()).await;
+    let (io3, ctr3) = server(broker.driver()).await;
+    let _a = Client::connect(&io1).await;
+    let mut b = Client::connect(&io2).await;
+    let mut c = Client::connect(&io3).await;
+    wait_for_cluster(&[&io1, &io2, &io3], 3).await;
+
+    io1.clone().join("all").await.unwrap();
+    eventually("every socket joined", || async {
+        io3.within("all").fetch_sockets().await.unwrap().len() == 3
+    })
+    .await;
+    assert_eq!(io2.rooms().await.unwrap(), ["all"]);
+    io1.within("all").leave("all").await.unwrap();
+    eventually("every socket left", || async {
+        io2.rooms().await.unwrap().is_empty()
+    })
+    .await;
+
+    // Remote socket operations, from server 1 on the socket of server 3.
+    let sockets = io1.fetch_sockets().await.unwrap();
+    assert_eq!(sockets.len(), 3);
+    let remote_c = sockets.into_iter().find(|s| s.data().id == c.sid).unwrap();
+    remote_c.join("vip").await.unwrap();
+    eventually("remote join", || async {
+        io3.local().rooms().await.unwrap() == ["vip"]
+    })
+    .await;
+    assert!(io2.local().rooms().await.unwrap().is_empty());
+    remote_c.emit("direct", &"hi").await.unwrap();
+    assert_eq!(c.next().await, r#"2["direct","hi"]"#);
+    let published_before = broker.published();
+    remote_c.leave("vip").await.unwrap();
+    // Targeted at a known server: sent to its queue, not to the exchange.
+    assert_eq!(broker.published(), published_before);
+    eventually("remote leave", || async {
+        io3.local().rooms().await.unwrap().is_empty()
+    })
+    .await;
+
+    io1.to("nobody").disconnect().await.unwrap();
+    io2.emit("still", &()).await.unwrap();
+    assert_eq!(b.next().await, r#"2["still",null]"#);
+    assert_eq!(c.next().await, r#"2["still",null]"#);
+    remote_c.disconnect().await.unwrap();
+    c.expect_disconnect().await;
+    io1.disconnect().await.unwrap();
+    b.expect_disconnect().await;
+    assert_eq!(ctr3.metrics().invalid, 0);
+}
+
+#[tokio::test]
+async fn broadcast_with_ack_collects_every_ack_and_ends() {
+    let broker = MemoryBroker::new();
+    let (io1, _) = server(broker.driver()).await;
+    let (io2, _) = server(broker.driver()).await;
+    let mut a = Client::connect(&io1).await;
+    let mut b = Client::connect(&io2).await;
+    let mut b2 = Client::connect(&io2).await;
+    wait_for_cluster(&[&io1, &io2], 3).await;
+
+    let stream = io1
+        .emit_with_ack::<_, String>("question", &1)
+        .await
+        .unwrap();
+    for client in [&mut a, &mut b, &mut b2] {
+        let frame = client.next().await;
+        client.ack(&frame, &format!(r#"["{}"]"#, client.sid)).await;
+    }
+    let acks: Vec<_> = stream.collect().await;
+    let mut got: Vec<String> = acks.into_iter().map(|(_, r)| r.unwrap()).collect();
+    got.sort();
+    let mut want = vec![a.sid.to_string(), b.sid.to_string(), b2.sid.to_string()];
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn local_operations_never_touch_the_broker() {
+    let broker = MemoryBroker::new();
+    let (io1, ctr) = server(broker.driver()).await;
+    let (io2, _) = server(broker.driver()).await;
+    let mut a = Client::connect(&io1).await;
+    let _b = Client::connect(&io2).await;
+    wait_for_cluster(&[&io1, &io2], 2).await;
+    let before = ctr.metrics().published;
+    io1.local().emit("local", &()).await.unwrap();
+    assert_eq!(a.next().await, r#"2["local",null]"#);
+    assert_eq!(io1.local().fetch_sockets().await.unwrap().len(), 1);
+    io1.local().join("x").await.unwrap();
+    assert_eq!(io1.local().rooms().await.unwrap(), ["x"]);
+    io1.local().leave("x").await.unwrap();
+    let stream = io1.local().emit_with_ack::<_, ()>("q", &()).await.unwrap();
+    let frame = a.next().await;
+    a.ack(&frame, "[null]").await;
+    assert_eq!(stream.count().await, 1);
+    assert_eq!(ctr.metrics().published, before);
+}
+
+#[tokio::test]
+async fn broker_down_keeps_local_delivery_and_reports_the_failure() {
+    let broker = MemoryBroker::new();
+    let (io, ctr) = server(broker.driver()).await;
+    let mut a = Client::connect(&io).await;
+    broker.set_down(true);
+    let res = io.emit("while-down", &()).await;
+    assert!(res.is_err(), "the failed publish is an error");
+    assert_eq!(a.next().await, r#"2["while-down",null]"#);
+    assert_eq!(ctr.metrics().publish_errors, 1);
+    broker.set_down(false);
+    io.emit("back", &()).await.unwrap();
+    assert_eq!(a.next().await, r#"2["back",null]"#);
+}
