@@ -4,7 +4,9 @@
 
 pub mod adapter;
 pub mod broker;
+pub mod emitter;
 pub mod wire;
 
 pub use adapter::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, CustomAmqpAdapter, Error, Metrics};
 pub use broker::{AmqpConfig, AmqpDriver};
+pub use emitter::Emitter;

@@ -334,3 +334,71 @@ async fn broker_down_keeps_local_delivery_and_reports_the_failure() {
     io.emit("back", &()).await.unwrap();
     assert_eq!(a.next().await, r#"2["back",null]"#);
 }
+
+#[tokio::test]
+async fn python_acks_are_collected_while_the_stream_is_open() {
+    let broker = MemoryBroker::new();
+    let config = common::config()
+        .with_request_timeout(std::time::Duration::from_millis(200))
+        .with_wait_for_python_acks(true);
+    let (io, ctr) = common::server_with(broker.driver(), config).await;
+    let mut tap = broker.tap();
+    let stream = io
+        .to("FDEIIuLvTWf7FaSBAAAA")
+        .timeout(std::time::Duration::from_millis(300))
+        .emit_with_ack::<_, String>("call", &1)
+        .await
+        .unwrap();
+    let emit = emits(published(&mut tap)).remove(0);
+    let callback = emit.callback.expect("python callback field");
+    assert_eq!(callback.room, "FDEIIuLvTWf7FaSBAAAA");
+    // What a python server does when its client acks.
+    broker.inject(
+        serde_json::to_vec(&json!({"method": "callback", "host_id": ctr.host_id(),
+            "sid": callback.room, "namespace": "/", "id": callback.id, "args": ["py-ok"]}))
+        .unwrap(),
+    );
+    let acks: Vec<_> = stream.collect().await;
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].1.as_ref().unwrap(), "py-ok");
+}
+
+#[tokio::test]
+async fn emitter_reaches_servers_like_a_python_publisher() {
+    let broker = MemoryBroker::new();
+    let (io, _) = server(broker.driver()).await;
+    let mut a = Client::connect(&io).await;
+    let mut b = Client::connect(&io).await;
+    io.local().sockets().into_iter().for_each(|s| s.join("r"));
+    let emitter = socketioxide_amqp::Emitter::new(broker.driver());
+    let mut tap = broker.tap();
+    emitter
+        .to("r")
+        .skip_sid(b.sid.to_string())
+        .emit("ev", &json!({"k": 1}))
+        .await
+        .unwrap();
+    assert_eq!(a.next().await, r#"2["ev",{"k":1}]"#);
+    let sent = emits(published(&mut tap)).remove(0);
+    assert_eq!(sent.room, wire::Targets::One("r".into()));
+    assert!(sent.x_opts.is_none(), "plain python message");
+
+    emitter
+        .emit_args("two", vec![json!(1), json!("x")])
+        .await
+        .unwrap();
+    assert_eq!(b.next().await, r#"2["two",1,"x"]"#);
+    assert_eq!(a.next().await, r#"2["two",1,"x"]"#);
+    emitter.close_room("r").await.unwrap();
+    emitter.enter_room(&a.sid.to_string(), "s").await.unwrap();
+    emitter.to("s").emit("in-s", &()).await.unwrap();
+    assert_eq!(a.next().await, r#"2["in-s"]"#);
+    assert_eq!(io.local().rooms().await.unwrap(), ["s"]);
+    emitter.leave_room(&a.sid.to_string(), "s").await.unwrap();
+    emitter.disconnect(&b.sid.to_string()).await.unwrap();
+    b.expect_disconnect().await;
+    assert!(io.local().rooms().await.unwrap().is_empty());
+    broker.set_down(true);
+    assert!(emitter.emit("x", &1).await.is_err());
+    assert_eq!(emitter.publish_errors(), 1);
+}

@@ -21,7 +21,15 @@ pub fn config() -> AdapterConfig {
 
 /// A server with the `/` namespace over `driver`.
 pub async fn server<D: Driver>(driver: D) -> (Io<D>, AmqpAdapterCtr<D>) {
-    let ctr = AmqpAdapterCtr::new_with_driver(driver, config());
+    server_with(driver, config()).await
+}
+
+/// A server with the `/` namespace over `driver`, with the given settings.
+pub async fn server_with<D: Driver>(
+    driver: D,
+    config: AdapterConfig,
+) -> (Io<D>, AmqpAdapterCtr<D>) {
+    let ctr = AmqpAdapterCtr::new_with_driver(driver, config);
     let (_svc, io) = SocketIo::builder()
         .with_adapter::<CustomAmqpAdapter<_, D>>(ctr.clone())
         .build_svc();

@@ -1,0 +1,205 @@
+//! A publish-only client: emit to the clients of the servers on the exchange, from any process
+//! (a REST API, a worker, a CLI), without running a Socket.IO server.
+//!
+//! It is the counterpart of python-socketio's write-only `KombuManager` and publishes the same
+//! messages, so both socketioxide servers using [`AmqpAdapter`](crate::AmqpAdapter) and python
+//! servers receive them.
+//!
+//! ```no_run
+//! use socketioxide_amqp::{AmqpConfig, Emitter};
+//!
+//! # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+//! let emitter = Emitter::connect(AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")).await?;
+//! // To every client of `/tasks` in room `collaboration_7`.
+//! emitter
+//!     .of("/tasks")
+//!     .to("collaboration_7")
+//!     .emit("algorithm_status_change", &serde_json::json!({"run_id": 3}))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::{
+    adapter::Error,
+    broker::{AmqpConfig, AmqpDriver, Driver},
+    wire::{self, CloseRoom, Disconnect, Emit, Message, RoomMembership, Targets},
+};
+
+struct Inner<D> {
+    driver: D,
+    host_id: String,
+    publish_errors: AtomicU64,
+}
+
+/// A publish-only emitter. Cheap to clone; [`of`](Self::of), [`to`](Self::to) and
+/// [`skip_sid`](Self::skip_sid) return adjusted copies.
+pub struct Emitter<D = AmqpDriver> {
+    inner: Arc<Inner<D>>,
+    ns: String,
+    rooms: Vec<String>,
+    skip: Vec<String>,
+}
+
+impl<D> Clone for Emitter<D> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            ns: self.ns.clone(),
+            rooms: self.rooms.clone(),
+            skip: self.skip.clone(),
+        }
+    }
+}
+
+impl<D> std::fmt::Debug for Emitter<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter")
+            .field("host_id", &self.inner.host_id)
+            .field("ns", &self.ns)
+            .field("rooms", &self.rooms)
+            .field("skip", &self.skip)
+            .finish()
+    }
+}
+
+impl Emitter<AmqpDriver> {
+    /// Connects to RabbitMQ and declares the exchange (no queue: nothing is consumed).
+    pub async fn connect(config: AmqpConfig) -> Result<Self, Error> {
+        Ok(Self::new(AmqpDriver::connect_publisher(config).await?))
+    }
+}
+
+impl<D: Driver> Emitter<D> {
+    /// An emitter over any driver, for namespace `/` and every client.
+    pub fn new(driver: D) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                driver,
+                host_id: wire::new_host_id(),
+                publish_errors: AtomicU64::new(0),
+            }),
+            ns: "/".to_owned(),
+            rooms: Vec::new(),
+            skip: Vec::new(),
+        }
+    }
+
+    /// The same emitter for namespace `ns` (rooms and skipped sids are kept).
+    pub fn of(&self, ns: impl Into<String>) -> Self {
+        let mut e = self.clone();
+        e.ns = ns.into();
+        e
+    }
+
+    /// Adds a room (or a client sid) to reach; without any room every client is reached.
+    pub fn to(&self, room: impl Into<String>) -> Self {
+        let mut e = self.clone();
+        e.rooms.push(room.into());
+        e
+    }
+
+    /// Excludes a client.
+    pub fn skip_sid(&self, sid: impl Into<String>) -> Self {
+        let mut e = self.clone();
+        e.skip.push(sid.into());
+        e
+    }
+
+    /// This emitter's python-socketio host id.
+    pub fn host_id(&self) -> &str {
+        &self.inner.host_id
+    }
+
+    /// How many publishes failed so far.
+    pub fn publish_errors(&self) -> u64 {
+        self.inner.publish_errors.load(Ordering::Relaxed)
+    }
+
+    /// Emits `event` with one argument.
+    ///
+    /// A single `null` argument reaches clients as no argument (python-socketio's rule).
+    pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<(), Error> {
+        let arg =
+            serde_json::to_value(data).map_err(|e| Error::Wire(wire::WireError::Encode(e)))?;
+        self.emit_args(event, vec![arg]).await
+    }
+
+    /// Emits `event` with any number of arguments.
+    pub async fn emit_args(&self, event: &str, args: Vec<Json>) -> Result<(), Error> {
+        let msg = Message::Emit(Emit {
+            event: event.to_owned(),
+            data: Json::Array(args),
+            binary: false,
+            namespace: self.ns.clone(),
+            room: Targets::from_list(self.rooms.clone()),
+            skip_sid: Targets::from_list(self.skip.clone()),
+            callback: None,
+            host_id: self.inner.host_id.clone(),
+            x_uid: None,
+            x_opts: None,
+            x_req: None,
+            x_reply_to: None,
+            x_timeout_ms: None,
+            x_value: None,
+        });
+        self.publish(&msg).await
+    }
+
+    /// Removes every client of the namespace from `room`, on every server.
+    pub async fn close_room(&self, room: &str) -> Result<(), Error> {
+        self.publish(&Message::CloseRoom(CloseRoom {
+            room: room.to_owned(),
+            namespace: self.ns.clone(),
+            host_id: self.inner.host_id.clone(),
+        }))
+        .await
+    }
+
+    /// Adds the client `sid` to `room`, on the server it is connected to.
+    pub async fn enter_room(&self, sid: &str, room: &str) -> Result<(), Error> {
+        self.publish(&Message::EnterRoom(self.membership(sid, room)))
+            .await
+    }
+
+    /// Removes the client `sid` from `room`, on the server it is connected to.
+    pub async fn leave_room(&self, sid: &str, room: &str) -> Result<(), Error> {
+        self.publish(&Message::LeaveRoom(self.membership(sid, room)))
+            .await
+    }
+
+    /// Disconnects the client `sid`, on the server it is connected to.
+    pub async fn disconnect(&self, sid: &str) -> Result<(), Error> {
+        self.publish(&Message::Disconnect(Disconnect {
+            sid: sid.to_owned(),
+            namespace: self.ns.clone(),
+            host_id: self.inner.host_id.clone(),
+        }))
+        .await
+    }
+
+    fn membership(&self, sid: &str, room: &str) -> RoomMembership {
+        RoomMembership {
+            sid: sid.to_owned(),
+            room: room.to_owned(),
+            namespace: self.ns.clone(),
+            host_id: self.inner.host_id.clone(),
+        }
+    }
+
+    async fn publish(&self, msg: &Message) -> Result<(), Error> {
+        let body = wire::encode(msg)?;
+        self.inner.driver.publish(body).await.map_err(|e| {
+            self.inner.publish_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, method = msg.method(), "emitter publish failed");
+            Error::Broker(e)
+        })
+    }
+}
