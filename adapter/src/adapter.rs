@@ -59,8 +59,8 @@ use tokio::sync::mpsc;
 use crate::{
     broker::{AmqpConfig, AmqpDriver, BrokerError, Driver, MessageStream},
     wire::{
-        self, CallbackRef, Emit, Heartbeat, HeartbeatKind, Message, Reply, Request, RequestOp,
-        Response, Targets, WireError, WireValue,
+        self, CallbackRef, DataFormat, Emit, Heartbeat, HeartbeatKind, Message, Reply, Request,
+        RequestOp, Response, Targets, WireError, WireValue,
     },
 };
 
@@ -100,6 +100,11 @@ pub struct AdapterConfig {
     pub wait_for_python_acks: bool,
     /// Capacity of each namespace's inbound message queue (default 1024).
     pub buffer: usize,
+    /// How to read the `data` of `emit` messages from python servers and emitters (default
+    /// [`DataFormat::Args`], python-socketio 5.15.1+). Use [`DataFormat::Value`] when the python
+    /// side runs python-socketio 5.14.0 to 5.15.0 (e.g. vantage6 4.15, which pins 5.15.0).
+    /// What we publish is always in the 5.15.1+ format.
+    pub python_data_format: DataFormat,
 }
 
 impl Default for AdapterConfig {
@@ -110,6 +115,7 @@ impl Default for AdapterConfig {
             heartbeat_timeout: Duration::from_secs(15),
             wait_for_python_acks: false,
             buffer: 1024,
+            python_data_format: DataFormat::Args,
         }
     }
 }
@@ -124,6 +130,11 @@ impl AdapterConfig {
     pub fn with_heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.heartbeat_interval = interval;
         self.heartbeat_timeout = timeout.max(interval);
+        self
+    }
+    /// Sets how the `data` of python `emit` messages is read.
+    pub fn with_python_data_format(mut self, format: DataFormat) -> Self {
+        self.python_data_format = format;
         self
     }
     /// Keeps ack streams open until the timeout (for acks from Python servers).
@@ -692,7 +703,12 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
 
     async fn on_emit(self: &Arc<Self>, e: Emit) {
         let from_python = e.x_opts.is_none();
-        let value = match wire::event_value(&e, from_python) {
+        let format = if from_python {
+            self.shared.config.python_data_format
+        } else {
+            DataFormat::Args
+        };
+        let value = match wire::event_value(&e, format, !from_python) {
             Ok(v) => v,
             Err(err) => {
                 inc(&self.shared.counters.invalid);

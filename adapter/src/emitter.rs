@@ -30,11 +30,12 @@ use serde_json::Value as Json;
 use crate::{
     adapter::Error,
     broker::{AmqpConfig, AmqpDriver, Driver},
-    wire::{self, CloseRoom, Disconnect, Emit, Message, RoomMembership, Targets},
+    wire::{self, CloseRoom, DataFormat, Disconnect, Emit, Message, RoomMembership, Targets},
 };
 
 struct Inner<D> {
     driver: D,
+    format: DataFormat,
     host_id: String,
     publish_errors: AtomicU64,
 }
@@ -83,6 +84,7 @@ impl<D: Driver> Emitter<D> {
         Self {
             inner: Arc::new(Inner {
                 driver,
+                format: DataFormat::Args,
                 host_id: wire::new_host_id(),
                 publish_errors: AtomicU64::new(0),
             }),
@@ -90,6 +92,18 @@ impl<D: Driver> Emitter<D> {
             rooms: Vec::new(),
             skip: Vec::new(),
         }
+    }
+
+    /// An emitter over any driver that writes `data` in the given format: use
+    /// [`DataFormat::Value`] when the receiving python servers run python-socketio 5.14.0 to
+    /// 5.15.0. socketioxide servers read the format set in their
+    /// [`AdapterConfig::python_data_format`](crate::AdapterConfig::python_data_format).
+    pub fn with_data_format(driver: D, format: DataFormat) -> Self {
+        let mut e = Self::new(driver);
+        if let Some(inner) = Arc::get_mut(&mut e.inner) {
+            inner.format = format;
+        }
+        e
     }
 
     /// The same emitter for namespace `ns` (rooms and skipped sids are kept).
@@ -133,10 +147,19 @@ impl<D: Driver> Emitter<D> {
     }
 
     /// Emits `event` with any number of arguments.
-    pub async fn emit_args(&self, event: &str, args: Vec<Json>) -> Result<(), Error> {
+    ///
+    /// In [`DataFormat::Value`] several arguments are sent as one list (python-socketio 5.15.0
+    /// cannot express more than one argument).
+    pub async fn emit_args(&self, event: &str, mut args: Vec<Json>) -> Result<(), Error> {
+        let data = match (self.inner.format, args.len()) {
+            (DataFormat::Args, _) => Json::Array(args),
+            (DataFormat::Value, 0) => Json::Null,
+            (DataFormat::Value, 1) => args.remove(0),
+            (DataFormat::Value, _) => Json::Array(args),
+        };
         let msg = Message::Emit(Emit {
             event: event.to_owned(),
-            data: Json::Array(args),
+            data,
             binary: false,
             namespace: self.ns.clone(),
             room: Targets::from_list(self.rooms.clone()),

@@ -10,3 +10,4 @@ pub mod wire;
 pub use adapter::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, CustomAmqpAdapter, Error, Metrics};
 pub use broker::{AmqpConfig, AmqpDriver};
 pub use emitter::Emitter;
+pub use wire::DataFormat;

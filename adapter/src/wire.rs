@@ -644,12 +644,24 @@ pub fn event_fields(value: &Value) -> Result<EventFields, WireError> {
     })
 }
 
+/// How python-socketio lays out the arguments in the `data` field of an `emit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DataFormat {
+    /// python-socketio 5.15.1 and later: `data` is the list of arguments; a one-element list
+    /// `[null]` means "no argument" (Python cannot send a single `None` argument).
+    #[default]
+    Args,
+    /// python-socketio 5.14.0 to 5.15.0: `data` is the single argument itself (`null` for none;
+    /// a list is one list argument).
+    Value,
+}
+
 /// Rebuilds a socketioxide event payload from an [`Emit`].
 ///
-/// With `python_args`, the argument list is read like python-socketio does: a one-element list
-/// `[null]` means "no arguments" (Python cannot send a single `None` argument). Messages from
-/// socketioxide instances (which carry `x_opts`) keep a single `null` argument.
-pub fn event_value(emit: &Emit, python_args: bool) -> Result<Value, WireError> {
+/// `format` says how to read `data`. With `exact`, used for messages from socketioxide
+/// instances (which carry `x_opts` and always use [`DataFormat::Args`]), a single `null`
+/// argument is kept instead of meaning "no argument".
+pub fn event_value(emit: &Emit, format: DataFormat, exact: bool) -> Result<Value, WireError> {
     if let Some(raw) = &emit.x_value {
         let b = BASE64
             .decode(raw)
@@ -678,12 +690,13 @@ pub fn event_value(emit: &Emit, python_args: bool) -> Result<Value, WireError> {
     } else {
         (&emit.data, None)
     };
-    let args: &[Json] = match args {
-        Json::Array(a) if python_args && a.len() == 1 && a[0].is_null() => &[],
-        Json::Array(a) => a,
+    let args: &[Json] = match (format, args) {
+        (_, Json::Null) => &[],
+        (DataFormat::Value, other) => std::slice::from_ref(other),
+        (DataFormat::Args, Json::Array(a)) if !exact && a.len() == 1 && a[0].is_null() => &[],
+        (DataFormat::Args, Json::Array(a)) => a,
         // Before python-socketio 5.15.1 `data` was the bare argument.
-        Json::Null => &[],
-        other => std::slice::from_ref(other),
+        (DataFormat::Args, other) => std::slice::from_ref(other),
     };
     let mut text = String::with_capacity(64);
     text.push('[');
@@ -804,7 +817,7 @@ mod tests {
         assert_eq!(e.room, Targets::Many(vec!["r1".into(), "r2".into()]));
         assert_eq!(e.skip_sid, Targets::One("abc".into()));
         assert_eq!(e.host_id, "29359f22c4e0480e8f2718beb2381ea7");
-        let v = event_value(&e, true).unwrap();
+        let v = event_value(&e, DataFormat::Args, false).unwrap();
         let Value::Str(text, Some(bins)) = v else {
             panic!("no bins")
         };
@@ -836,19 +849,19 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            event_value(&e, true).unwrap(),
+            event_value(&e, DataFormat::Args, false).unwrap(),
             Value::Str(r#"["multi","a",2,null]"#.into(), None)
         );
         let Message::Emit(e) = decode(EMIT_NONE.as_bytes()).unwrap() else {
             panic!()
         };
         assert_eq!(
-            event_value(&e, true).unwrap(),
+            event_value(&e, DataFormat::Args, false).unwrap(),
             Value::Str(r#"["none"]"#.into(), None)
         );
         // From a socketioxide peer, a single null argument is kept.
         assert_eq!(
-            event_value(&e, false).unwrap(),
+            event_value(&e, DataFormat::Args, true).unwrap(),
             Value::Str(r#"["none",null]"#.into(), None)
         );
         // Pre-5.15.1 bare data.
@@ -858,8 +871,32 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            event_value(&e, true).unwrap(),
+            event_value(&e, DataFormat::Args, false).unwrap(),
             Value::Str(r#"["e",{"x":1}]"#.into(), None)
+        );
+    }
+
+    #[test]
+    fn legacy_value_format() {
+        let body = r#"{"method":"emit","event":"e","data":[1,2],"namespace":"/","host_id":"h"}"#;
+        let Message::Emit(e) = decode(body.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            event_value(&e, DataFormat::Value, false).unwrap(),
+            Value::Str(r#"["e",[1,2]]"#.into(), None)
+        );
+        assert_eq!(
+            event_value(&e, DataFormat::Args, false).unwrap(),
+            Value::Str(r#"["e",1,2]"#.into(), None)
+        );
+        let none = r#"{"method":"emit","event":"e","data":null,"namespace":"/","host_id":"h"}"#;
+        let Message::Emit(e) = decode(none.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            event_value(&e, DataFormat::Value, false).unwrap(),
+            Value::Str(r#"["e"]"#.into(), None)
         );
     }
 
@@ -892,7 +929,7 @@ mod tests {
             x_timeout_ms: None,
             x_value: None,
         };
-        assert_eq!(event_value(&emit, true).unwrap(), v);
+        assert_eq!(event_value(&emit, DataFormat::Args, false).unwrap(), v);
         assert!(event_fields(&Value::Bytes(Bytes::new())).is_err());
         assert!(event_fields(&Value::Str("[]".into(), None)).is_err());
         assert!(event_fields(&Value::Str("[1]".into(), None)).is_err());
@@ -934,7 +971,7 @@ mod tests {
             panic!()
         };
         assert!(matches!(
-            event_value(&e, true),
+            event_value(&e, DataFormat::Args, false),
             Err(WireError::Base64 { .. })
         ));
     }
@@ -1010,14 +1047,14 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             if let Ok(Message::Emit(e)) = decode(&bytes) {
-                let _ = event_value(&e, true);
+                let _ = event_value(&e, DataFormat::Args, false);
             }
         }
 
         #[test]
         fn decode_never_panics_on_jsonish(s in r#"\{("method": ?"(emit|callback|x_request|x_response|close_room)",? ?)?("[a-z_]{1,9}": ?(null|true|1|"[a-z]*"|\[[0-9a-z", \[\]]*\]|\{\}),? ?){0,8}\}"#) {
             if let Ok(Message::Emit(e)) = decode(s.as_bytes()) {
-                let _ = event_value(&e, true);
+                let _ = event_value(&e, DataFormat::Args, false);
             }
         }
     }

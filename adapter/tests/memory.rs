@@ -402,3 +402,25 @@ async fn emitter_reaches_servers_like_a_python_publisher() {
     assert!(emitter.emit("x", &1).await.is_err());
     assert_eq!(emitter.publish_errors(), 1);
 }
+
+#[tokio::test]
+async fn python_5_15_0_value_format() {
+    let broker = MemoryBroker::new();
+    let config = common::config().with_python_data_format(socketioxide_amqp::DataFormat::Value);
+    let (io, _) = common::server_with(broker.driver(), config).await;
+    let mut a = Client::connect(&io).await;
+    // python-socketio 5.15.0 `emit('ev', [1, 2])`: one list argument.
+    broker.inject(py_emit("ev", json!([1, 2]), serde_json::Value::Null));
+    assert_eq!(a.next().await, r#"2["ev",[1,2]]"#);
+    let emitter = socketioxide_amqp::Emitter::with_data_format(
+        broker.driver(),
+        socketioxide_amqp::DataFormat::Value,
+    );
+    let mut tap = broker.tap();
+    emitter.emit("one", &json!(["x"])).await.unwrap();
+    assert_eq!(a.next().await, r#"2["one",["x"]]"#);
+    assert_eq!(emits(published(&mut tap)).remove(0).data, json!(["x"]));
+    // Messages from socketioxide servers keep the 5.15.1+ format.
+    io.emit("rust", &json!([1, 2])).await.unwrap();
+    assert_eq!(a.next().await, r#"2["rust",[1,2]]"#);
+}
