@@ -278,6 +278,11 @@ impl<D: Driver> AmqpAdapterCtr<D> {
         &self.shared.driver
     }
 
+    /// Closes the broker connection (after the `SocketIo` is closed). Publishing fails from now on.
+    pub async fn close(&self) {
+        self.shared.driver.close().await;
+    }
+
     /// A snapshot of the traffic counters.
     pub fn metrics(&self) -> Metrics {
         let c = &self.shared.counters;
@@ -309,6 +314,12 @@ async fn dispatch<D: Driver>(shared: Weak<Shared<D>>, mut stream: MessageStream)
                 continue;
             }
         };
+        tracing::trace!(
+            method = msg.method(),
+            ns = msg.namespace(),
+            host = msg.host_id(),
+            "broker message"
+        );
         let own = msg.host_id() == shared.host_id;
         // A callback's host_id is its destination; every other message's is its sender.
         let for_us = match msg {
@@ -877,7 +888,8 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             .insert(self.ns.clone(), tx);
         let mut tasks = Vec::new();
         if let Some(stream) = self.shared.driver.subscribe() {
-            tasks.push(tokio::spawn(dispatch(Arc::downgrade(&self.shared), stream)).abort_handle());
+            // Shared by every namespace: it ends with the driver, not with this namespace.
+            tokio::spawn(dispatch(Arc::downgrade(&self.shared), stream));
         }
         let weak = Arc::downgrade(&self);
         tasks.push(

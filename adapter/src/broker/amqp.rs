@@ -77,6 +77,9 @@ pub struct AmqpConfig {
     pub reconnect_max: Duration,
     /// Capacity of the channel between the consumer and the adapter (default 1024).
     pub buffer: usize,
+    /// How long a publish may take, confirm included, before it fails with
+    /// [`BrokerError::Timeout`] (default 5 s). Bounds the wait on a silently dead connection.
+    pub publish_timeout: Duration,
 }
 
 impl AmqpConfig {
@@ -92,6 +95,7 @@ impl AmqpConfig {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
             buffer: 1024,
+            publish_timeout: Duration::from_secs(5),
         }
     }
     /// Sets the exchange name.
@@ -117,6 +121,11 @@ impl AmqpConfig {
     /// Enables or disables publisher confirms.
     pub fn with_publisher_confirms(mut self, confirms: bool) -> Self {
         self.publisher_confirms = confirms;
+        self
+    }
+    /// Sets the publish timeout.
+    pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
         self
     }
     /// Sets the reconnect backoff bounds.
@@ -241,7 +250,7 @@ impl AmqpDriver {
             .with_content_type("text/plain".into())
             .with_content_encoding("utf-8".into())
             .with_delivery_mode(2);
-        let res = async {
+        let publish = async {
             channel
                 .basic_publish(
                     exchange.into(),
@@ -252,12 +261,16 @@ impl AmqpDriver {
                 )
                 .await?
                 .await
-        }
-        .await;
+        };
+        let res = tokio::time::timeout(self.inner.config.publish_timeout, publish).await;
         match res {
-            Ok(Confirmation::Nack(_)) => Err(BrokerError::Nacked),
-            Ok(_) => Ok(()),
-            Err(e) => {
+            Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::Nacked),
+            Ok(Ok(_)) => Ok(()),
+            Err(_) => {
+                self.inner.broken.notify_one();
+                Err(BrokerError::Timeout)
+            }
+            Ok(Err(e)) => {
                 // Let the supervisor check the connection and reconnect if it is dead.
                 self.inner.broken.notify_one();
                 Err(e.into())

@@ -32,6 +32,9 @@ pub enum BrokerError {
     /// The broker refused the message (publisher confirm `nack`).
     #[error("the broker rejected the message")]
     Nacked,
+    /// The broker did not confirm the publish in time (see [`AmqpConfig::publish_timeout`]).
+    #[error("the broker did not confirm the publish in time")]
+    Timeout,
     /// The driver was closed.
     #[error("the broker driver is closed")]
     Closed,
