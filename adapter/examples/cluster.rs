@@ -11,9 +11,9 @@
 
 use serde_json::Value;
 use socketioxide::{
-    SocketIo,
     adapter::Emitter,
     extract::{AckSender, Data, SocketRef},
+    SocketIo,
 };
 use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig};
 use tracing_subscriber::EnvFilter;
@@ -31,11 +31,19 @@ async fn on_connect(socket: Socket) {
     socket.on("join", async |socket: Socket, Data(room): Data<String>| {
         socket.join(room);
     });
-    socket.on("clients", async |socket: Socket, ack: AckSender<AmqpAdapter<Emitter>>| {
-        // Every client of the cluster (socketioxide instances answer, python ones do not).
-        let n = socket.broadcast().fetch_sockets().await.map(|s| s.len() + 1).unwrap_or(1);
-        ack.send(&n).ok();
-    });
+    socket.on(
+        "clients",
+        async |socket: Socket, ack: AckSender<AmqpAdapter<Emitter>>| {
+            // Every client of the cluster (socketioxide instances answer, python ones do not).
+            let n = socket
+                .broadcast()
+                .fetch_sockets()
+                .await
+                .map(|s| s.len() + 1)
+                .unwrap_or(1);
+            ack.send(&n).ok();
+        },
+    );
 }
 
 #[tokio::main]
@@ -43,7 +51,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let port: u16 = std::env::args().nth(1).as_deref().unwrap_or("3000").parse()?;
+    let port: u16 = std::env::args()
+        .nth(1)
+        .as_deref()
+        .unwrap_or("3000")
+        .parse()?;
     let uri = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
     let exchange = std::env::var("EXCHANGE").unwrap_or_else(|_| "flask-socketio".to_owned());

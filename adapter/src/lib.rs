@@ -1,6 +1,86 @@
 #![warn(missing_docs)]
-//! RabbitMQ (AMQP 0.9.1) adapter for [socketioxide](https://docs.rs/socketioxide), wire-compatible
-//! with python-socketio's message queue (work in progress, see issue 3).
+//! A RabbitMQ (AMQP 0.9.1) adapter for [socketioxide](https://docs.rs/socketioxide), speaking
+//! python-socketio's message-queue protocol.
+//!
+//! Several socketioxide servers, Flask-SocketIO / python-socketio servers and publish-only
+//! emitters can share one fanout exchange: an event emitted on any of them reaches the clients of
+//! all of them.
+//!
+//! * [`AmqpAdapter`] is the socketioxide adapter, built from an [`AmqpAdapterCtr`] (the broker
+//!   connection shared by the namespaces of one `SocketIo`).
+//! * [`Emitter`] publishes without a server (like python-socketio's write-only manager).
+//! * [`wire`] holds the message types; [`broker`] the transport seam, the lapin driver and an
+//!   in-memory broker for tests.
+//!
+//! # Usage
+//!
+//! ```no_run
+//! use socketioxide::{SocketIo, extract::SocketRef, adapter::Emitter};
+//! use socketioxide_amqp::{AmqpAdapter, AmqpAdapterCtr};
+//!
+//! # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+//! // Exchange `flask-socketio` (Flask-SocketIO's default), own queue, reconnect loop.
+//! let ctr = AmqpAdapterCtr::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+//! let (layer, io) = SocketIo::builder()
+//!     .with_adapter::<AmqpAdapter<_>>(ctr)
+//!     .build_layer();
+//! // With a remote adapter the namespace is registered when this future completes.
+//! io.ns("/", async |s: SocketRef<AmqpAdapter<Emitter>>| {
+//!     s.join("room1");
+//! })
+//! .await?;
+//! // Local clients get it at once; one `emit` message goes to the exchange for the others.
+//! io.to("room1").emit("hello", &"world").await?;
+//! # let _ = layer;
+//! # Ok(()) }
+//! ```
+//!
+//! Settings: [`AmqpConfig`] (URI, exchange, queue, reconnect, publisher confirms) and
+//! [`AdapterConfig`] (timeouts, heartbeats, python data format), with
+//! [`AmqpAdapterCtr::connect_with_config`].
+//!
+//! # Testing without a broker
+//!
+//! Any [`broker::Driver`] can carry the adapter; [`broker::MemoryBroker`] is an in-process fanout:
+//!
+//! ```
+//! use socketioxide::{SocketIo, adapter::Emitter};
+//! use socketioxide_amqp::{AdapterConfig, AmqpAdapterCtr, CustomAmqpAdapter, broker::MemoryBroker};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let broker = MemoryBroker::new();
+//! let mut servers = Vec::new();
+//! for _ in 0..2 {
+//!     let ctr = AmqpAdapterCtr::new_with_driver(broker.driver(), AdapterConfig::default());
+//!     let (_svc, io) = SocketIo::builder()
+//!         .with_adapter::<CustomAmqpAdapter<_, _>>(ctr)
+//!         .build_svc();
+//!     io.ns("/", async || {}).await.unwrap();
+//!     servers.push(io);
+//! }
+//! let mut exchange = broker.tap();
+//! servers[0].emit("event", &1).await.unwrap();
+//! // What went to the exchange is python-socketio's `emit`.
+//! let body = exchange.recv().await.unwrap();
+//! let text = String::from_utf8(body).unwrap();
+//! assert!(text.starts_with(r#"{"method":"emit","event":"event","data":[1],"#));
+//! # }
+//! ```
+//!
+//! # Compatibility with python-socketio
+//!
+//! * Messages follow python-socketio 5.15.1+ (`data` is the argument list; binary arguments as
+//!   base64 attachments with `{"_placeholder": true, "num": N}`). Python servers on 5.14.0 to
+//!   5.15.0 (e.g. vantage6 4.15) write `data` as the bare value: set
+//!   [`AdapterConfig::python_data_format`] to [`DataFormat::Value`] to read them.
+//! * Python `emit` (rooms, sids as rooms, `skip_sid`, several args, binary, callbacks),
+//!   `disconnect`, `enter_room`, `leave_room` and `close_room` act on the local sockets.
+//! * What socketioxide does beyond python's protocol uses `x_*` methods and fields that python
+//!   ignores: `fetch_sockets`, `rooms`, room-wide join/leave/disconnect and acks counts reach only
+//!   socketioxide servers; except-rooms and volatile are ignored by python servers.
+//! * The payload must come from socketioxide's default (JSON) parser to be readable by python;
+//!   msgpack payloads travel as `x_emit` between socketioxide servers only.
 
 pub mod adapter;
 pub mod broker;
