@@ -55,6 +55,7 @@ use socketioxide_core::{
     Sid, Uid, Value,
 };
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::{
     broker::{AmqpConfig, AmqpDriver, BrokerError, Driver, MessageStream},
@@ -354,9 +355,37 @@ async fn dispatch<D: Driver>(shared: Weak<Shared<D>>, mut stream: MessageStream)
     }
 }
 
-struct Peer {
-    queue: String,
-    last_seen: Instant,
+/// The other socketioxide servers of a namespace, as known from their heartbeats.
+struct Peers {
+    timeout: Duration,
+    map: Mutex<HashMap<Sid, (String, Instant)>>,
+}
+
+impl Peers {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+    /// Records a heartbeat; returns true for a server not known before.
+    fn seen(&self, uid: Uid, queue: &str, now: Instant) -> bool {
+        lock(&self.map)
+            .insert(*uid, (queue.to_owned(), now))
+            .is_none()
+    }
+    fn forget(&self, uid: Uid) {
+        lock(&self.map).remove(&*uid);
+    }
+    fn queue(&self, uid: Uid) -> Option<String> {
+        lock(&self.map).get(&*uid).map(|(q, _)| q.clone())
+    }
+    /// The number of servers heard from within the timeout (older ones are forgotten).
+    fn live(&self, now: Instant) -> usize {
+        let mut map = lock(&self.map);
+        map.retain(|_, (_, seen)| now.saturating_duration_since(*seen) <= self.timeout);
+        map.len()
+    }
 }
 
 enum Incoming {
@@ -394,7 +423,7 @@ pub struct CustomAmqpAdapter<E, D = AmqpDriver> {
     local: CoreLocalAdapter<E>,
     ns: String,
     uid: Uid,
-    peers: Mutex<HashMap<Sid, Peer>>,
+    peers: Peers,
     pending: Pending,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -428,15 +457,12 @@ impl Spawnable for InitRes {
 
 impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
     fn peer_queue(&self, uid: Uid) -> Option<String> {
-        lock(&self.peers).get(&*uid).map(|p| p.queue.clone())
+        self.peers.queue(uid)
     }
 
     /// The number of other live socketioxide servers with this namespace.
     fn live_peers(&self) -> usize {
-        let timeout = self.shared.config.heartbeat_timeout;
-        let mut peers = lock(&self.peers);
-        peers.retain(|_, p| p.last_seen.elapsed() <= timeout);
-        peers.len()
+        self.peers.live(Instant::now())
     }
 
     fn target_of(&self, opts: &BroadcastOptions) -> Option<Uid> {
@@ -834,16 +860,10 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         }
         match h.kind {
             HeartbeatKind::Bye => {
-                lock(&self.peers).remove(&*uid);
+                self.peers.forget(uid);
             }
             HeartbeatKind::Init | HeartbeatKind::Beat => {
-                lock(&self.peers).insert(
-                    *uid,
-                    Peer {
-                        queue: h.reply_to.clone(),
-                        last_seen: Instant::now(),
-                    },
-                );
+                self.peers.seen(uid, &h.reply_to, Instant::now());
                 if h.kind == HeartbeatKind::Init {
                     self.heartbeat(HeartbeatKind::Beat, Some(&h.reply_to)).await;
                 }
@@ -898,7 +918,13 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
                     let Some(this) = weak.upgrade() else {
                         return;
                     };
-                    this.handle(msg).await;
+                    let span = tracing::debug_span!(
+                        "broker_message",
+                        method = msg.method(),
+                        ns = msg.namespace(),
+                        from = msg.host_id()
+                    );
+                    this.handle(msg).instrument(span).await;
                 }
             })
             .abort_handle(),
@@ -937,7 +963,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
             ns: local.path().to_string(),
             uid: local.server_id(),
             local,
-            peers: Mutex::new(HashMap::new()),
+            peers: Peers::new(state.shared.config.heartbeat_timeout),
             pending: Arc::new(Mutex::new(HashMap::new())),
             tasks: Mutex::new(Vec::new()),
         }
@@ -1312,5 +1338,27 @@ impl<E: SocketEmitter> std::fmt::Debug for AckStream<E> {
         f.debug_struct("AckStream")
             .field("done", &self.done)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_count_live_servers_only() {
+        let peers = Peers::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let (a, b) = (Uid::new(), Uid::new());
+        assert!(peers.seen(a, "qa", t0));
+        assert!(peers.seen(b, "qb", t0));
+        assert!(!peers.seen(a, "qa", t0 + Duration::from_secs(8)));
+        assert_eq!(peers.live(t0 + Duration::from_secs(9)), 2);
+        assert_eq!(peers.queue(b).as_deref(), Some("qb"));
+        // b stopped beating: gone after the timeout, a is still there.
+        assert_eq!(peers.live(t0 + Duration::from_secs(15)), 1);
+        assert_eq!(peers.queue(b), None);
+        peers.forget(a);
+        assert_eq!(peers.live(t0 + Duration::from_secs(15)), 0);
     }
 }
