@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::kill_connection;
 use socketioxide_amqp::broker::{AmqpConfig, AmqpDriver, BrokerError, Driver};
 
 fn config(exchange: &str) -> AmqpConfig {
@@ -56,33 +59,6 @@ async fn wrong_credentials_fail_at_connect() {
     let mut cfg = config("socketioxide-amqp-test-creds");
     cfg.uri = "amqp://nobody:wrong@127.0.0.1:5672/%2f".to_owned();
     assert!(AmqpDriver::connect(cfg).await.is_err());
-}
-
-/// Closes the broker side of the connection whose name contains `needle`, with `rabbitmqctl`.
-/// Returns false when `rabbitmqctl` is not usable here.
-fn kill_connection(needle: &str) -> bool {
-    use std::process::Command;
-    let Ok(out) = Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "pid", "client_properties"])
-        .output()
-    else {
-        return false;
-    };
-    if !out.status.success() {
-        return false;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut killed = false;
-    for line in text.lines().filter(|l| l.contains(needle)) {
-        let Some(name) = line.split('\t').next() else {
-            continue;
-        };
-        killed |= Command::new("rabbitmqctl")
-            .args(["close_connection", name, "test: simulated connection loss"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    }
-    killed
 }
 
 #[tokio::test]

@@ -149,3 +149,30 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Closes the broker side of the connection whose name contains `needle`, with `rabbitmqctl`.
+/// Returns false when `rabbitmqctl` is not usable here.
+pub fn kill_connection(needle: &str) -> bool {
+    use std::process::Command;
+    let Ok(out) = Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "client_properties"])
+        .output()
+    else {
+        return false;
+    };
+    if !out.status.success() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut killed = false;
+    for line in text.lines().filter(|l| l.contains(needle)) {
+        let Some(name) = line.split('\t').next() else {
+            continue;
+        };
+        killed |= Command::new("rabbitmqctl")
+            .args(["close_connection", name, "test: simulated connection loss"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    }
+    killed
+}
