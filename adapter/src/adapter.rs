@@ -978,7 +978,8 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
     }
 
     async fn close(&self) -> Result<(), Error> {
-        self.heartbeat(HeartbeatKind::Bye, None).await;
+        // The local cleanup comes first and does not wait: socketioxide polls this future only
+        // once when a namespace is deleted.
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
@@ -988,6 +989,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.ns);
         lock(&self.pending).clear();
+        self.heartbeat(HeartbeatKind::Bye, None).await;
         Ok(())
     }
 

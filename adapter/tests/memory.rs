@@ -424,3 +424,30 @@ async fn python_5_15_0_value_format() {
     io.emit("rust", &json!([1, 2])).await.unwrap();
     assert_eq!(a.next().await, r#"2["rust",[1,2]]"#);
 }
+
+#[tokio::test]
+async fn deleting_a_namespace_leaves_the_others_working() {
+    use socketioxide_amqp::{AmqpAdapterCtr, CustomAmqpAdapter};
+    let broker = MemoryBroker::new();
+    // io1's first namespace is "/b": its init starts the consumer shared by all namespaces.
+    let ctr1 = AmqpAdapterCtr::new_with_driver(broker.driver(), common::config());
+    let (_svc, io1) = socketioxide::SocketIo::builder()
+        .with_adapter::<CustomAmqpAdapter<_, _>>(ctr1.clone())
+        .build_svc();
+    io1.ns("/b", async || {}).await.unwrap();
+    io1.ns("/", async || {}).await.unwrap();
+    let (io2, _) = server(broker.driver()).await;
+    io2.ns("/b", async || {}).await.unwrap();
+    let mut a = Client::connect(&io1).await;
+    let _b = Client::connect(&io2).await;
+    wait_for_cluster(&[&io1, &io2], 2).await;
+
+    io1.delete_ns("/b");
+    io2.of("/b").unwrap().emit("to-b", &()).await.unwrap();
+    io2.emit("to-root", &()).await.unwrap();
+    assert_eq!(a.next().await, r#"2["to-root",null]"#);
+    eventually("the /b message was unroutable on io1", || async {
+        ctr1.metrics().unroutable >= 1
+    })
+    .await;
+}
