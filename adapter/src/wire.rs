@@ -148,6 +148,15 @@ fn root_ns() -> String {
     "/".to_owned()
 }
 
+/// A namespace: `/` when `null` or empty, like python-socketio's `namespace or '/'`.
+fn lenient_ns<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match Json::deserialize(d)? {
+        Json::Null => root_ns(),
+        Json::String(s) if s.is_empty() => root_ns(),
+        other => json_to_string(other),
+    })
+}
+
 /// The `callback` field of an `emit`: `[room, namespace, id]`.
 ///
 /// Anything that is not a 3-element array is read as "no callback", like python-socketio does.
@@ -203,7 +212,7 @@ pub struct Emit {
     #[serde(default, deserialize_with = "lenient_bool")]
     pub binary: bool,
     /// The namespace (`/` when missing).
-    #[serde(default = "root_ns", deserialize_with = "lenient_string")]
+    #[serde(default = "root_ns", deserialize_with = "lenient_ns")]
     pub namespace: String,
     /// The rooms to reach (`null` = everybody in the namespace). A sid is also a room.
     #[serde(default)]
@@ -250,7 +259,7 @@ pub struct Callback {
     #[serde(deserialize_with = "lenient_string")]
     pub sid: String,
     /// The namespace.
-    #[serde(default = "root_ns", deserialize_with = "lenient_string")]
+    #[serde(default = "root_ns", deserialize_with = "lenient_ns")]
     pub namespace: String,
     /// Echo of `callback[2]` of the emit.
     pub id: i64,
@@ -266,7 +275,7 @@ pub struct Disconnect {
     #[serde(deserialize_with = "lenient_string")]
     pub sid: String,
     /// The namespace.
-    #[serde(default = "root_ns", deserialize_with = "lenient_string")]
+    #[serde(default = "root_ns", deserialize_with = "lenient_ns")]
     pub namespace: String,
     /// The sending host.
     #[serde(default, deserialize_with = "lenient_string")]
@@ -283,7 +292,7 @@ pub struct RoomMembership {
     #[serde(deserialize_with = "lenient_string")]
     pub room: String,
     /// The namespace.
-    #[serde(default = "root_ns", deserialize_with = "lenient_string")]
+    #[serde(default = "root_ns", deserialize_with = "lenient_ns")]
     pub namespace: String,
     /// The sending host.
     #[serde(default, deserialize_with = "lenient_string")]
@@ -297,7 +306,7 @@ pub struct CloseRoom {
     #[serde(deserialize_with = "lenient_string")]
     pub room: String,
     /// The namespace.
-    #[serde(default = "root_ns", deserialize_with = "lenient_string")]
+    #[serde(default = "root_ns", deserialize_with = "lenient_ns")]
     pub namespace: String,
     /// The sending host.
     #[serde(default, deserialize_with = "lenient_string")]
@@ -943,6 +952,8 @@ mod tests {
         };
         assert_eq!(e.namespace, "/");
         assert_eq!(e.room, Targets::Many(vec!["1".into(), "a".into()]));
+        let null_ns = r#"{"method":"close_room","room":"r","namespace":null,"host_id":"h"}"#;
+        assert_eq!(decode(null_ns.as_bytes()).unwrap().namespace(), "/");
         assert_eq!(e.skip_sid.to_vec(), ["x", "y"]);
         assert_eq!(e.callback, None);
         let enter = r#"{"method":"enter_room","sid":"s","room":7,"host_id":"h"}"#;
