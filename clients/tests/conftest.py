@@ -78,11 +78,13 @@ def tokens(db, jwt_secret) -> TokenFactory:
 
 @pytest.fixture()
 def world(db) -> World:
-    return World(db)
+    w = World(db)
+    yield w
+    w.cleanup()
 
 
 @pytest.fixture()
-def clients(srv):
+def clients(srv, world):
     """Factory of recording clients; all are disconnected after the test."""
     made: list[Recorder] = []
 

@@ -352,6 +352,38 @@ class World:
             self.r_a, self.r_b, self.r_c = (E(r.id, "", r.organization_id, c1.id) for r in (r_a, r_b, r_c))
             self.r_c2 = E(r_c2.id, "", r_c2.organization_id, c2.id)
 
+    def cleanup(self):
+        """Remove this world's collaborations 1 and 2, and the collaborations of
+        earlier worlds, with their nodes, tasks and runs, so the number of
+        collaboration rooms a global-scope user joins stays small over a long
+        session.  This world's twin collaboration stays until the next
+        cleanup: it has the highest id, so SQLite (max(rowid)+1) never hands
+        out a deleted id -- and room name -- again.  Users and organisations
+        stay."""
+        sel = ("SELECT id FROM collaboration WHERE id < :ct AND "
+               "(name LIKE 'collab-1-%' OR name LIKE 'collab-2-%' OR name LIKE 'collab-twin-%')")
+        nodes = f"SELECT id FROM node WHERE collaboration_id IN ({sel})"
+        stmts = [
+            f"DELETE FROM run WHERE task_id IN (SELECT id FROM task WHERE collaboration_id IN ({sel}))",
+            f"DELETE FROM task WHERE collaboration_id IN ({sel})",
+            f"DELETE FROM nodeconfig WHERE node_id IN ({nodes})",
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS doomed_nodes (id INTEGER)",
+            "DELETE FROM doomed_nodes",
+            f"INSERT INTO doomed_nodes {nodes}",
+            "DELETE FROM node WHERE id IN (SELECT id FROM doomed_nodes)",
+            "DELETE FROM authenticatable WHERE id IN (SELECT id FROM doomed_nodes)",
+            f'DELETE FROM "Member" WHERE collaboration_id IN ({sel})',
+            f"DELETE FROM collaboration WHERE id IN ({sel})",
+        ]
+        for attempt in range(5):
+            try:
+                with self.db.engine.begin() as conn:
+                    for sql in stmts:
+                        conn.execute(text(sql), {"ct": self.ct.id})
+                return
+            except Exception:
+                time.sleep(0.2)
+
     # rooms a node is in (contract: all_nodes is a room, but nobody hears about it)
     @staticmethod
     def node_rooms(node: Ent) -> list[str]:
