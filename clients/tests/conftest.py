@@ -64,11 +64,37 @@ def server(db, jwt_secret, tmp_path_factory) -> ServerProcess:
 
 
 @pytest.fixture()
-def srv(server) -> ServerProcess:
+def srv(server, request) -> ServerProcess:
     """The session server, checked to be alive before and after the test."""
     server.assert_alive()
+    try:
+        request.node._v6_server_log = (server.log_path, server.log_path.stat().st_size)
+    except OSError:
+        pass
     yield server
     server.assert_alive()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach the server's WARN/ERROR log lines written during the test."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and hasattr(item, "_v6_server_log"):
+        path, offset = item._v6_server_log
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                lines = fh.read().decode(errors="replace").splitlines()
+        except OSError:
+            return
+        import re as _re
+
+        plain = [_re.sub(r"\x1b\[[0-9;]*m", "", l) for l in lines]
+        interesting = [l for l in plain if _re.search(r"\b(WARN|ERROR|panicked)\b", l)]
+        if interesting:
+            report.sections.append(("v6-socketio log (WARN/ERROR during this test)",
+                                    "\n".join(interesting[:40])))
 
 
 @pytest.fixture(scope="session")

@@ -187,6 +187,22 @@ class DB:
     def node_config_count(self, node_id: int) -> int:
         return sum(self.node_config(node_id).values())
 
+    def wait_node_config(self, node_id: int, expected: Counter, timeout: float = DEFAULT_TIMEOUT,
+                         what: str = ""):
+        """Wait until the node's nodeconfig rows equal ``expected``; explain on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.node_config(node_id)
+            if got == expected:
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"nodeconfig rows of node {node_id} {what} differ from what vantage6 4.15.2 "
+                    f"writes on {self.backend} (after {timeout}s):\n"
+                    f" missing: {dict(expected - got)}\n extra: {dict(got - expected)}"
+                )
+            time.sleep(0.03)
+
     def run_log(self, run_id: int):
         with self.session() as s:
             return s.get(v6db.Run, run_id).log

@@ -80,8 +80,7 @@ def test_node_simulator_lifecycle(sio_version, transport, world, db, srv, tokens
         # sync -> node_info_update with the 4.x payload; rows == what vantage6 would store
         sent = sim.wait_line(lambda o: o.get("sent") == "node_info_update", what="node_info_update sent")
         expected_rows = db.reference_node_info_update(world.twin.id, sent["data"])
-        wait_until(lambda: db.node_config(a1.id) == expected_rows,
-                   what=f"node_config of the simulated node (now {db.node_config(a1.id)})")
+        db.wait_node_config(a1.id, expected_rows, what="after the simulator's node_info_update")
         # the ping thread keeps it online with last_seen
         sim.wait_line(lambda o: o.get("sent") == "ping", what="a ping")
         wait_until(lambda: db.auth_row(a1.id)[0] == "online" and db.auth_row(a1.id)[1] is not None,

@@ -197,15 +197,9 @@ def test_node_info_update_stores_what_the_reference_stores(payload, world, db, c
     assert expected, "reference wrote no rows?"
     rec = connect_node(world.node_a1)
     rec.emit("node_info_update", payload)
-    wait_until(lambda: db.node_config_count(world.node_a1.id) >= sum(expected.values()),
-               what="node_config rows of node_a1")
-    quiesce(rec)
-    got = db.node_config(world.node_a1.id)
-    assert got == expected, (
-        f"node_config rows differ from vantage6 4.15.2 on {db.backend}:\n"
-        f" missing: {dict(expected - got)}\n extra: {dict(got - expected)}"
-    )
+    db.wait_node_config(world.node_a1.id, expected, what="after node_info_update")
     expect_silence(rec)
+    assert db.node_config(world.node_a1.id) == expected
 
 
 def test_node_info_update_replaces_rows_and_disconnect_deletes_them(world, db, connect_node):
@@ -213,10 +207,9 @@ def test_node_info_update_replaces_rows_and_disconnect_deletes_them(world, db, c
     exp2 = db.reference_node_info_update(world.twin.id, TYPICAL_4X)
     rec = connect_node(world.node_a1)
     rec.emit("node_info_update", MIXED)
-    wait_until(lambda: db.node_config(world.node_a1.id) == exp1, what="first node_info_update stored")
+    db.wait_node_config(world.node_a1.id, exp1, what="after the first node_info_update")
     rec.emit("node_info_update", TYPICAL_4X)
-    wait_until(lambda: db.node_config(world.node_a1.id) == exp2,
-               what=f"second node_info_update replaces the rows (now {db.node_config(world.node_a1.id)})")
+    db.wait_node_config(world.node_a1.id, exp2, what="after the second node_info_update (must replace)")
     # other nodes' rows are untouched
     assert db.node_config(world.twin.id) == exp2
     rec.disconnect()
