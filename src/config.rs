@@ -24,6 +24,10 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(65);
 /// Default largest accepted Engine.IO payload, as python-engineio.
 pub const DEFAULT_MAX_PAYLOAD: u64 = 1_000_000;
+/// Default number of packets that may wait for a slow client before emits
+/// to it fail. python-socketio's queues are unbounded; a user with the
+/// global event scope receives one join message per collaboration at once.
+pub const DEFAULT_MAX_BUFFER_SIZE: usize = 4096;
 /// Default Socket.IO path, as Flask-SocketIO.
 pub const DEFAULT_PATH: &str = "/socket.io/";
 /// Default listen port (vantage6's REST API uses 7601 in its own examples;
@@ -118,6 +122,8 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Largest accepted Engine.IO payload in bytes.
     pub max_payload: u64,
+    /// Packets that may be queued for one client.
+    pub max_buffer_size: usize,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -147,6 +153,9 @@ pub struct ServeOverrides {
     /// Largest accepted Engine.IO payload in bytes [default: 1000000]
     #[arg(long, env = "V6_SOCKETIO_MAX_PAYLOAD")]
     pub max_payload: Option<u64>,
+    /// Packets that may wait for one slow client before emits to it fail [default: 4096]
+    #[arg(long, env = "V6_SOCKETIO_MAX_BUFFER_SIZE")]
+    pub max_buffer_size: Option<usize>,
     /// Log format [default: text]
     #[arg(long, env = "V6_SOCKETIO_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -188,6 +197,7 @@ struct OwnSection {
     ping_timeout: Option<f64>,
     sweep_interval: Option<f64>,
     max_payload: Option<u64>,
+    max_buffer_size: Option<usize>,
     log_format: Option<LogFormat>,
 }
 
@@ -317,6 +327,16 @@ impl Config {
                 message: "must be at least 1 byte".into(),
             });
         }
+        let max_buffer_size = overrides
+            .max_buffer_size
+            .or(own.max_buffer_size)
+            .unwrap_or(DEFAULT_MAX_BUFFER_SIZE);
+        if max_buffer_size == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max_buffer_size",
+                message: "must be at least 1 packet".into(),
+            });
+        }
         let log_format = overrides
             .log_format
             .or(own.log_format)
@@ -334,6 +354,7 @@ impl Config {
                 ping_timeout,
                 sweep_interval,
                 max_payload,
+                max_buffer_size,
                 log_format,
             },
             warnings,

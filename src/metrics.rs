@@ -42,8 +42,10 @@ struct ReasonLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-/// vantage6's non-GPU node metrics.
-const NODE_METRICS: [(&str, &str); 6] = [
+/// Node metrics with one value. `gpu_count` is one of them: vantage6 4.15.2
+/// treats every name containing "gpu" as a per-GPU list and so rejects the
+/// integer its own node sends; we export it.
+const NODE_METRICS: [(&str, &str); 7] = [
     ("cpu_percent", "CPU usage percentage"),
     ("memory_percent", "Memory usage percentage"),
     (
@@ -53,11 +55,11 @@ const NODE_METRICS: [(&str, &str); 6] = [
     ("cpu_count", "Number of CPUs"),
     ("memory_total", "Total memory"),
     ("memory_available", "Available memory"),
+    ("gpu_count", "Number of GPUs"),
 ];
 
 /// vantage6's GPU node metrics: lists, one value per GPU.
-const GPU_METRICS: [(&str, &str); 5] = [
-    ("gpu_count", "Number of GPUs"),
+const GPU_METRICS: [(&str, &str); 4] = [
     ("gpu_load", "GPU load"),
     ("gpu_memory_used", "GPU memory used"),
     ("gpu_memory_free", "GPU memory free"),
@@ -272,6 +274,8 @@ mod tests {
         m.set_node_metric(&labels(), "cpu_percent", &json!(12.5))
             .unwrap();
         m.set_node_metric(&labels(), "gpu_load", &json!([0.5, 0.75]))
+            .unwrap();
+        m.set_node_metric(&labels(), "gpu_count", &json!(2))
             .unwrap();
         let text = m.render();
         assert!(text.contains(r#"cpu_percent{node_id="7",os="Linux",platform="x86_64"} 12.5"#));

@@ -69,6 +69,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .ping_interval(config.ping_interval)
         .ping_timeout(config.ping_timeout)
         .max_payload(config.max_payload)
+        .max_buffer_size(config.max_buffer_size)
         .with_state(ctx)
         .build_layer();
     tasks_ns::register::<LocalAdapter>(&io);

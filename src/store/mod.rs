@@ -412,13 +412,34 @@ impl<'q> DialectBind<'q> for Query<'q, Postgres, PgArguments> {
         self.bind(t)
     }
     fn bind_config_value(self, v: &'q ConfigValue) -> Self {
-        match v {
-            ConfigValue::Null => self.bind(None::<&str>),
-            ConfigValue::Bool(b) => self.bind(*b),
-            ConfigValue::Int(i) => self.bind(*i),
-            ConfigValue::Float(f) => self.bind(*f),
-            ConfigValue::Text(s) | ConfigValue::Json(s) => self.bind(s.as_str()),
+        // Always text: sqlx caches the statement with the first bind's
+        // type, and psycopg2 sends literals that PostgreSQL casts to VARCHAR.
+        self.bind(postgres_config_text(v))
+    }
+}
+
+/// The text PostgreSQL stores in `nodeconfig.value` (VARCHAR) when
+/// psycopg2 sends the Python value as a literal: `true`, `5`, and for floats
+/// Python's `repr` read as a NUMERIC (`1.0` stays `1.0`, `1e+20` becomes
+/// `100000000000000000000`).
+fn postgres_config_text(v: &ConfigValue) -> Option<String> {
+    match v {
+        ConfigValue::Null => None,
+        ConfigValue::Bool(b) => Some(b.to_string()),
+        ConfigValue::Int(i) => Some(i.to_string()),
+        // NUMERIC has no negative zero.
+        ConfigValue::Float(f) if *f == 0.0 => Some("0.0".to_owned()),
+        ConfigValue::Float(f) => {
+            let text = f.to_string();
+            // repr() keeps a ".0" on integral values it writes without an exponent.
+            let fixed = (1e-4..1e16).contains(&f.abs());
+            Some(if fixed && !text.contains('.') {
+                format!("{text}.0")
+            } else {
+                text
+            })
         }
+        ConfigValue::Text(s) | ConfigValue::Json(s) => Some(s.clone()),
     }
 }
 
@@ -432,6 +453,29 @@ pub use demo::create_demo_database;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_config_text_matches_psycopg2_literals() {
+        let text = |v| postgres_config_text(&v);
+        assert_eq!(text(ConfigValue::Bool(false)).as_deref(), Some("false"));
+        assert_eq!(text(ConfigValue::Int(-3)).as_deref(), Some("-3"));
+        assert_eq!(text(ConfigValue::Float(0.5)).as_deref(), Some("0.5"));
+        assert_eq!(text(ConfigValue::Float(2.0)).as_deref(), Some("2.0"));
+        assert_eq!(
+            text(ConfigValue::Float(1e20)).as_deref(),
+            Some("100000000000000000000")
+        );
+        assert_eq!(
+            text(ConfigValue::Float(1.5e-7)).as_deref(),
+            Some("0.00000015")
+        );
+        assert_eq!(
+            text(ConfigValue::Float(123456789012345678.0)).as_deref(),
+            Some("123456789012345680")
+        );
+        assert_eq!(text(ConfigValue::Float(-0.0)).as_deref(), Some("0.0"));
+        assert_eq!(text(ConfigValue::Null), None);
+    }
 
     #[test]
     fn sqlite_datetime_matches_sqlalchemy() {

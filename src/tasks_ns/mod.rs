@@ -194,6 +194,8 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
         if is_announced(room) {
             emit_to_room(s, room, "message", &rooms::join_message(&identity, room)).await;
         }
+        // A user may join hundreds of rooms: let the transport drain meanwhile.
+        tokio::task::yield_now().await;
     }
     Session::Identified { identity, rooms }
 }
