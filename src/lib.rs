@@ -16,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod database_url;
 pub mod demo;
+pub mod emit;
 pub mod http;
 pub mod identity;
 pub mod metrics;

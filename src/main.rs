@@ -9,6 +9,7 @@ use tracing_subscriber::{fmt, EnvFilter};
 use v6_socketio::{
     config::{Config, LogFormat, ServeOverrides},
     demo::{self, DemoOptions},
+    emit::{self, EmitRequest},
     server,
 };
 
@@ -37,6 +38,38 @@ enum Command {
         config: PathBuf,
         #[command(flatten)]
         overrides: ServeOverrides,
+    },
+    /// Publish one event to a room on every instance through RabbitMQ, as vantage6's REST API does.
+    ///
+    /// Example: v6-socketio emit --config server.yaml --room collaboration_1 --event new_task
+    /// --data '{"id": 7, "parent_id": null}'
+    Emit {
+        /// A vantage6 server configuration file to take `rabbitmq.uri` from.
+        #[arg(
+            long,
+            short,
+            env = "V6_SOCKETIO_CONFIG",
+            required_unless_present = "rabbitmq_uri"
+        )]
+        config: Option<PathBuf>,
+        /// RabbitMQ URI (instead of --config), e.g. amqp://guest:guest@127.0.0.1:5672/%2f
+        #[arg(long, env = "V6_SOCKETIO_RABBITMQ_URI")]
+        rabbitmq_uri: Option<String>,
+        /// Exchange the servers share (Flask-SocketIO's default channel).
+        #[arg(long, default_value = "flask-socketio")]
+        exchange: String,
+        /// Room to reach; repeat for several. Without --room every client of the namespace.
+        #[arg(long)]
+        room: Vec<String>,
+        /// Event name, e.g. new_task.
+        #[arg(long)]
+        event: String,
+        /// The event's argument as JSON; omit for an event without argument.
+        #[arg(long)]
+        data: Option<String>,
+        /// Namespace.
+        #[arg(long, default_value = "/tasks")]
+        namespace: String,
     },
     /// Run a self-contained demo: SQLite database with two nodes and a user, tokens printed.
     Demo {
@@ -69,6 +102,35 @@ async fn main() -> anyhow::Result<()> {
                 tracing::warn!("{w}");
             }
             config
+        }
+        Command::Emit {
+            config,
+            rabbitmq_uri,
+            exchange,
+            room,
+            event,
+            data,
+            namespace,
+        } => {
+            init_logging(LogFormat::Text);
+            let rabbitmq_uri = match (rabbitmq_uri, config) {
+                (Some(uri), _) => uri,
+                (None, Some(path)) => Config::load(&path, &ServeOverrides::default())?
+                    .0
+                    .rabbitmq_uri
+                    .context("the configuration file has no `rabbitmq.uri`")?,
+                (None, None) => anyhow::bail!("give --config or --rabbitmq-uri"),
+            };
+            let request = EmitRequest {
+                rabbitmq_uri,
+                exchange,
+                namespace,
+                rooms: room,
+                event,
+                data,
+            };
+            emit::emit(&request).await?;
+            return Ok(());
         }
         Command::Demo { dir, port } => {
             init_logging(LogFormat::Text);

@@ -4,7 +4,12 @@
 
 use std::time::Duration;
 
-use socketioxide::{adapter::LocalAdapter, SocketIo};
+use socketioxide::{
+    adapter::{Adapter, Emitter, LocalAdapter},
+    layer::SocketIoLayer,
+    SocketIo,
+};
+use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -29,6 +34,14 @@ pub enum ServeError {
         /// What went wrong.
         source: StoreError,
     },
+    /// RabbitMQ could not be reached or the adapter could not start.
+    #[error("RabbitMQ {uri}: {source}")]
+    Broker {
+        /// The URI, password hidden.
+        uri: String,
+        /// What went wrong.
+        source: socketioxide_amqp::Error,
+    },
     /// The listener could not be bound or failed.
     #[error("listener {addr}: {source}")]
     Listen {
@@ -41,39 +54,62 @@ pub enum ServeError {
 
 /// Serves until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let store = Store::connect(&config.database)
-        .await
-        .map_err(|source| ServeError::Database {
-            url: config.database.display_redacted(),
-            source,
-        })?;
-    store
-        .check_schema()
-        .await
-        .map_err(|source| ServeError::Database {
-            url: config.database.display_redacted(),
-            source,
-        })?;
-    if config.rabbitmq_uri.is_some() {
-        warn!("a RabbitMQ URI is configured; this build serves a single instance without it");
-    }
+    let db_err = |source| ServeError::Database {
+        url: config.database.display_redacted(),
+        source,
+    };
+    let store = Store::connect(&config.database).await.map_err(db_err)?;
+    store.check_schema().await.map_err(db_err)?;
     let metrics = Metrics::new();
     let ctx = TasksContext::new(
         store.clone(),
         TokenVerifier::new(&config.jwt_secret_key),
         metrics.clone(),
     );
-
-    let (layer, io) = SocketIo::builder()
+    let builder = SocketIo::builder()
         .req_path(config.path.clone())
         .ping_interval(config.ping_interval)
         .ping_timeout(config.ping_timeout)
         .max_payload(config.max_payload)
         .max_buffer_size(config.max_buffer_size)
-        .with_state(ctx)
-        .build_layer();
-    tasks_ns::register::<LocalAdapter>(&io);
+        .with_state(ctx);
 
+    match config.rabbitmq_uri.clone() {
+        None => {
+            info!("no RabbitMQ configured: serving as a single instance");
+            let (layer, io) = builder.build_layer();
+            tasks_ns::register::<LocalAdapter>(&io);
+            run(&config, layer, io, store, metrics).await
+        }
+        Some(uri) => {
+            let broker_err = |source| ServeError::Broker {
+                uri: crate::config::redact_uri(&uri),
+                source,
+            };
+            let ctr = AmqpAdapterCtr::connect_with_config(
+                AmqpConfig::new(uri.clone()),
+                AdapterConfig::default(),
+            )
+            .await
+            .map_err(broker_err)?;
+            info!(uri = %crate::config::redact_uri(&uri), host_id = ctr.host_id(), "sharing rooms over RabbitMQ");
+            let (layer, io) = builder
+                .with_adapter::<AmqpAdapter<Emitter>>(ctr)
+                .build_layer();
+            tasks_ns::register(&io).await.map_err(broker_err)?;
+            run(&config, layer, io, store, metrics).await
+        }
+    }
+}
+
+/// Mounts the Socket.IO layer on the HTTP router and serves until a signal.
+async fn run<A: Adapter>(
+    config: &Config,
+    layer: SocketIoLayer<A>,
+    io: SocketIo<A>,
+    store: Store,
+    metrics: Metrics,
+) -> Result<(), ServeError> {
     let app = http::router(metrics.clone())
         .layer(layer)
         .layer(http::cors_layer(&config.cors_allowed_origins));
@@ -106,7 +142,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
 /// Waits for SIGINT/SIGTERM, then disconnects every socket (running the
 /// disconnect handlers, so nodes are marked offline) before the listener stops.
-async fn shutdown<A: socketioxide::adapter::Adapter>(io: SocketIo<A>) {
+async fn shutdown<A: Adapter>(io: SocketIo<A>) {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             warn!(error = %e, "cannot listen for ctrl-c");

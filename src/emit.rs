@@ -1,0 +1,51 @@
+//! `v6-socketio emit`: publish one event to every instance through
+//! RabbitMQ, the way vantage6's REST API does, without running a server.
+
+use serde_json::Value;
+use socketioxide_amqp::{AmqpConfig, Emitter};
+
+/// Why an event could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    /// `--data` is not JSON.
+    #[error("--data is not valid JSON: {0}")]
+    Data(#[from] serde_json::Error),
+    /// The broker refused or could not be reached.
+    #[error("RabbitMQ: {0}")]
+    Broker(#[from] socketioxide_amqp::Error),
+}
+
+/// One event to publish.
+#[derive(Debug, Clone)]
+pub struct EmitRequest {
+    /// RabbitMQ URI.
+    pub rabbitmq_uri: String,
+    /// Exchange shared with the servers (`flask-socketio` for vantage6).
+    pub exchange: String,
+    /// Namespace, e.g. `/tasks`.
+    pub namespace: String,
+    /// Rooms to reach; none reaches every client of the namespace.
+    pub rooms: Vec<String>,
+    /// Event name, e.g. `new_task`.
+    pub event: String,
+    /// The event's argument as JSON text; `None` sends no argument.
+    pub data: Option<String>,
+}
+
+/// Publishes the event once and closes the connection.
+pub async fn emit(request: &EmitRequest) -> Result<(), EmitError> {
+    let args: Vec<Value> = match &request.data {
+        Some(text) => vec![serde_json::from_str(text)?],
+        None => Vec::new(),
+    };
+    let config = AmqpConfig::new(request.rabbitmq_uri.clone()).with_exchange(&request.exchange);
+    let emitter = Emitter::connect(config).await?;
+    let target = request
+        .rooms
+        .iter()
+        .fold(emitter.of(request.namespace.clone()), |e, room| {
+            e.to(room.clone())
+        });
+    target.emit_args(&request.event, args).await?;
+    Ok(())
+}
