@@ -93,8 +93,10 @@ def pytest_runtest_makereport(item, call):
         plain = [_re.sub(r"\x1b\[[0-9;]*m", "", l) for l in lines]
         interesting = [l for l in plain if _re.search(r"\b(WARN|ERROR|panicked)\b", l)]
         if interesting:
-            report.sections.append(("v6-socketio log (WARN/ERROR during this test)",
-                                    "\n".join(interesting[:40])))
+            shown = interesting[:12]
+            if len(interesting) > len(shown):
+                shown.append(f"... and {len(interesting) - len(shown)} more WARN/ERROR lines in {path}")
+            report.sections.append(("v6-socketio log (WARN/ERROR during this test)", "\n".join(shown)))
 
 
 @pytest.fixture(scope="session")
