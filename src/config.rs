@@ -99,6 +99,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// How python-socketio servers and emitters on the same RabbitMQ exchange
+/// write an event's arguments (`data` of an `emit` message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageQueueFormat {
+    /// python-socketio up to 5.15.0, which vantage6 4.15.2 runs: `data` is
+    /// the single argument itself.
+    Legacy,
+    /// python-socketio 5.15.1 and later: `data` is the list of arguments.
+    Args,
+}
+
 /// The validated configuration of one `serve` run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -124,6 +136,8 @@ pub struct Config {
     pub max_payload: u64,
     /// Packets that may be queued for one client.
     pub max_buffer_size: usize,
+    /// The python-socketio message format on the RabbitMQ exchange.
+    pub message_queue_format: MessageQueueFormat,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -156,6 +170,9 @@ pub struct ServeOverrides {
     /// Packets that may wait for one slow client before emits to it fail [default: 4096]
     #[arg(long, env = "V6_SOCKETIO_MAX_BUFFER_SIZE")]
     pub max_buffer_size: Option<usize>,
+    /// python-socketio message format on RabbitMQ: legacy (up to 5.15.0, vantage6 4.15.2) or args (5.15.1+) [default: legacy]
+    #[arg(long, env = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT", value_enum)]
+    pub message_queue_format: Option<MessageQueueFormat>,
     /// Log format [default: text]
     #[arg(long, env = "V6_SOCKETIO_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -198,6 +215,7 @@ struct OwnSection {
     sweep_interval: Option<f64>,
     max_payload: Option<u64>,
     max_buffer_size: Option<usize>,
+    message_queue_format: Option<MessageQueueFormat>,
     log_format: Option<LogFormat>,
 }
 
@@ -337,6 +355,10 @@ impl Config {
                 message: "must be at least 1 packet".into(),
             });
         }
+        let message_queue_format = overrides
+            .message_queue_format
+            .or(own.message_queue_format)
+            .unwrap_or(MessageQueueFormat::Legacy);
         let log_format = overrides
             .log_format
             .or(own.log_format)
@@ -355,6 +377,7 @@ impl Config {
                 sweep_interval,
                 max_payload,
                 max_buffer_size,
+                message_queue_format,
                 log_format,
             },
             warnings,

@@ -2,7 +2,9 @@
 //! RabbitMQ, the way vantage6's REST API does, without running a server.
 
 use serde_json::Value;
-use socketioxide_amqp::{AmqpConfig, Emitter};
+use socketioxide_amqp::{AmqpConfig, AmqpDriver, Emitter};
+
+use crate::config::MessageQueueFormat;
 
 /// Why an event could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,8 @@ pub struct EmitRequest {
     pub event: String,
     /// The event's argument as JSON text; `None` sends no argument.
     pub data: Option<String>,
+    /// The message format the python-socketio servers on the exchange read.
+    pub format: MessageQueueFormat,
 }
 
 /// Publishes the event once and closes the connection.
@@ -39,7 +43,10 @@ pub async fn emit(request: &EmitRequest) -> Result<(), EmitError> {
         None => Vec::new(),
     };
     let config = AmqpConfig::new(request.rabbitmq_uri.clone()).with_exchange(&request.exchange);
-    let emitter = Emitter::connect(config).await?;
+    let driver = AmqpDriver::connect_publisher(config)
+        .await
+        .map_err(socketioxide_amqp::Error::from)?;
+    let emitter = Emitter::with_data_format(driver, crate::server::data_format(request.format));
     let target = request
         .rooms
         .iter()

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::{fmt, EnvFilter};
 use v6_socketio::{
-    config::{Config, LogFormat, ServeOverrides},
+    config::{Config, LogFormat, MessageQueueFormat, ServeOverrides},
     demo::{self, DemoOptions},
     emit::{self, EmitRequest},
     server,
@@ -70,6 +70,10 @@ enum Command {
         /// Namespace.
         #[arg(long, default_value = "/tasks")]
         namespace: String,
+        /// python-socketio message format: legacy (up to 5.15.0, vantage6 4.15.2) or args
+        /// (5.15.1+) [default: from --config, else legacy]
+        #[arg(long, env = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT", value_enum)]
+        message_queue_format: Option<MessageQueueFormat>,
     },
     /// Run a self-contained demo: SQLite database with two nodes and a user, tokens printed.
     Demo {
@@ -111,16 +115,24 @@ async fn main() -> anyhow::Result<()> {
             event,
             data,
             namespace,
+            message_queue_format,
         } => {
             init_logging(LogFormat::Text);
-            let rabbitmq_uri = match (rabbitmq_uri, config) {
+            let file = match config {
+                Some(path) => Some(Config::load(&path, &ServeOverrides::default())?.0),
+                None => None,
+            };
+            let rabbitmq_uri = match (rabbitmq_uri, &file) {
                 (Some(uri), _) => uri,
-                (None, Some(path)) => Config::load(&path, &ServeOverrides::default())?
-                    .0
+                (None, Some(file)) => file
                     .rabbitmq_uri
+                    .clone()
                     .context("the configuration file has no `rabbitmq.uri`")?,
                 (None, None) => anyhow::bail!("give --config or --rabbitmq-uri"),
             };
+            let format = message_queue_format
+                .or(file.map(|f| f.message_queue_format))
+                .unwrap_or(MessageQueueFormat::Legacy);
             let request = EmitRequest {
                 rabbitmq_uri,
                 exchange,
@@ -128,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
                 rooms: room,
                 event,
                 data,
+                format,
             };
             emit::emit(&request).await?;
             return Ok(());

@@ -9,13 +9,13 @@ use socketioxide::{
     layer::SocketIoLayer,
     SocketIo,
 };
-use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig};
+use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig, DataFormat};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::{
     auth::TokenVerifier,
-    config::Config,
+    config::{Config, MessageQueueFormat},
     http,
     metrics::Metrics,
     store::{Store, StoreError},
@@ -88,7 +88,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             };
             let ctr = AmqpAdapterCtr::connect_with_config(
                 AmqpConfig::new(uri.clone()),
-                AdapterConfig::default(),
+                AdapterConfig::default()
+                    .with_python_data_format(data_format(config.message_queue_format)),
             )
             .await
             .map_err(broker_err)?;
@@ -99,6 +100,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tasks_ns::register(&io).await.map_err(broker_err)?;
             run(&config, layer, io, store, metrics).await
         }
+    }
+}
+
+/// The adapter's name for a [`MessageQueueFormat`].
+pub fn data_format(format: MessageQueueFormat) -> DataFormat {
+    match format {
+        MessageQueueFormat::Legacy => DataFormat::Value,
+        MessageQueueFormat::Args => DataFormat::Args,
     }
 }
 
