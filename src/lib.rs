@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod broker_metrics;
 pub mod config;
 pub mod database_url;
 pub mod demo;

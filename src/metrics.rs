@@ -5,6 +5,7 @@
 use std::sync::{atomic::AtomicU64, Arc};
 
 use prometheus_client::{
+    collector::Collector,
     encoding::{text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
@@ -109,7 +110,16 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
+        Self::with_collectors(Vec::new())
+    }
+
+    /// Creates every metric, plus collectors read at each scrape (e.g. the
+    /// RabbitMQ adapter's counters).
+    pub fn with_collectors(collectors: Vec<Box<dyn Collector>>) -> Self {
         let mut registry = Registry::default();
+        for collector in collectors {
+            registry.register_collector(collector);
+        }
         let node = NODE_METRICS
             .iter()
             .map(|(name, help)| {

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     auth::TokenVerifier,
+    broker_metrics::BrokerCollector,
     config::{Config, MessageQueueFormat},
     http,
     metrics::Metrics,
@@ -60,24 +61,26 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     let store = Store::connect(&config.database).await.map_err(db_err)?;
     store.check_schema().await.map_err(db_err)?;
-    let metrics = Metrics::new();
-    let ctx = TasksContext::new(
-        store.clone(),
-        TokenVerifier::new(&config.jwt_secret_key),
-        metrics.clone(),
-    );
-    let builder = SocketIo::builder()
-        .req_path(config.path.clone())
-        .ping_interval(config.ping_interval)
-        .ping_timeout(config.ping_timeout)
-        .max_payload(config.max_payload)
-        .max_buffer_size(config.max_buffer_size)
-        .with_state(ctx);
+    let verifier = TokenVerifier::new(&config.jwt_secret_key);
+    let builder = |metrics: &Metrics| {
+        SocketIo::builder()
+            .req_path(config.path.clone())
+            .ping_interval(config.ping_interval)
+            .ping_timeout(config.ping_timeout)
+            .max_payload(config.max_payload)
+            .max_buffer_size(config.max_buffer_size)
+            .with_state(TasksContext::new(
+                store.clone(),
+                verifier.clone(),
+                metrics.clone(),
+            ))
+    };
 
     match config.rabbitmq_uri.clone() {
         None => {
             info!("no RabbitMQ configured: serving as a single instance");
-            let (layer, io) = builder.build_layer();
+            let metrics = Metrics::new();
+            let (layer, io) = builder(&metrics).build_layer();
             tasks_ns::register::<LocalAdapter>(&io);
             run(&config, layer, io, store, metrics).await
         }
@@ -94,7 +97,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .await
             .map_err(broker_err)?;
             info!(uri = %crate::config::redact_uri(&uri), host_id = ctr.host_id(), "sharing rooms over RabbitMQ");
-            let (layer, io) = builder
+            let metrics = Metrics::with_collectors(vec![Box::new(BrokerCollector(ctr.clone()))]);
+            let (layer, io) = builder(&metrics)
                 .with_adapter::<AmqpAdapter<Emitter>>(ctr)
                 .build_layer();
             tasks_ns::register(&io).await.map_err(broker_err)?;

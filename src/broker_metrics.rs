@@ -1,0 +1,67 @@
+//! The RabbitMQ adapter's counters on `/metrics`, read from the adapter at
+//! each scrape.
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+};
+use socketioxide_amqp::AmqpAdapterCtr;
+
+/// A Prometheus collector over an [`AmqpAdapterCtr`].
+#[derive(Debug)]
+pub struct BrokerCollector(pub AmqpAdapterCtr);
+
+impl Collector for BrokerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = self.0.metrics();
+        let counters = [
+            (
+                "v6_socketio_broker_published",
+                "Messages published to RabbitMQ",
+                m.published,
+            ),
+            (
+                "v6_socketio_broker_publish_errors",
+                "Publishes to RabbitMQ that failed",
+                m.publish_errors,
+            ),
+            (
+                "v6_socketio_broker_received",
+                "Messages received from RabbitMQ",
+                m.received,
+            ),
+            (
+                "v6_socketio_broker_invalid",
+                "Messages from RabbitMQ dropped as invalid",
+                m.invalid,
+            ),
+            (
+                "v6_socketio_broker_ignored",
+                "Messages from RabbitMQ ignored (own messages, callbacks for other hosts)",
+                m.ignored,
+            ),
+            (
+                "v6_socketio_broker_unroutable",
+                "Messages from RabbitMQ for a namespace this instance does not serve",
+                m.unroutable,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let up = ConstGauge::new(i64::from(self.0.driver().is_connected()));
+        up.encode(encoder.encode_descriptor(
+            "v6_socketio_broker_connected",
+            "1 while the RabbitMQ connection is up",
+            None,
+            up.metric_type(),
+        )?)
+    }
+}
