@@ -148,8 +148,11 @@ impl AdapterConfig {
 /// Counters of the adapter's broker traffic, see [`AmqpAdapterCtr::metrics`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Metrics {
-    /// Messages published (fanout or direct).
+    /// Messages published (fanout or direct), heartbeats and replies included.
     pub published: u64,
+    /// `emit` messages published: one per broadcast or remote-socket emit that leaves this
+    /// server (a subset of [`published`](Self::published)).
+    pub emits: u64,
     /// Publishes that failed (the caller got an error, or, for background messages such as
     /// heartbeats and replies, it was logged).
     pub publish_errors: u64,
@@ -166,6 +169,7 @@ pub struct Metrics {
 #[derive(Default)]
 struct Counters {
     published: AtomicU64,
+    emits: AtomicU64,
     publish_errors: AtomicU64,
     received: AtomicU64,
     invalid: AtomicU64,
@@ -182,6 +186,8 @@ struct Shared<D> {
     config: AdapterConfig,
     host_id: String,
     routes: RwLock<HashMap<String, mpsc::Sender<Message>>>,
+    /// The peer tables of the namespaces, for [`AmqpAdapterCtr::server_count`].
+    peers: RwLock<HashMap<String, Weak<Peers>>>,
     next_req: AtomicU64,
     counters: Counters,
 }
@@ -196,6 +202,9 @@ impl<D: Driver> Shared<D> {
         match res {
             Ok(()) => {
                 inc(&self.counters.published);
+                if matches!(msg, Message::Emit(_) | Message::RawEmit(_)) {
+                    inc(&self.counters.emits);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -263,6 +272,7 @@ impl<D: Driver> AmqpAdapterCtr<D> {
                 config,
                 host_id: wire::new_host_id(),
                 routes: RwLock::new(HashMap::new()),
+                peers: RwLock::new(HashMap::new()),
                 next_req: AtomicU64::new(1),
                 counters: Counters::default(),
             }),
@@ -284,11 +294,26 @@ impl<D: Driver> AmqpAdapterCtr<D> {
         self.shared.driver.close().await;
     }
 
+    /// How many socketioxide servers (this one included) currently serve namespace `ns`, as
+    /// known from their heartbeats; `None` when `ns` is not initialised here. This is what the
+    /// adapter's `server_count` answers.
+    pub fn server_count(&self, ns: &str) -> Option<u16> {
+        let peers = self
+            .shared
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ns)
+            .and_then(Weak::upgrade)?;
+        Some(u16::try_from(peers.live(Instant::now()) + 1).unwrap_or(u16::MAX))
+    }
+
     /// A snapshot of the traffic counters.
     pub fn metrics(&self) -> Metrics {
         let c = &self.shared.counters;
         Metrics {
             published: c.published.load(Ordering::Relaxed),
+            emits: c.emits.load(Ordering::Relaxed),
             publish_errors: c.publish_errors.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             invalid: c.invalid.load(Ordering::Relaxed),
@@ -423,7 +448,7 @@ pub struct CustomAmqpAdapter<E, D = AmqpDriver> {
     local: CoreLocalAdapter<E>,
     ns: String,
     uid: Uid,
-    peers: Peers,
+    peers: Arc<Peers>,
     pending: Pending,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -906,6 +931,11 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(self.ns.clone(), tx);
+        self.shared
+            .peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.ns.clone(), Arc::downgrade(&self.peers));
         let mut tasks = Vec::new();
         if let Some(stream) = self.shared.driver.subscribe() {
             // Shared by every namespace: it ends with the driver, not with this namespace.
@@ -963,7 +993,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
             ns: local.path().to_string(),
             uid: local.server_id(),
             local,
-            peers: Peers::new(state.shared.config.heartbeat_timeout),
+            peers: Arc::new(Peers::new(state.shared.config.heartbeat_timeout)),
             pending: Arc::new(Mutex::new(HashMap::new())),
             tasks: Mutex::new(Vec::new()),
         }
@@ -985,6 +1015,11 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
         }
         self.shared
             .routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.ns);
+        self.shared
+            .peers
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.ns);

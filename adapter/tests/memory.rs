@@ -451,3 +451,35 @@ async fn deleting_a_namespace_leaves_the_others_working() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn server_count_and_emit_counter() {
+    let broker = MemoryBroker::new();
+    let (io1, ctr1) = server(broker.driver()).await;
+    let (io2, ctr2) = server(broker.driver()).await;
+    let _a = Client::connect(&io1).await;
+    let _b = Client::connect(&io2).await;
+    wait_for_cluster(&[&io1, &io2], 2).await;
+    assert_eq!(ctr1.server_count("/"), Some(2));
+    assert_eq!(ctr2.server_count("/"), Some(2));
+    assert_eq!(ctr1.server_count("/nope"), None);
+
+    let before = ctr1.metrics();
+    io1.to("r").emit("x", &1).await.unwrap();
+    io1.local().emit("y", &1).await.unwrap();
+    let after = ctr1.metrics();
+    assert_eq!(
+        after.emits - before.emits,
+        1,
+        "one emit for the broadcast, none for local"
+    );
+    assert!(after.published - before.published >= 1);
+
+    // A namespace that closes says goodbye: the other server counts itself only.
+    io2.delete_ns("/");
+    eventually("server 1 forgets server 2", || async {
+        ctr1.server_count("/") == Some(1)
+    })
+    .await;
+    assert_eq!(ctr2.server_count("/"), None);
+}
