@@ -137,6 +137,14 @@ impl<D: Driver> Emitter<D> {
         self.inner.publish_errors.load(Ordering::Relaxed)
     }
 
+    /// Closes the broker connection and waits (boundedly) for the broker to acknowledge it. A
+    /// one-shot publisher (a CLI) should call it before exiting, so that the broker does not log
+    /// an unexpectedly closed connection. Later emits fail with
+    /// [`BrokerError::Closed`](crate::broker::BrokerError::Closed).
+    pub async fn close(&self) {
+        self.inner.driver.close().await;
+    }
+
     /// Emits `event` with one argument.
     ///
     /// A single `null` argument reaches clients as no argument (python-socketio's rule).

@@ -3,6 +3,7 @@
 //! with its own connection and queue, plus raw AMQP peers playing python-socketio.
 
 mod common;
+mod rabbit;
 
 use std::time::Duration;
 
@@ -23,20 +24,21 @@ use socketioxide_amqp::{
     AmqpConfig, AmqpDriver, Emitter,
 };
 
-fn uri() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+use rabbit::{uri, BrokerCleanup, BrokerLock};
 
+/// A server on `cleanup`'s exchange, whose queue is deleted with it.
 async fn amqp_server(
-    exchange: &str,
+    cleanup: &BrokerCleanup,
 ) -> (
     Io<AmqpDriver>,
     socketioxide_amqp::AmqpAdapterCtr<AmqpDriver>,
 ) {
     let config = AmqpConfig::new(uri())
-        .with_exchange(exchange)
+        .with_exchange(cleanup.exchange())
         .with_queue_expires(Some(Duration::from_secs(10)));
-    server(AmqpDriver::connect(config).await.expect("connect")).await
+    let driver = AmqpDriver::connect(config).await.expect("connect");
+    cleanup.queue(driver.queue_name());
+    server(driver).await
 }
 
 /// A raw AMQP peer on the exchange, declared exactly like python-socketio's KombuManager.
@@ -44,6 +46,7 @@ struct PythonPeer {
     channel: lapin::Channel,
     consumer: lapin::Consumer,
     exchange: String,
+    queue: String,
     _conn: Connection,
 }
 
@@ -103,6 +106,7 @@ impl PythonPeer {
             channel,
             consumer,
             exchange: exchange.to_owned(),
+            queue,
             _conn: conn,
         }
     }
@@ -151,10 +155,11 @@ impl PythonPeer {
 
 #[tokio::test]
 async fn three_servers_share_broadcasts_sockets_rooms_and_acks() {
-    let exchange = "socketioxide-amqp-test-cluster";
-    let (io1, ctr1) = amqp_server(exchange).await;
-    let (io2, _) = amqp_server(exchange).await;
-    let (io3, _) = amqp_server(exchange).await;
+    let _lock = BrokerLock::shared();
+    let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("cluster"));
+    let (io1, ctr1) = amqp_server(&cleanup).await;
+    let (io2, _) = amqp_server(&cleanup).await;
+    let (io3, _) = amqp_server(&cleanup).await;
     let mut a = Client::connect(&io1).await;
     let mut b = Client::connect(&io2).await;
     let mut c = Client::connect(&io3).await;
@@ -197,9 +202,12 @@ async fn three_servers_share_broadcasts_sockets_rooms_and_acks() {
 
 #[tokio::test]
 async fn python_peer_interop_over_rabbitmq() {
-    let exchange = "socketioxide-amqp-test-python";
+    let _lock = BrokerLock::shared();
+    let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("python"));
+    let exchange = cleanup.exchange();
     let mut py = PythonPeer::new(exchange).await;
-    let (io, ctr) = amqp_server(exchange).await;
+    cleanup.queue(py.queue.clone());
+    let (io, ctr) = amqp_server(&cleanup).await;
     let mut a = Client::connect(&io).await;
     io.local()
         .sockets()
@@ -275,6 +283,9 @@ async fn python_peer_interop_over_rabbitmq() {
         .next_matching(|m| matches!(m, Message::Emit(e) if e.event == "from-emitter"))
         .await;
     assert_eq!(msg.host_id(), emitter.host_id());
+    emitter.close().await;
+    assert!(emitter.emit("closed", &()).await.is_err());
+    assert_eq!(emitter.publish_errors(), 1);
 
     // Junk is dropped and counted.
     py.channel
@@ -300,9 +311,10 @@ async fn python_peer_interop_over_rabbitmq() {
 
 #[tokio::test]
 async fn cluster_recovers_after_a_connection_loss() {
-    let exchange = "socketioxide-amqp-test-recover";
-    let (io1, ctr1) = amqp_server(exchange).await;
-    let (io2, _) = amqp_server(exchange).await;
+    let _lock = BrokerLock::shared();
+    let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("recover"));
+    let (io1, ctr1) = amqp_server(&cleanup).await;
+    let (io2, _) = amqp_server(&cleanup).await;
     let mut a = Client::connect(&io1).await;
     let mut b = Client::connect(&io2).await;
     wait_for_cluster(&[&io1, &io2], 2).await;

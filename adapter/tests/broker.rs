@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 mod common;
+mod rabbit;
 
 use common::kill_connection;
+use rabbit::{BrokerCleanup, BrokerLock};
 use socketioxide_amqp::broker::{AmqpConfig, AmqpDriver, BrokerError, Driver};
 
 fn config(exchange: &str) -> AmqpConfig {
-    let uri = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    AmqpConfig::new(uri)
+    AmqpConfig::new(rabbit::uri())
         .with_exchange(exchange)
         .with_queue_expires(Some(Duration::from_secs(10)))
 }
@@ -25,9 +25,13 @@ async fn recv(stream: &mut socketioxide_amqp::broker::MessageStream) -> Vec<u8> 
 
 #[tokio::test]
 async fn fanout_reaches_every_queue_and_direct_reaches_one() {
-    let exchange = "socketioxide-amqp-test-fanout";
+    let _lock = BrokerLock::shared();
+    let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("fanout"));
+    let exchange = cleanup.exchange();
     let a = AmqpDriver::connect(config(exchange)).await.unwrap();
     let b = AmqpDriver::connect(config(exchange)).await.unwrap();
+    cleanup.queue(a.queue_name());
+    cleanup.queue(b.queue_name());
     let publisher = AmqpDriver::connect_publisher(config(exchange))
         .await
         .unwrap();
@@ -56,18 +60,21 @@ async fn fanout_reaches_every_queue_and_direct_reaches_one() {
 
 #[tokio::test]
 async fn wrong_credentials_fail_at_connect() {
-    let mut cfg = config("socketioxide-amqp-test-creds");
+    // Refused before anything is declared.
+    let mut cfg = config(&rabbit::unique_exchange("creds"));
     cfg.uri = "amqp://nobody:wrong@127.0.0.1:5672/%2f".to_owned();
     assert!(AmqpDriver::connect(cfg).await.is_err());
 }
 
 #[tokio::test]
 async fn reconnects_and_redeclares_after_connection_loss() {
-    let exchange = "socketioxide-amqp-test-reconnect";
-    let cfg = config(exchange)
+    let _lock = BrokerLock::shared();
+    let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("reconnect"));
+    let cfg = config(cleanup.exchange())
         .with_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500));
     let a = AmqpDriver::connect(cfg.clone()).await.unwrap();
     let publisher = AmqpDriver::connect_publisher(cfg).await.unwrap();
+    cleanup.queue(a.queue_name());
     let mut sa = a.subscribe().unwrap();
     let queue = a.queue_name().to_owned();
     if !kill_connection(&queue) {
@@ -95,4 +102,30 @@ async fn reconnects_and_redeclares_after_connection_loss() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(a.is_connected());
+}
+
+#[tokio::test]
+async fn publisher_declares_no_queue_and_close_deletes_the_own_queue() {
+    let _lock = BrokerLock::shared();
+    let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("close"));
+    let publisher = AmqpDriver::connect_publisher(config(cleanup.exchange()))
+        .await
+        .unwrap();
+    // The name a publisher reports was never declared: a one-shot emit leaves no queue behind.
+    assert!(!rabbit::queue_exists(publisher.queue_name()).await);
+    let consumer = AmqpDriver::connect(config(cleanup.exchange()))
+        .await
+        .unwrap();
+    cleanup.queue(consumer.queue_name());
+    assert!(rabbit::queue_exists(consumer.queue_name()).await);
+    consumer.close().await;
+    assert!(!rabbit::queue_exists(consumer.queue_name()).await);
+    publisher.publish(b"x".to_vec()).await.unwrap();
+    publisher.close().await;
+    assert!(matches!(
+        publisher.publish(b"x".to_vec()).await,
+        Err(BrokerError::Closed)
+    ));
+    // Its connection is closed once close() returns.
+    assert!(!publisher.is_connected());
 }

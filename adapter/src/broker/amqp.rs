@@ -45,6 +45,7 @@ use lapin::{
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable},
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
@@ -152,6 +153,7 @@ struct Inner {
     closed: AtomicBool,
     shutdown: watch::Sender<bool>,
     rx: Mutex<Option<MessageStream>>,
+    supervisor: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for AmqpDriver {
@@ -206,19 +208,22 @@ impl AmqpDriver {
             closed: AtomicBool::new(false),
             shutdown,
             rx: Mutex::new(consume.then(|| MessageStream::new(rx))),
+            supervisor: tokio::sync::Mutex::new(None),
         });
         tracing::info!(
             exchange = %inner.config.exchange,
             queue = %inner.queue,
             "connected to the AMQP broker"
         );
-        tokio::spawn(supervise(
+        let supervisor = tokio::spawn(supervise(
             Arc::downgrade(&inner),
+            inner.queue.clone(),
             inner.broken.clone(),
             shutdown_rx,
             tx,
             session,
         ));
+        *inner.supervisor.lock().await = Some(supervisor);
         Ok(Self { inner })
     }
 
@@ -301,10 +306,21 @@ impl Driver for AmqpDriver {
             .take()
     }
 
+    /// Stops the reconnect loop, deletes the own queue (a consuming driver) and closes the
+    /// connection, waiting for the broker's answer at most [`AmqpConfig::publish_timeout`].
     async fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
         self.inner.shutdown.send_replace(true);
         write(&self.inner.channel).take();
+        let supervisor = self.inner.supervisor.lock().await.take();
+        if let Some(handle) = supervisor {
+            if tokio::time::timeout(self.inner.config.publish_timeout, handle)
+                .await
+                .is_err()
+            {
+                tracing::debug!("the AMQP connection did not close in time");
+            }
+        }
     }
 }
 
@@ -406,6 +422,7 @@ async fn open_session(
 /// Owns the connection: forwards deliveries, and reconnects when the connection is lost.
 async fn supervise(
     inner: Weak<Inner>,
+    queue: String,
     broken: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
     tx: mpsc::Sender<Vec<u8>>,
@@ -413,24 +430,29 @@ async fn supervise(
 ) {
     loop {
         let end = run_session(&broken, &mut shutdown, &tx, &mut session).await;
+        if matches!(end, End::Stop) && session.consumer.is_some() {
+            // A graceful close: nobody will read this queue again (a crash leaves it to
+            // `x-expires`).
+            let _ = session
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
         let _ = session.conn.close(200, "bye".into()).await;
+        if matches!(end, End::Stop) {
+            return;
+        }
         let Some(config) = inner.upgrade().map(|i| i.config.clone()) else {
             return;
         };
         if let Some(i) = inner.upgrade() {
             write(&i.channel).take();
         }
-        if matches!(end, End::Stop) {
-            return;
-        }
         tracing::warn!(exchange = %config.exchange, "lost the AMQP connection; reconnecting");
         let consume = session.consumer.is_some();
         let mut delay = config.reconnect_min;
         session = loop {
-            let Some(queue) = inner.upgrade().map(|i| i.queue.clone()) else {
-                return;
-            };
-            if *shutdown.borrow() {
+            if inner.strong_count() == 0 || *shutdown.borrow() {
                 return;
             }
             match open_session(&config, &queue, consume).await {
