@@ -1,0 +1,302 @@
+//! The Socket.IO server run in each child process: namespace [`NS`] on the RabbitMQ adapter,
+//! with one `op` event whose handler runs an adapter operation and acks its result.
+//!
+//! Every `op` call is `["op", {"op": NAME, ...}]` with an ack id; the ack is `[{"ok": RESULT}]`
+//! or `[{"err": MESSAGE, "elapsed_ms": N}]`. See [`run_op`] for the operations.
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use socketioxide::{
+    adapter::Emitter,
+    extract::{AckSender, Data, SocketRef},
+    operators::BroadcastOperators,
+    SocketIo,
+};
+use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig};
+use tokio::io::AsyncBufReadExt;
+
+use super::{NODE_ENV_EXCHANGE, NODE_ENV_URI, NS, READY_PREFIX};
+
+type A = AmqpAdapter<Emitter>;
+type Io = SocketIo<A>;
+
+static CTR: OnceLock<AmqpAdapterCtr> = OnceLock::new();
+
+/// Runs a node until its stdin closes (the test process dropped it or died) or it is killed.
+pub fn main() {
+    let Ok(exchange) = std::env::var(NODE_ENV_EXCHANGE) else {
+        // Run by hand with `--ignored`: nothing to serve.
+        return;
+    };
+    let uri = std::env::var(NODE_ENV_URI).expect("the test passes the broker URI");
+    let filter = std::env::var("SIO_AMQP_NODE_LOG").unwrap_or_else(|_| "error".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(serve(uri, exchange));
+}
+
+async fn serve(uri: String, exchange: String) {
+    let amqp = AmqpConfig::new(uri)
+        .with_exchange(exchange)
+        .with_queue_expires(Some(Duration::from_secs(60)))
+        .with_publish_timeout(Duration::from_secs(2))
+        .with_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500));
+    let config = AdapterConfig::default()
+        .with_request_timeout(Duration::from_secs(2))
+        .with_heartbeat(Duration::from_millis(300), Duration::from_secs(2));
+    let ctr = AmqpAdapterCtr::connect_with_config(amqp, config)
+        .await
+        .expect("connect to RabbitMQ");
+    CTR.set(ctr.clone()).expect("one node per process");
+    let (layer, io) = SocketIo::builder()
+        .with_adapter::<A>(ctr.clone())
+        .build_layer();
+    io.ns(NS, on_connect).await.expect("namespace init");
+    let app = axum::Router::<()>::new().layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let ready = json!({"port": port, "queue": socketioxide_amqp::broker::Driver::queue_name(ctr.driver()), "host_id": ctr.host_id()});
+    println!("{READY_PREFIX}{ready}");
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    // The parent holds our stdin: EOF means it is gone, so no node outlives its test.
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut line = String::new();
+    while stdin.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+        line.clear();
+    }
+    io.close().await;
+    ctr.close().await;
+    std::process::exit(0);
+}
+
+async fn on_connect(socket: SocketRef<A>) {
+    socket.on(
+        "op",
+        async |socket: SocketRef<A>, io: Io, Data(req): Data<Value>, ack: AckSender<A>| {
+            let start = Instant::now();
+            let res = match run_op(&socket, &io, &req).await {
+                Ok(v) => json!({"ok": v}),
+                Err(e) => json!({"err": e, "elapsed_ms": start.elapsed().as_millis() as u64}),
+            };
+            let _ = ack.send(&res);
+        },
+    );
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The broadcast operators described by `req`: `from_socket` (exclude the caller, as
+/// `socket.broadcast()`), `to`, `except`, `local`, `volatile`, `timeout_ms`.
+fn operators(socket: &SocketRef<A>, io: &Io, req: &Value) -> BroadcastOperators<A> {
+    let mut ops = if req["from_socket"].as_bool() == Some(true) {
+        socket.broadcast()
+    } else {
+        io.of(NS).expect("namespace")
+    };
+    let to = strings(&req["to"]);
+    if !to.is_empty() {
+        ops = ops.to(to);
+    }
+    let except = strings(&req["except"]);
+    if !except.is_empty() {
+        ops = ops.except(except);
+    }
+    if req["local"].as_bool() == Some(true) {
+        ops = ops.local();
+    }
+    if req["volatile"].as_bool() == Some(true) {
+        ops = ops.volatile();
+    }
+    if let Some(ms) = req["timeout_ms"].as_u64() {
+        ops = ops.timeout(Duration::from_millis(ms));
+    }
+    ops
+}
+
+/// A client's ack value: one argument is the value itself.
+fn ack_value(v: Value) -> Value {
+    match v {
+        Value::Array(mut a) if a.len() == 1 => a.remove(0),
+        v => v,
+    }
+}
+
+async fn collect_acks(
+    stream: impl futures_util::Stream<
+        Item = (
+            socketioxide::socket::Sid,
+            Result<Value, socketioxide::AckError>,
+        ),
+    >,
+    start: Instant,
+) -> Value {
+    let items: Vec<_> = stream.collect().await;
+    let acks: Vec<Value> = items
+        .into_iter()
+        .map(|(sid, res)| match res {
+            Ok(v) => json!({"sid": sid.to_string(), "value": ack_value(v)}),
+            Err(e) => json!({"sid": sid.to_string(), "error": e.to_string()}),
+        })
+        .collect();
+    json!({"acks": acks, "elapsed_ms": start.elapsed().as_millis() as u64})
+}
+
+/// Runs one operation:
+///
+/// * `emit` {event, data, to, except, local, volatile, from_socket}: a broadcast;
+/// * `emit_with_ack` {event, data, to, timeout_ms}: acks as `{acks: [{sid, value|error}],
+///   elapsed_ms}`;
+/// * `fetch_sockets` {to, local}: `[{sid, rooms}]`, sorted by sid;
+/// * `rooms` {local}: sorted room names;
+/// * `room_op` {to, action: join|leave|disconnect, rooms}: room-wide operations;
+/// * `remote` {sid, action: emit|emit_with_ack|join|leave|disconnect|rooms, event, data,
+///   rooms}: on the socket `sid` found through `fetch_sockets`;
+/// * `join` / `leave` {rooms}: the calling socket, locally;
+/// * `server_count`, `metrics`.
+async fn run_op(socket: &SocketRef<A>, io: &Io, req: &Value) -> Result<Value, String> {
+    let ctr = CTR.get().expect("started");
+    let start = Instant::now();
+    let event = req["event"].as_str().unwrap_or("event").to_owned();
+    let data = req["data"].clone();
+    match req["op"].as_str().unwrap_or_default() {
+        "join" => {
+            socket.join(strings(&req["rooms"]));
+            Ok(Value::Null)
+        }
+        "leave" => {
+            socket.leave(strings(&req["rooms"]));
+            Ok(Value::Null)
+        }
+        "emit" => operators(socket, io, req)
+            .emit(&event, &data)
+            .await
+            .map(|()| Value::Null)
+            .map_err(|e| e.to_string()),
+        "emit_with_ack" => {
+            let stream = operators(socket, io, req)
+                .emit_with_ack::<_, Value>(&event, &data)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(collect_acks(stream, start).await)
+        }
+        "fetch_sockets" => {
+            let sockets = operators(socket, io, req)
+                .fetch_sockets()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for s in sockets {
+                let mut rooms: Vec<String> = s
+                    .rooms()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|r| r.to_string())
+                    .collect();
+                rooms.sort();
+                out.push(json!({"sid": s.data().id.to_string(), "rooms": rooms}));
+            }
+            out.sort_by_key(|v| v["sid"].as_str().unwrap_or_default().to_owned());
+            Ok(Value::Array(out))
+        }
+        "rooms" => {
+            let mut rooms: Vec<String> = operators(socket, io, req)
+                .rooms()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|r| r.to_string())
+                .collect();
+            rooms.sort();
+            Ok(json!(rooms))
+        }
+        "room_op" => {
+            let ops = operators(socket, io, req);
+            let rooms = strings(&req["rooms"]);
+            match req["action"].as_str().unwrap_or_default() {
+                "join" => ops.join(rooms).await.map_err(|e| e.to_string())?,
+                "leave" => ops.leave(rooms).await.map_err(|e| e.to_string())?,
+                "disconnect" => ops.disconnect().await.map_err(|e| e.to_string())?,
+                other => return Err(format!("unknown room_op action {other:?}")),
+            }
+            Ok(Value::Null)
+        }
+        "remote" => {
+            let sid = req["sid"].as_str().unwrap_or_default();
+            let remote = io
+                .of(NS)
+                .expect("namespace")
+                .fetch_sockets()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|s| s.data().id.to_string() == sid)
+                .ok_or_else(|| format!("no socket {sid} in the cluster"))?;
+            let rooms = strings(&req["rooms"]);
+            match req["action"].as_str().unwrap_or_default() {
+                "emit" => remote
+                    .emit(&event, &data)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                "emit_with_ack" => {
+                    let stream = remote
+                        .emit_with_ack::<_, Value>(&event, &data)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    return Ok(collect_acks(stream, start).await);
+                }
+                "join" => remote.join(rooms).await.map_err(|e| e.to_string())?,
+                "leave" => remote.leave(rooms).await.map_err(|e| e.to_string())?,
+                "disconnect" => remote.disconnect().await.map_err(|e| e.to_string())?,
+                "rooms" => {
+                    let mut rooms: Vec<String> = remote
+                        .rooms()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .map(|r| r.to_string())
+                        .collect();
+                    rooms.sort();
+                    return Ok(json!(rooms));
+                }
+                other => return Err(format!("unknown remote action {other:?}")),
+            }
+            Ok(Value::Null)
+        }
+        "server_count" => Ok(json!(ctr.server_count(NS))),
+        "metrics" => {
+            let m = ctr.metrics();
+            Ok(json!({
+                "published": m.published, "emits": m.emits, "publish_errors": m.publish_errors,
+                "received": m.received, "invalid": m.invalid,
+                "connected": ctr.driver().is_connected(),
+            }))
+        }
+        other => Err(format!("unknown op {other:?}")),
+    }
+}
