@@ -1,6 +1,7 @@
 """Engine.IO / HTTP surface: handshake, path, transports, CORS (design doc §1, §9)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -122,3 +123,70 @@ def test_large_payload_within_max_payload(world, db, clients, tokens, connect_no
     wait_until(lambda: db.node_config_count(world.node_a1.id) == 6001, timeout=15,
                what="6001 node_config rows")
     assert a1.connected
+
+
+def _raw_polling_session(url, headers, connect_packet="40/tasks,{}", want=3, timeout=8.0):
+    """Engine.IO v4 polling by hand: handshake, CONNECT /tasks, then poll until
+    ``want`` Socket.IO packets of /tasks (after the CONNECT ack) arrived.
+    Returns the list of raw Socket.IO packets of /tasks in arrival order."""
+    import urllib.request
+
+    base = url + "/socket.io/?EIO=4&transport=polling"
+    status, _, body = http_get(base, headers)
+    assert status == 200
+    sid = json.loads(body.decode()[1:])["sid"]
+    req = urllib.request.Request(base + "&sid=" + sid, data=connect_packet.encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200
+    packets = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status, _, body = http_get(base + "&sid=" + sid, headers,
+                                       timeout=max(0.1, deadline - time.monotonic()))
+        except (TimeoutError, OSError):
+            break  # the long poll had nothing more to say within the time limit
+        assert status == 200, body
+        for pkt in body.decode().split("\x1e"):
+            if pkt == "2":  # Engine.IO PING: answer it
+                req = urllib.request.Request(base + "&sid=" + sid, data=b"3", headers=headers, method="POST")
+                urllib.request.urlopen(req, timeout=5).close()
+            elif pkt.startswith("4"):
+                packets.append(pkt[1:])  # Socket.IO packet
+        ns_events = [p for p in packets if p.startswith("2/tasks,")]
+        if len(ns_events) >= want:
+            break
+    # close the session
+    req = urllib.request.Request(base + "&sid=" + sid, data=b"1", headers=headers, method="POST")
+    with contextlib.suppress(Exception):
+        urllib.request.urlopen(req, timeout=5).close()
+    return packets
+
+
+def test_wire_order_of_a_node_connect(world, srv, tokens, db):
+    """On the wire (design doc §9): CONNECT ack, then sync, then the join messages."""
+    a1 = world.node_a1
+    packets = _raw_polling_session(srv.url, {"Authorization": "Bearer " + tokens.access(a1)})
+    assert packets[0].startswith("0/tasks,"), packets
+    assert json.loads(packets[0][len("0/tasks,"):]).get("sid")
+    c1 = f"collaboration_{world.c1.id}"
+    c1_orga = f"collaboration_{world.c1.id}_organization_{world.org_a.id}"
+    assert [json.loads(p[len("2/tasks,"):]) for p in packets[1:]] == [
+        ["sync"],
+        ["message", f"Node <{a1.name}> joined room <{c1}>"],
+        ["message", f"Node <{a1.name}> joined room <{c1_orga}>"],
+    ], packets
+    wait_until(lambda: db.auth_row(a1.id)[0] == "offline", what="offline after the raw session closed")
+
+
+def test_connect_auth_payload_is_ignored(world, srv, tokens, db):
+    """The token is read from the handshake's Authorization header only; a
+    token in the CONNECT auth payload does not identify the client."""
+    token = tokens.access(world.node_a1)
+    packets = _raw_polling_session(
+        srv.url, {}, connect_packet="40/tasks," + json.dumps({"token": token, "Authorization": "Bearer " + token}),
+        want=1, timeout=1.5,
+    )
+    assert packets and packets[0].startswith("0/tasks,"), packets
+    assert packets[1:] == [], f"an unidentified client got {packets[1:]}"
+    assert db.auth_row(world.node_a1.id) == ("offline", None)
