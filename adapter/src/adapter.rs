@@ -289,7 +289,9 @@ impl<D: Driver> AmqpAdapterCtr<D> {
         &self.shared.driver
     }
 
-    /// Closes the broker connection (after the `SocketIo` is closed). Publishing fails from now on.
+    /// Closes the broker connection (after the `SocketIo` is closed): the own queue is deleted
+    /// and the connection closed, waiting for the broker at most
+    /// [`AmqpConfig::publish_timeout`]. Publishing fails from now on.
     pub async fn close(&self) {
         self.shared.driver.close().await;
     }

@@ -16,6 +16,8 @@
 //!     .to("collaboration_7")
 //!     .emit("algorithm_status_change", &serde_json::json!({"run_id": 3}))
 //!     .await?;
+//! // A one-shot publisher closes the connection before exiting.
+//! emitter.close().await;
 //! # Ok(()) }
 //! ```
 
