@@ -172,3 +172,34 @@ def test_no_cross_collaboration_leak_for_full_lifecycle(world, db, connect_node,
     a1.disconnect()
     b1.disconnect()
     expect_silence(c2)
+
+
+def test_rooms_are_computed_at_connect(world, db, tokens, connect_node, connect_user, clients):
+    """Reference §2.7: a user's rooms are fixed when it connects; a collaboration
+    created later is only joined after a reconnect."""
+    from support import v6db
+
+    glob = connect_user(world.u_glob)
+    with db.session() as s:
+        org = s.get(v6db.Organization, world.org_c.id)
+        late = v6db.Collaboration(name=db.unique("collab-twin-late"), organizations=[org], encrypted=False)
+        s.add(late)
+        s.flush()
+        node = v6db.Node(name=db.unique("node-late"), organization_id=org.id, collaboration_id=late.id,
+                         status="offline")
+        s.add(node)
+        s.flush()
+        late_id, node_ent = late.id, None
+        from support import Ent
+
+        node_ent = Ent(node.id, node.name, org.id, late.id)
+    # (named collab-twin-*: the next world's cleanup removes it, after this
+    # test's clients are gone, so its id is never reused while they linger)
+    rn = connect_node(node_ent)
+    expect_silence(glob, rn)
+    glob.disconnect()
+    glob2 = connect_user(world.u_glob, label="glob-reconnected")  # asserts it joins collaboration_<late>
+    assert f"collaboration_{late_id}" in world.user_rooms(world.u_glob)
+    rn.disconnect()
+    expect_exact({glob2: [left_msg(node_ent.name, f"collaboration_{late_id}"),
+                          ("node-offline", node_status_payload(node_ent))]})
