@@ -117,12 +117,19 @@ async fn rooms_except_and_volatile_select_exactly_their_clients() {
             req["event"] = json!("ev");
             req["data"] = json!(k);
             c[via].ok(req).await;
-            let got = cluster.fence(via, &mut c).await;
-            assert_eq!(
-                got,
-                only(6, who, &format!("ev [{k}]")),
-                "{opts} via node {via}"
-            );
+            let mut got = cluster.fence(via, &mut c).await;
+            let want = only(6, who, &format!("ev [{k}]"));
+            if opts["volatile"] == json!(true) {
+                // Engine.IO sends volatile packets outside the socket's ordered buffer: one may
+                // arrive after the fence. A late copy to a non-member would show up in the
+                // following fences.
+                for &i in who.iter() {
+                    if got[i].is_empty() {
+                        got[i].push(c[i].next().await.render());
+                    }
+                }
+            }
+            assert_eq!(got, want, "{opts} via node {via}");
         }
     }
 }
