@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -76,6 +77,51 @@ def delete_queues(*names: str):
 def delete_exchange(name: str):
     with contextlib.suppress(Exception), kombu.Connection(AMQP_URL, connect_timeout=3) as conn:
         conn.channel().exchange_delete(name)
+
+
+def broker_fixture():
+    """Body of the module-scoped ``broker`` fixture: fails when RabbitMQ is
+    down (an environment failure, like a missing PostgreSQL), holds the shared
+    broker lock while the module runs."""
+    import pytest
+
+    reason = broker_available()
+    if reason:
+        pytest.fail(f"RabbitMQ unavailable at {AMQP_URL}: {reason}")
+    with broker_lock():
+        yield AMQP_URL
+
+
+_SERVE_QUEUE = re.compile(r"queue=(socketioxide-amqp\.[0-9a-f-]+)")
+
+
+def serve_queue(server) -> str | None:
+    """The queue a ``v6-socketio serve`` (support.ServerProcess) logged at startup."""
+    try:
+        text = server.log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    found = _SERVE_QUEUE.findall(re.sub(r"\x1b\[[0-9;]*m", "", text))
+    return found[-1] if found else None
+
+
+def queue_exists(name: str) -> bool:
+    with kombu.Connection(AMQP_URL, connect_timeout=3) as conn:
+        try:
+            conn.channel().queue_declare(name, passive=True)
+            return True
+        except Exception as exc:  # 404 NOT_FOUND closes the channel
+            if "NOT_FOUND" in str(exc) or getattr(exc, "code", None) == 404:
+                return False
+            raise
+
+
+def stop_serve(*servers):
+    """Stop ``v6-socketio serve`` processes, then delete the queues they
+    declared (a crashed or slow instance would leave them for x-expires)."""
+    for s in servers:
+        s.stop()
+    delete_queues(*(serve_queue(s) for s in servers))
 
 
 def unique(prefix: str) -> str:
@@ -269,6 +315,10 @@ class AckRecorder(Recorder):
         if wait_ns:
             assert self.ns_connected.wait(DEFAULT_TIMEOUT), f"{self.label}: no CONNECT ack"
         return self
+
+    @property
+    def connected(self) -> bool:
+        return self.sio.connected and self.namespace in self.sio.namespaces
 
     @property
     def sid(self) -> str:

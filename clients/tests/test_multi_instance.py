@@ -38,13 +38,7 @@ from support import (
 from support import Recorder
 
 
-@pytest.fixture(scope="module")
-def broker():
-    reason = mq_support.broker_available()
-    if reason:
-        pytest.fail(f"RabbitMQ unavailable at {AMQP_URL}: {reason}")
-    with mq_support.broker_lock():
-        yield AMQP_URL
+broker = pytest.fixture(scope="module")(mq_support.broker_fixture)
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +53,10 @@ def pair(broker, db, jwt_secret, tmp_path_factory):
             procs.append(p)
             p.start()
     except RuntimeError as exc:
-        for p in procs:
-            p.stop()
+        mq_support.stop_serve(*procs)
         pytest.fail(str(exc))
     yield tuple(procs)
-    for p in procs:
-        p.stop()
+    mq_support.stop_serve(*procs)
 
 
 @pytest.fixture()
@@ -241,3 +233,23 @@ def test_node_connect_and_disconnect_on_a_are_seen_on_b(world, db, on):
         o["c2"]: [],
     })
     wait_until(lambda: db.auth_row(a1.id)[0] == "offline", what="node_a1 offline after disconnect on A")
+
+
+def test_graceful_stop_deletes_the_instance_queue(broker, db, jwt_secret, tmp_path_factory):
+    """SIGTERM: the instance closes its adapter, which deletes its own queue
+    (adapter README: "A graceful close deletes it"); otherwise every restart
+    leaves a queue that collects the whole exchange's traffic for x-expires
+    (5 minutes)."""
+    srv = ServerProcess(tmp_path_factory.mktemp("mq-stop"), db, jwt_secret,
+                        extra={"rabbitmq": {"uri": broker}}, name=f"mq-stop-{db.backend}")
+    try:
+        srv.start()
+        queue = mq_support.serve_queue(srv)
+        assert queue, "the instance did not log its queue:\n" + srv.log_tail(10)
+        assert mq_support.queue_exists(queue)
+        srv.stop()
+        assert srv.proc.returncode == 0, f"exit status {srv.proc.returncode} after SIGTERM"
+        wait_until(lambda: not mq_support.queue_exists(queue), timeout=3,
+                   what=f"queue {queue} to be deleted after a graceful stop")
+    finally:
+        mq_support.stop_serve(srv)
