@@ -5,15 +5,16 @@ The python side is clients/mq_server.py: ``socketio.Server`` with
 ``socketio.KombuManager(url, channel=...)``, exactly what Flask-SocketIO builds
 for ``SocketIO(app, message_queue='amqp://…')``. Two fleets:
 
-* **5.15.0 / legacy** (what vantage6 4.15.2 runs): two python-socketio 5.15.0
-  servers from clients/.venv on the ``flask-socketio`` exchange, next to a
-  ``v6-socketio serve`` with ``message_queue_format: legacy`` on the test
-  database. The second python server is the reference: a Rust-connected
-  client must receive exactly what a client of another python-socketio 5.15.0
-  host receives (python-socketio <= 5.15.0 carries the data as one value, so
-  several arguments arrive remotely as one list, and a tuple holding bytes
-  cannot be published at all).
-* **5.18.1 / args** (python-socketio 5.15.1+): a python-socketio 5.18.1 server
+* **v6-socketio** (``test_v6_*``, vantage6 semantics, on the test database):
+  two python-socketio servers on the ``flask-socketio`` exchange next to a
+  ``v6-socketio serve`` with the matching ``message_queue_format``: 5.15.0
+  from clients/.venv with ``legacy`` (what vantage6 4.15.2 runs) and 5.18.1
+  from clients/.venv-sio518 with ``args``. The second python server is the
+  reference: a Rust-connected client must receive exactly what a client of
+  another python host of the same version receives (python-socketio <= 5.15.0
+  carries the data as one value, so several arguments arrive remotely as one
+  list, and a tuple holding bytes cannot be published at all).
+* **generic** (``test_518_*``): a python-socketio 5.18.1 server
   from clients/.venv-sio518 next to the adapter crate's generic socketioxide
   server (``cluster_node`` of the ``cluster_processes`` test binary: namespace
   ``/cluster``, an ``op`` event running adapter operations), on an exchange
@@ -25,6 +26,7 @@ received after a quiet period: a missing, duplicated or leaked delivery fails.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 
@@ -62,18 +64,33 @@ def args_form(events):
 
 
 # ===========================================================================
-# python-socketio 5.15.0 (legacy format) + v6-socketio serve
+# python-socketio servers + v6-socketio serve with the matching
+# message_queue_format: 5.15.0 / legacy (vantage6 4.15.2) and 5.18.1 / args
 # ===========================================================================
-@pytest.fixture(scope="module")
-def legacy(broker, db, jwt_secret, tmp_path_factory):
-    """(v6-socketio serve, python server P, python reference server Q)."""
-    workdir = tmp_path_factory.mktemp(f"mixed-{db.backend}")
-    v6 = ServerProcess(workdir, db, jwt_secret, name=f"mixed-v6-{db.backend}", extra={
+FLEETS = {
+    "sio5.15.0-legacy": ("5.15.0", "legacy", VENV_515),
+    "sio5.18.1-args": ("5.18.1", "args", VENV_518),
+}
+
+
+# The database is not what these tests are about: they run on the first
+# backend of the session only (test_multi_instance.py covers both).
+FIRST_BACKEND = next(b for b in os.environ.get("V6_TEST_BACKENDS", "sqlite,postgres").split(",") if b)
+
+
+@pytest.fixture(scope="module", params=list(FLEETS))
+def v6fleet(request, broker, db, jwt_secret, tmp_path_factory):
+    """(version, format, v6-socketio serve, python server P, python reference server Q)."""
+    if db.backend != FIRST_BACKEND:
+        pytest.skip(f"mixed-fleet tests run on the {FIRST_BACKEND} backend only")
+    version, fmt, python = FLEETS[request.param]
+    workdir = tmp_path_factory.mktemp(f"mixed-{db.backend}-{fmt}")
+    v6 = ServerProcess(workdir, db, jwt_secret, name=f"mixed-v6-{db.backend}-{fmt}", extra={
         "rabbitmq": {"uri": broker},
-        "v6_socketio": {"ip": "127.0.0.1", "sweep_interval": 2, "message_queue_format": "legacy"},
+        "v6_socketio": {"ip": "127.0.0.1", "sweep_interval": 2, "message_queue_format": fmt},
     })
-    py = PyServer(VENV_515, label="py-5.15.0")
-    ref = PyServer(VENV_515, label="py-5.15.0-reference")
+    py = PyServer(python, label=f"py-{version}")
+    ref = PyServer(python, label=f"py-{version}-reference")
     started = []
     try:
         for s in (v6, py, ref):
@@ -84,22 +101,22 @@ def legacy(broker, db, jwt_secret, tmp_path_factory):
             s.stop()
         mq_support.stop_serve(v6)
         pytest.fail(f"mixed fleet did not start: {exc}")
-    assert py.version == "5.15.0" and ref.version == "5.15.0", (py.version, ref.version)
-    yield v6, py, ref
+    assert py.version == version and ref.version == version, (py.version, ref.version)
+    yield version, fmt, v6, py, ref
     py.stop()
     ref.stop()
     mq_support.stop_serve(v6)
 
 
 @pytest.fixture()
-def lf(legacy, world, tokens):
-    """Clients of the legacy fleet.
+def lf(v6fleet, world, tokens):
+    """Clients of the fleet.
 
     On v6-socketio: nodes a1, b1 (collaboration 1) and c2 (collaboration 2).
     On P: p1 in collaboration_<c1>, p2 in collaboration_<c2>, p0 in no room.
     On Q (reference python host): q1 in collaboration_<c1>.
     """
-    v6, py, ref = legacy
+    version, fmt, v6, py, ref = v6fleet
     v6.assert_alive()
     made = []
     c1, c2 = f"collaboration_{world.c1.id}", f"collaboration_{world.c2.id}"
@@ -123,7 +140,7 @@ def lf(legacy, world, tokens):
          "p1": pyclient(py, "p1", c1), "p2": pyclient(py, "p2", c2), "p0": pyclient(py, "p0", None),
          "q1": pyclient(ref, "q1", c1)}
     quiesce(*r.values())
-    r.update(v6=v6, py=py, ref=ref, room1=c1, room2=c2)
+    r.update(version=version, format=fmt, v6=v6, py=py, ref=ref, room1=c1, room2=c2)
     yield r
     for rec in made:
         try:
@@ -133,11 +150,7 @@ def lf(legacy, world, tokens):
     v6.assert_alive()
 
 
-def clients_of(lf, *names):
-    return {k: lf[k] for k in names}
-
-
-def test_515_python_emit_reaches_rust_clients_of_the_room(lf):
+def test_v6_python_emit_reaches_rust_clients_of_the_room(lf):
     payload = {"id": 41, "parent_id": None}
     lf["py"].emit("new_task", payload, to=lf["room1"])
     ev = [("new_task", [payload])]
@@ -145,7 +158,7 @@ def test_515_python_emit_reaches_rust_clients_of_the_room(lf):
                   lf["c2"]: [], lf["p2"]: [], lf["p0"]: []})
 
 
-def test_515_python_emit_room_list_and_skip_sid(world, lf):
+def test_v6_python_emit_room_list_and_skip_sid(world, lf):
     c1_orga = f"collaboration_{world.c1.id}_organization_{world.org_a.id}"
     # a room list: the union, each client once (a1 via its organisation subroom)
     lf["py"].emit("kill_containers", {"collaboration_id": world.c2.id}, to=[c1_orga, lf["room2"]])
@@ -164,26 +177,36 @@ def test_515_python_emit_room_list_and_skip_sid(world, lf):
     expect_exact({lf["a1"]: ev, lf["q1"]: ev, lf["b1"]: [], lf["p1"]: [], lf["c2"]: []})
 
 
-def test_515_python_emit_to_a_rust_sid(lf):
+def test_v6_python_emit_to_a_rust_sid(lf):
     lf["py"].emit("sync", to=lf["b1"].sid)
     expect_exact({lf["b1"]: [("sync", [])], lf["a1"]: [], lf["p1"]: [], lf["q1"]: [], lf["p0"]: []})
 
 
-def test_515_binary_and_multiple_arguments_arrive_as_on_a_python_peer(lf):
-    """Rust-connected clients get what the reference 5.15.0 host's client gets."""
+def test_v6_binary_and_multiple_arguments_arrive_as_on_a_python_peer(lf):
+    """Rust-connected clients get exactly what the reference python host's
+    client gets. 5.15.0 publishes the data as one value: several arguments
+    arrive remotely as one list (and a tuple holding bytes cannot be
+    published); 5.15.1+ carries the argument list."""
     blob = {"blob": b(b"\x00\x01\xfe\xff"), "n": 1}
+    want_blob = {"blob": b"\x00\x01\xfe\xff", "n": 1}
     lf["py"].emit("bin", blob, to=lf["room1"])
     lf["py"].emit("multi", "a", 2, None, to=lf["room1"])
     lf["py"].emit("list", [1, 2], to=lf["room1"])
     lf["py"].emit("none", to=lf["room1"])
-    want_blob = {"blob": b"\x00\x01\xfe\xff", "n": 1}
-    remote = [("bin", [want_blob]), ("multi", [["a", 2, None]]), ("list", [[1, 2]]), ("none", [])]
     local = [("bin", [want_blob]), ("multi", ["a", 2, None]), ("list", [[1, 2]]), ("none", [])]
+    if lf["format"] == "legacy":
+        remote = [("bin", [want_blob]), ("multi", [["a", 2, None]]), ("list", [[1, 2]]),
+                  ("none", [])]
+    else:
+        lf["py"].emit("bins", b(b"\x07"), "x", {"k": b(b"zz")}, to=lf["room1"])
+        bins = ("bins", [b"\x07", "x", {"k": b"zz"}])
+        remote = local + [bins]
+        local = local + [bins]
     expect_exact({lf["q1"]: remote, lf["a1"]: remote, lf["b1"]: remote, lf["p1"]: local,
                   lf["c2"]: [], lf["p0"]: []})
 
 
-def test_515_python_emit_with_callback_to_a_rust_client_gets_its_ack(lf):
+def test_v6_python_emit_with_callback_to_a_rust_client_gets_its_ack(lf):
     cid = lf["py"].emit("ask", {"q": 1}, to=lf["a1"].sid, callback=True)
     assert lf["py"].wait_callback(cid) == ["ack", lf["a1"].label, "ask"]
     # and the same through the reference python host, for comparison
@@ -194,7 +217,7 @@ def test_515_python_emit_with_callback_to_a_rust_client_gets_its_ack(lf):
     assert len(lf["py"].callbacks(cid)) == 1, "one ack, one callback message"
 
 
-def test_515_rust_events_reach_python_clients(world, lf):
+def test_v6_rust_events_reach_python_clients(world, lf):
     """A node on v6-socketio: its algorithm_status_change and its departure
     reach the python servers' clients of the collaboration with the payload as
     the one argument (as a python-socketio 5.15.0 peer publishes it)."""
@@ -218,7 +241,7 @@ def test_515_rust_events_reach_python_clients(world, lf):
                   lf["c2"]: [], lf["p2"]: [], lf["p0"]: []})
 
 
-def test_515_python_room_operations_act_on_rust_sockets(lf):
+def test_v6_python_room_operations_act_on_rust_sockets(lf):
     py, a1, b1 = lf["py"], lf["a1"], lf["b1"]
     room = f"extra-{uuid.uuid4().hex[:8]}"
     others = {lf[k]: [] for k in ("c2", "p1", "q1", "p0")}
@@ -245,17 +268,37 @@ def test_515_python_room_operations_act_on_rust_sockets(lf):
     assert b1.connected
 
 
-def test_515_flask_socketio_write_only_emitter_reaches_both_sides(lf):
-    """``SocketIO(message_queue=...)`` without an app (Flask-SocketIO 5.6.1 on
-    python-socketio 5.15.0): an external process such as vantage6's API."""
-    from flask_socketio import SocketIO
+_WRITE_ONLY = """
+import json, sys, socketio
+url, channel, ns, room, sid = sys.argv[1:6]
+mgr = socketio.KombuManager(url, channel=channel, write_only=True)
+mgr.emit("new_task", {"id": 9, "parent_id": 3}, namespace=ns, room=room)
+mgr.emit("kill_containers", {"node_id": 1}, namespace=ns, room=sid)
+mgr.publisher_connection.release()
+"""
 
-    sio = SocketIO(message_queue=AMQP_URL, async_mode="threading")
-    try:
-        sio.emit("new_task", {"id": 9, "parent_id": 3}, namespace="/tasks", to=lf["room1"])
-        sio.emit("kill_containers", {"node_id": 1}, namespace="/tasks", to=lf["b1"].sid)
-    finally:
-        sio.server.manager.publisher_connection.release()
+
+def test_v6_write_only_emitter_reaches_both_sides(lf):
+    """A python process that serves no client publishes on flask-socketio, as
+    vantage6's REST API does. 5.15.0: Flask-SocketIO 5.6.1's
+    ``SocketIO(message_queue=...)`` without an app, in this process; 5.18.1:
+    ``KombuManager(write_only=True)`` in the 5.18.1 virtualenv."""
+    if lf["format"] == "legacy":
+        from flask_socketio import SocketIO
+
+        sio = SocketIO(message_queue=AMQP_URL, async_mode="threading")
+        try:
+            sio.emit("new_task", {"id": 9, "parent_id": 3}, namespace="/tasks", to=lf["room1"])
+            sio.emit("kill_containers", {"node_id": 1}, namespace="/tasks", to=lf["b1"].sid)
+        finally:
+            sio.server.manager.publisher_connection.release()
+    else:
+        res = subprocess.run(
+            [str(VENV_518), "-c", _WRITE_ONLY, AMQP_URL, "flask-socketio", "/tasks",
+             lf["room1"], lf["b1"].sid],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert res.returncode == 0, f"write-only emitter failed:\n{res.stdout}\n{res.stderr}"
     nt = ("new_task", [{"id": 9, "parent_id": 3}])
     kc = ("kill_containers", [{"node_id": 1}])
     expect_exact({lf["a1"]: [nt], lf["b1"]: Unordered([nt, kc]), lf["p1"]: [nt], lf["q1"]: [nt],
