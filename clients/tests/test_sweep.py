@@ -43,11 +43,9 @@ def test_sweep_marks_stale_nodes_offline_only(world, db, connect_node, connect_u
         # it was stale long before: a sweep within ~one interval must catch it
         assert flipped_at - fresh_at < dt.timedelta(seconds=2 * SWEEP + 2)
 
-        # the freshly "seen" twin-like case: a node whose last_seen is *now* survives the
-        # sweep that caught node_a1 (its last_seen is after that sweep's reference time)
-        assert db.auth_row(world.twin.id)[0] == "online"
+        assert db.auth_row(world.twin.id)[0] == "online", "last_seen in the future is never stale"
 
-        time.sleep(2 * SWEEP + 0.5)  # two more sweeps
+        time.sleep(SWEEP + 0.5)  # at least one more complete sweep
         assert db.auth_row(world.node_b1.id) == ("online", None), "last_seen NULL must be skipped"
         assert db.auth_row(world.node_c2.id)[0] == "online", "a pinging node must stay online"
         assert db.auth_row(world.twin.id)[0] == "online", "last_seen in the future is never stale"
