@@ -81,6 +81,11 @@ pub struct AmqpConfig {
     /// How long a publish may take, confirm included, before it fails with
     /// [`BrokerError::Timeout`] (default 5 s). Bounds the wait on a silently dead connection.
     pub publish_timeout: Duration,
+    /// How long opening a connection (TCP, AMQP handshake, declarations) may take before the
+    /// attempt fails with [`BrokerError::ConnectTimeout`] (default 10 s). Without it, an attempt
+    /// that reached a broker while it was shutting down could wait forever and stop the
+    /// reconnect loop.
+    pub connect_timeout: Duration,
 }
 
 impl AmqpConfig {
@@ -97,6 +102,7 @@ impl AmqpConfig {
             reconnect_max: Duration::from_secs(10),
             buffer: 1024,
             publish_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
         }
     }
     /// Sets the exchange name.
@@ -127,6 +133,11 @@ impl AmqpConfig {
     /// Sets the publish timeout.
     pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
+        self
+    }
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
     /// Sets the reconnect backoff bounds.
@@ -333,7 +344,21 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// [`try_open_session`], at most [`AmqpConfig::connect_timeout`].
 async fn open_session(
+    config: &AmqpConfig,
+    queue: &str,
+    consume: bool,
+) -> Result<Session, BrokerError> {
+    tokio::time::timeout(
+        config.connect_timeout,
+        try_open_session(config, queue, consume),
+    )
+    .await
+    .map_err(|_| BrokerError::ConnectTimeout)?
+}
+
+async fn try_open_session(
     config: &AmqpConfig,
     queue: &str,
     consume: bool,
@@ -430,15 +455,19 @@ async fn supervise(
 ) {
     loop {
         let end = run_session(&broken, &mut shutdown, &tx, &mut session).await;
+        // Talking to a broker that is going away may never get an answer: bounded.
+        let bound = inner
+            .upgrade()
+            .map_or(Duration::from_secs(5), |i| i.config.publish_timeout);
         if matches!(end, End::Stop) && session.consumer.is_some() {
             // A graceful close: nobody will read this queue again (a crash leaves it to
             // `x-expires`).
-            let _ = session
+            let delete = session
                 .channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default());
+            let _ = tokio::time::timeout(bound, delete).await;
         }
-        let _ = session.conn.close(200, "bye".into()).await;
+        let _ = tokio::time::timeout(bound, session.conn.close(200, "bye".into())).await;
         if matches!(end, End::Stop) {
             return;
         }
@@ -519,5 +548,34 @@ async fn run_session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that accepts TCP connections and never speaks AMQP, like a broker caught while
+    /// shutting down: connecting must give up instead of waiting forever.
+    #[tokio::test]
+    async fn connecting_to_a_silent_peer_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accept = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                held.push(sock);
+            }
+        });
+        let config = AmqpConfig::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+            .with_connect_timeout(Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let res = AmqpDriver::connect(config.clone()).await;
+        assert!(matches!(res, Err(BrokerError::ConnectTimeout)), "{res:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The reconnect loop uses the same bounded attempt.
+        let res = open_session(&config, "q", true).await;
+        assert!(matches!(res, Err(BrokerError::ConnectTimeout)));
+        accept.abort();
     }
 }

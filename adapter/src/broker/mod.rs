@@ -35,6 +35,9 @@ pub enum BrokerError {
     /// The broker did not confirm the publish in time (see [`AmqpConfig::publish_timeout`]).
     #[error("the broker did not confirm the publish in time")]
     Timeout,
+    /// Opening a connection took longer than [`AmqpConfig::connect_timeout`].
+    #[error("the broker connection could not be opened in time")]
+    ConnectTimeout,
     /// The driver was closed.
     #[error("the broker driver is closed")]
     Closed,

@@ -54,6 +54,7 @@ async fn serve(uri: String, exchange: String) {
         .with_exchange(exchange)
         .with_queue_expires(Some(Duration::from_secs(60)))
         .with_publish_timeout(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(2))
         .with_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500));
     let config = AdapterConfig::default()
         .with_request_timeout(Duration::from_secs(2))
