@@ -77,7 +77,8 @@ PROBE = "__mq_server_probe__"
 
 
 class Manager(socketio.KombuManager):
-    """KombuManager that remembers its queue and reports when it consumes."""
+    """KombuManager that remembers its queue and reports when it consumes
+    (a probe sent to the queue itself came back)."""
 
     queue = None
     ready = threading.Event()
@@ -139,12 +140,19 @@ def main():
     # Engine.IO connection), then wait until a probe comes back through it.
     sio.manager_initialized = True
     mgr.initialize()
+    # The probe goes straight to our own queue (default exchange), so no other
+    # server on the exchange sees it; kombu declares and binds the queue
+    # before it consumes.
     deadline = time.monotonic() + 20
-    while not mgr.ready.wait(0.1):
-        if time.monotonic() > deadline:
-            out({"fatal": "the KombuManager queue did not consume within 20 s"})
-            sys.exit(1)
-        mgr._publish({"method": PROBE, "host_id": mgr.host_id})
+    with kombu.Connection(args.amqp) as conn:
+        producer = conn.Producer()
+        while not mgr.ready.wait(0.1):
+            if time.monotonic() > deadline:
+                out({"fatal": "the KombuManager queue did not consume within 20 s"})
+                sys.exit(1)
+            if mgr.queue is not None:
+                producer.publish(json.dumps({"method": PROBE, "host_id": mgr.host_id}),
+                                 exchange="", routing_key=mgr.queue.name)
 
     httpd = make_server("127.0.0.1", args.port, socketio.WSGIApp(sio),
                         server_class=ThreadingWSGIServer, handler_class=QuietHandler)

@@ -26,6 +26,7 @@ received after a quiet period: a missing, duplicated or leaked delivery fails.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -53,6 +54,7 @@ from support import (
     node_status_payload,
     pretty,
     quiesce,
+    server_binary,
 )
 
 broker = pytest.fixture(scope="module")(mq_support.broker_fixture)
@@ -217,10 +219,10 @@ def test_v6_python_emit_with_callback_to_a_rust_client_gets_its_ack(lf):
     assert len(lf["py"].callbacks(cid)) == 1, "one ack, one callback message"
 
 
-def test_v6_rust_events_reach_python_clients(world, lf):
-    """A node on v6-socketio: its algorithm_status_change and its departure
-    reach the python servers' clients of the collaboration with the payload as
-    the one argument (as a python-socketio 5.15.0 peer publishes it)."""
+def test_v6_rust_algorithm_status_change_reaches_python_clients(world, lf):
+    """A node on v6-socketio reports a status: the python servers' clients of
+    the collaboration get the relayed payload as the one argument, as from a
+    python peer of the same version."""
     lf["a1"].emit("algorithm_status_change", {
         "run_id": world.r_a.id, "task_id": world.task1.id, "collaboration_id": world.c1.id,
         "status": "active", "node_id": world.node_a1.id, "organization_id": world.org_a.id,
@@ -234,10 +236,36 @@ def test_v6_rust_events_reach_python_clients(world, lf):
     expect_exact({lf["a1"]: relayed, lf["b1"]: relayed, lf["p1"]: relayed, lf["q1"]: relayed,
                   lf["c2"]: [], lf["p2"]: [], lf["p0"]: []})
 
+
+def test_v6_rust_node_departure_and_arrival_reach_python_clients(world, lf, tokens):
     b1 = world.node_b1
     lf["b1"].disconnect()
     gone = args_form([left_msg(b1.name, lf["room1"]), ("node-offline", node_status_payload(b1))])
     expect_exact({lf["a1"]: gone, lf["p1"]: gone, lf["q1"]: gone,
+                  lf["c2"]: [], lf["p2"]: [], lf["p0"]: []})
+
+    again = AckRecorder(lf["v6"].url, tokens.access(b1), label="b1-again", transports=["websocket"])
+    try:
+        again.connect()
+        back = args_form([("node-online", node_status_payload(b1)),
+                          join_msg("Node", b1.name, lf["room1"])])
+        expect_exact({lf["a1"]: back, lf["p1"]: back, lf["q1"]: back,
+                      lf["c2"]: [], lf["p2"]: [], lf["p0"]: []})
+    finally:
+        again.disconnect()
+
+
+def test_v6_emit_command_reaches_both_sides(world, lf):
+    """``v6-socketio emit`` with the fleet's format: what vantage6's REST API
+    publishes, read by python servers and v6-socketio alike."""
+    payload = {"id": world.task1.id, "parent_id": None}
+    cmd = [str(server_binary()), "emit", "--rabbitmq-uri", AMQP_URL, "--room", lf["room1"],
+           "--event", "new_task", "--data", json.dumps(payload),
+           "--message-queue-format", lf["format"]]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, f"{cmd}: exit {res.returncode}\n{res.stdout}\n{res.stderr}"
+    ev = [("new_task", [payload])]
+    expect_exact({lf["a1"]: ev, lf["b1"]: ev, lf["p1"]: ev, lf["q1"]: ev,
                   lf["c2"]: [], lf["p2"]: [], lf["p0"]: []})
 
 
@@ -303,6 +331,17 @@ def test_v6_write_only_emitter_reaches_both_sides(lf):
     kc = ("kill_containers", [{"node_id": 1}])
     expect_exact({lf["a1"]: [nt], lf["b1"]: Unordered([nt, kc]), lf["p1"]: [nt], lf["q1"]: [nt],
                   lf["c2"]: [], lf["p2"]: [], lf["p0"]: []})
+
+
+def test_v6_instance_dropped_no_python_message_as_invalid(v6fleet):
+    """After the tests above: every python message the instance received was
+    understood (none counted invalid) and no publish failed."""
+    v6 = v6fleet[2]
+    m = {name: value for name, _, value in v6.metrics() if name.startswith("v6_socketio_broker_")}
+    assert m.get("v6_socketio_broker_received_total", 0) > 0, m
+    assert m.get("v6_socketio_broker_invalid_total") == 0, m
+    assert m.get("v6_socketio_broker_publish_errors_total") == 0, m
+    assert m.get("v6_socketio_broker_connected") == 1, m
 
 
 # ===========================================================================

@@ -79,7 +79,7 @@ def on(pair, tokens, world):
         else:
             expected = [join_msg("User", ent.name, r) for r in world.user_rooms(ent)]
         rec.wait_count(len(expected))
-        quiesce(settle=0.15)
+        quiesce(settle=0.05)  # a duplicate through the other instance would be here by now
         got = rec.snapshot()
         assert sorted(got, key=repr) == sorted(expected, key=repr), (
             f"{rec.label}: own connect sequence (each join message exactly once, also with a "
@@ -148,8 +148,9 @@ def test_algorithm_log_from_instance_b_reaches_instance_a(world, db, fleet):
                what="algorithm_log appended once (not once per instance)")
 
 
-def _emit_cli(*args):
-    cmd = [str(server_binary()), "emit", "--rabbitmq-uri", AMQP_URL, *args]
+def _emit_cli(*args, config=None):
+    source = ["--config", str(config)] if config else ["--rabbitmq-uri", AMQP_URL]
+    cmd = [str(server_binary()), "emit", *source, *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, f"{cmd} exited with {res.returncode}:\n{res.stdout}\n{res.stderr}"
 
@@ -163,11 +164,12 @@ def test_emit_command_new_task_reaches_every_node_of_the_collaboration(world, fl
     expect_exact({f["a1"]: [ev], f["b1"]: [ev], f["glob"]: [ev], f["col"]: [ev], f["c2"]: []})
 
 
-def test_emit_command_room_list_delivers_once_per_client(world, fleet):
+def test_emit_command_room_list_delivers_once_per_client(world, fleet, pair):
     f = fleet
     payload = {"id": world.task2.id, "parent_id": world.task1.id}
+    # the vantage6 configuration file of an instance gives the broker and the format
     _emit_cli("--room", f"collaboration_{world.c1.id}", "--room", f"collaboration_{world.c2.id}",
-              "--event", "new_task", "--data", json.dumps(payload))
+              "--event", "new_task", "--data", json.dumps(payload), config=pair[0].config_path)
     ev = ("new_task", payload)
     # u_glob and u_col are in both rooms: the union, each client once
     expect_exact({f["a1"]: [ev], f["b1"]: [ev], f["c2"]: [ev], f["glob"]: [ev], f["col"]: [ev]})
@@ -233,6 +235,17 @@ def test_node_connect_and_disconnect_on_a_are_seen_on_b(world, db, on):
         o["c2"]: [],
     })
     wait_until(lambda: db.auth_row(a1.id)[0] == "offline", what="node_a1 offline after disconnect on A")
+
+
+def test_instances_dropped_no_message_as_invalid(pair):
+    """After the tests above: both instances understood every message they
+    received and no publish failed."""
+    for p in pair:
+        m = {name: value for name, _, value in p.metrics() if name.startswith("v6_socketio_broker_")}
+        assert m.get("v6_socketio_broker_received_total", 0) > 0, m
+        assert m.get("v6_socketio_broker_invalid_total") == 0, m
+        assert m.get("v6_socketio_broker_publish_errors_total") == 0, m
+        assert m.get("v6_socketio_broker_connected") == 1, m
 
 
 def test_graceful_stop_deletes_the_instance_queue(broker, db, jwt_secret, tmp_path_factory):
