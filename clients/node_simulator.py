@@ -133,7 +133,7 @@ class NodeTaskNamespace(socketio.ClientNamespace):
         log.info("Disconnected from the server")
 
     def on_sync(self):
-        log.info("(Re)Connected to the /tasks namespace")
+        log.info("Received sync: (re)connected to the /tasks namespace, sharing node details")
         # the real node first syncs its task queue over REST
         self.node_worker_ref.share_node_details()
 
