@@ -269,7 +269,7 @@ def test_v6_emit_command_reaches_both_sides(world, lf):
                   lf["c2"]: [], lf["p2"]: [], lf["p0"]: []})
 
 
-def test_v6_python_room_operations_act_on_rust_sockets(lf):
+def test_v6_python_room_operations_act_on_rust_sockets(world, lf):
     py, a1, b1 = lf["py"], lf["a1"], lf["b1"]
     room = f"extra-{uuid.uuid4().hex[:8]}"
     others = {lf[k]: [] for k in ("c2", "p1", "q1", "p0")}
@@ -291,9 +291,14 @@ def test_v6_python_room_operations_act_on_rust_sockets(lf):
     expect_exact({a1: [], b1: []} | others)
 
     # disconnect a Rust-connected node from the python server
+    # disconnect a Rust-connected node from the python server: v6-socketio
+    # runs its disconnect handler (departure messages to the node's rooms)
     py.cmd("disconnect", sid=a1.sid)
     assert a1.disconnected.wait(5), "python disconnect(sid) did not disconnect the Rust client"
     assert b1.connected
+    expect_exact({b1: args_form([left_msg(world.node_a1.name, lf["room1"]),
+                                 ("node-offline", node_status_payload(world.node_a1))]),
+                  lf["c2"]: [], lf["p0"]: []})
 
 
 _WRITE_ONLY = """
