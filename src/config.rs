@@ -335,26 +335,22 @@ impl Config {
             overrides.sweep_interval.or(own.sweep_interval),
             DEFAULT_SWEEP_INTERVAL,
         )?;
-        let max_payload = overrides
-            .max_payload
-            .or(own.max_payload)
-            .unwrap_or(DEFAULT_MAX_PAYLOAD);
-        if max_payload == 0 {
-            return Err(ConfigError::Invalid {
-                name: "max_payload",
-                message: "must be at least 1 byte".into(),
-            });
-        }
-        let max_buffer_size = overrides
-            .max_buffer_size
-            .or(own.max_buffer_size)
-            .unwrap_or(DEFAULT_MAX_BUFFER_SIZE);
-        if max_buffer_size == 0 {
-            return Err(ConfigError::Invalid {
-                name: "max_buffer_size",
-                message: "must be at least 1 packet".into(),
-            });
-        }
+        let max_payload = nonzero(
+            "max_payload",
+            overrides
+                .max_payload
+                .or(own.max_payload)
+                .unwrap_or(DEFAULT_MAX_PAYLOAD),
+            "byte",
+        )?;
+        let max_buffer_size = nonzero(
+            "max_buffer_size",
+            overrides
+                .max_buffer_size
+                .or(own.max_buffer_size)
+                .unwrap_or(DEFAULT_MAX_BUFFER_SIZE),
+            "packet",
+        )?;
         let message_queue_format = overrides
             .message_queue_format
             .or(own.message_queue_format)
@@ -398,6 +394,20 @@ fn seconds(
             message: format!("{v} is not a positive number of seconds"),
         }),
     }
+}
+
+fn nonzero<T: Copy + PartialEq + Default>(
+    name: &'static str,
+    value: T,
+    unit: &str,
+) -> Result<T, ConfigError> {
+    if value == T::default() {
+        return Err(ConfigError::Invalid {
+            name,
+            message: format!("must be at least 1 {unit}"),
+        });
+    }
+    Ok(value)
 }
 
 fn normalize_path(path: String) -> Result<String, ConfigError> {
