@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 
 mod queue;
 
-use queue::{Disconnected, Enqueued, Job, JobReceiver, SessionStart};
+use queue::{Job, JobReceiver, SessionStart};
 
 use crate::{
     auth::TokenVerifier,
@@ -96,15 +96,13 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> A::InitRes {
 }
 
 /// Runs after the CONNECT ack (vantage6's `always_connect=True`: nobody is
-/// refused). [`SessionStart`] already queued the connect; this routes the
-/// client's events and disconnect to the same queue and serves it.
+/// refused). [`SessionStart`] already queued the connect and routed the
+/// client's events and disconnect to the same queue; this serves it.
 async fn on_connect<A: Adapter>(
     s: SocketRef<A>,
     State(ctx): State<TasksContext>,
     SessionStart(jobs): SessionStart,
 ) {
-    s.on_fallback(async |_: Enqueued| {});
-    s.on_disconnect(async |_: Disconnected| {});
     ctx.metrics().socket_connected(1);
     run_session(s, ctx, jobs).await;
 }

@@ -69,7 +69,10 @@ struct JobSender {
 }
 
 /// Connect-handler extractor: creates the socket's queue with a `Connect`
-/// job first, and hands over the receiver for the session task.
+/// job first, routes every event ([`Enqueued`]) and the disconnect
+/// ([`Disconnected`]) of the socket to it, and hands over the receiver for
+/// the session task. It runs before socketioxide reads any packet of the
+/// client, so nothing can arrive before the routes exist.
 pub struct SessionStart(pub JobReceiver);
 
 impl<A: Adapter> FromConnectParts<A> for SessionStart {
@@ -86,6 +89,8 @@ impl<A: Adapter> FromConnectParts<A> for SessionStart {
             tx,
             queued: queued.clone(),
         });
+        s.on_fallback(async |_: Enqueued| {});
+        s.on_disconnect(async |_: Disconnected| {});
         Ok(SessionStart(JobReceiver { rx, queued }))
     }
 }
