@@ -379,7 +379,7 @@ async fn server_count_follows_the_nodes() {
     }
     let all = c[0].ok(json!({"op": "fetch_sockets"})).await;
     assert_eq!(sids(&all), sids_of(&c, &[0, 1, 3, 4]));
-    // Node 1 crashes: node 0 forgets it once its heartbeats stop (timeout 2 s).
+    // Node 1 crashes: node 0 forgets it once its heartbeats stop (timeout 3 s).
     cluster.nodes[1].kill();
     eventually("node 0 counts 1 server", || async {
         c[0].ok(json!({"op": "server_count"})).await == json!(1)

@@ -58,7 +58,7 @@ async fn serve(uri: String, exchange: String) {
         .with_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500));
     let config = AdapterConfig::default()
         .with_request_timeout(Duration::from_secs(2))
-        .with_heartbeat(Duration::from_millis(300), Duration::from_secs(2));
+        .with_heartbeat(Duration::from_millis(300), Duration::from_secs(3));
     let ctr = AmqpAdapterCtr::connect_with_config(amqp, config)
         .await
         .expect("connect to RabbitMQ");
