@@ -277,6 +277,13 @@ async fn remote_socket_emit_ack_join_leave_disconnect() {
     c[0].ok(req).await;
     let got = cluster.fence(0, &mut c).await;
     assert_eq!(got, only(6, &[1], "just-you [1]"));
+    // A socket of the acting node itself, found through fetch_sockets too.
+    let mut req = on(&c[3].sid, "emit");
+    req["event"] = json!("just-you");
+    req["data"] = json!(3);
+    c[0].ok(req).await;
+    let got = cluster.fence(0, &mut c).await;
+    assert_eq!(got, only(6, &[3], "just-you [3]"));
 
     let mut req = on(&s5, "emit_with_ack");
     req["event"] = json!("ask-you");
