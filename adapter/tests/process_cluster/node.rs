@@ -18,6 +18,8 @@ use socketioxide::{
     SocketIo,
 };
 use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig};
+use std::io::Write;
+
 use tokio::io::AsyncBufReadExt;
 
 use super::{NODE_ENV_EXCHANGE, NODE_ENV_URI, NS, READY_PREFIX};
@@ -73,7 +75,15 @@ async fn serve(uri: String, exchange: String) {
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let ready = json!({"port": port, "queue": socketioxide_amqp::broker::Driver::queue_name(ctr.driver()), "host_id": ctr.host_id()});
-    println!("{READY_PREFIX}{ready}");
+    let mut out = std::io::stdout();
+    if writeln!(out, "{READY_PREFIX}{ready}")
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        // The test process is gone: leave nothing behind.
+        ctr.close().await;
+        std::process::exit(1);
+    }
     tokio::spawn(async move {
         axum::serve(listener, app).await.expect("serve");
     });
