@@ -37,7 +37,6 @@ import socketserver
 import sys
 import threading
 import time
-import uuid
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import kombu

@@ -52,7 +52,6 @@ from support import (
     join_msg,
     left_msg,
     node_status_payload,
-    pretty,
     quiesce,
     server_binary,
 )
