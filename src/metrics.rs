@@ -221,6 +221,11 @@ impl Metrics {
         self.inner.connected.inc_by(delta);
     }
 
+    /// Sockets whose session is still running on this instance.
+    pub fn connected_sockets(&self) -> i64 {
+        self.inner.connected.get()
+    }
+
     /// Counts a received client event.
     pub fn event_received(&self, event: &str) {
         self.inner

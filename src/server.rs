@@ -2,7 +2,7 @@
 //! layer with the `/tasks` namespace, HTTP routes, offline sweep, graceful
 //! shutdown.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use socketioxide::{
     adapter::{Adapter, Emitter, LocalAdapter},
@@ -82,7 +82,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let metrics = Metrics::new();
             let (layer, io) = builder(&metrics).build_layer();
             tasks_ns::register::<LocalAdapter>(&io);
-            run(&config, layer, io, store, metrics).await
+            run(&config, layer, io, store, metrics, std::future::ready(())).await
         }
         Some(uri) => {
             let broker_err = |source| ServeError::Broker {
@@ -99,10 +99,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             info!(uri = %crate::config::redact_uri(&uri), host_id = ctr.host_id(), "sharing rooms over RabbitMQ");
             let metrics = Metrics::with_collectors(vec![Box::new(BrokerCollector(ctr.clone()))]);
             let (layer, io) = builder(&metrics)
-                .with_adapter::<AmqpAdapter<Emitter>>(ctr)
+                .with_adapter::<AmqpAdapter<Emitter>>(ctr.clone())
                 .build_layer();
             tasks_ns::register(&io).await.map_err(broker_err)?;
-            run(&config, layer, io, store, metrics).await
+            // Last step of a graceful stop: delete our queue, close the connection.
+            let close_broker = async move { ctr.close().await };
+            run(&config, layer, io, store, metrics, close_broker).await
         }
     }
 }
@@ -115,13 +117,15 @@ pub fn data_format(format: MessageQueueFormat) -> DataFormat {
     }
 }
 
-/// Mounts the Socket.IO layer on the HTTP router and serves until a signal.
+/// Mounts the Socket.IO layer on the HTTP router and serves until a signal;
+/// `close_adapter` runs once every client's disconnect has been handled.
 async fn run<A: Adapter>(
     config: &Config,
     layer: SocketIoLayer<A>,
     io: SocketIo<A>,
     store: Store,
     metrics: Metrics,
+    close_adapter: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let app = http::router(metrics.clone())
         .layer(layer)
@@ -132,7 +136,7 @@ async fn run<A: Adapter>(
         config.cors_allowed_origins.clone(),
     );
 
-    let sweep = sweeper::spawn(store, metrics, config.sweep_interval);
+    let sweep = sweeper::spawn(store, metrics.clone(), config.sweep_interval);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -143,7 +147,7 @@ async fn run<A: Adapter>(
     info!(%addr, path = %config.path, database = %config.database.display_redacted(), "serving");
 
     let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown(io))
+        .with_graceful_shutdown(shutdown(io, metrics, close_adapter))
         .await
         .map_err(|source| ServeError::Listen {
             addr: config.listen,
@@ -153,9 +157,17 @@ async fn run<A: Adapter>(
     result
 }
 
-/// Waits for SIGINT/SIGTERM, then disconnects every socket (running the
-/// disconnect handlers, so nodes are marked offline) before the listener stops.
-async fn shutdown<A: Adapter>(io: SocketIo<A>) {
+/// How long a graceful stop waits for the clients' disconnects.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits for SIGINT/SIGTERM, then disconnects every socket and waits until
+/// their disconnects are handled (nodes marked offline, `node-offline` sent,
+/// also to other instances), closes the adapter, and lets the listener stop.
+async fn shutdown<A: Adapter>(
+    io: SocketIo<A>,
+    metrics: Metrics,
+    close_adapter: impl Future<Output = ()>,
+) {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             warn!(error = %e, "cannot listen for ctrl-c");
@@ -181,10 +193,17 @@ async fn shutdown<A: Adapter>(io: SocketIo<A>) {
         () = term => {},
     }
     info!("shutting down: disconnecting clients");
-    if tokio::time::timeout(Duration::from_secs(10), io.close())
-        .await
-        .is_err()
-    {
-        warn!("clients did not all disconnect within 10 s");
+    let drained = async {
+        io.close().await;
+        while metrics.connected_sockets() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+        warn!(
+            remaining = metrics.connected_sockets(),
+            "clients' disconnects not all handled within {DRAIN_TIMEOUT:?}"
+        );
     }
+    close_adapter.await;
 }
