@@ -591,8 +591,6 @@ class ServerProcess:
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
         cmd = [str(binary)]
-        if binary.suffix == ".py":  # clients/contract_server.py (development aid)
-            cmd = [sys.executable, str(binary)]
         self.proc = subprocess.Popen(
             cmd + ["serve", "--config", str(self.config_path),
              "--ip", "127.0.0.1", "--port", str(self.port)],
