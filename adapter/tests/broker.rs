@@ -1,7 +1,13 @@
 //! The lapin driver against a real RabbitMQ (`AMQP_URL`, default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
 mod common;
 mod rabbit;
@@ -128,4 +134,110 @@ async fn publisher_declares_no_queue_and_close_deletes_the_own_queue() {
     ));
     // Its connection is closed once close() returns.
     assert!(!publisher.is_connected());
+}
+
+/// A TCP proxy to the broker whose existing connections can be frozen: bytes are read and
+/// dropped in both directions, sockets stay open, like a connection that died silently
+/// (no RST). New connections pass through.
+struct FreezingProxy {
+    port: u16,
+    frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let flags = frozen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let flag = Arc::new(AtomicBool::new(false));
+                flags.lock().unwrap().push(flag.clone());
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, flag.clone()));
+                tokio::spawn(pump(sr, cw, flag));
+            }
+        });
+        Self { port, frozen, task }
+    }
+
+    fn freeze_existing(&self) {
+        for flag in self.frozen.lock().unwrap().iter() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies until EOF (then closes the other side), dropping the bytes once frozen.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if !frozen.load(Ordering::Relaxed) && to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_publish_timeout_replaces_a_silently_dead_connection() {
+    let _lock = BrokerLock::shared();
+    let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("silent"));
+    // amqp://user:pass@HOST:PORT/vhost -> the same through the proxy.
+    let uri = rabbit::uri();
+    let (head, rest) = uri.split_once('@').expect("credentials in AMQP_URL");
+    let (upstream, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    let proxy = FreezingProxy::start(upstream.to_owned()).await;
+    let cfg = AmqpConfig::new(format!("{head}@127.0.0.1:{}/{vhost}", proxy.port))
+        .with_exchange(cleanup.exchange())
+        .with_queue_expires(Some(Duration::from_secs(10)))
+        .with_publish_timeout(Duration::from_millis(300))
+        .with_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
+    let a = AmqpDriver::connect_publisher(cfg).await.unwrap();
+    // A direct consumer on the same exchange sees what `a` manages to publish.
+    let b = AmqpDriver::connect(config(cleanup.exchange()))
+        .await
+        .unwrap();
+    cleanup.queue(b.queue_name());
+    let mut sb = b.subscribe().unwrap();
+    a.publish(b"before".to_vec()).await.unwrap();
+    assert_eq!(recv(&mut sb).await, b"before");
+
+    proxy.freeze_existing();
+    assert!(matches!(
+        a.publish(b"lost".to_vec()).await,
+        Err(BrokerError::Timeout)
+    ));
+    // The frozen connection would look alive until AMQP heartbeats notice (a minute or more):
+    // the timeout makes the driver drop it and connect again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.publish(b"after".to_vec()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reconnected after the publish timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recv(&mut sb).await, b"after");
+    b.close().await;
 }

@@ -30,11 +30,13 @@
 //! on a dead connection it reconnects with exponential backoff (100 ms to 10 s by default, without
 //! limit) and redeclares the exchange, the queue, the binding and the consumer.
 //! While disconnected, publishing fails at once with [`BrokerError::NotConnected`]; local delivery
-//! in the adapter is not affected.
+//! in the adapter is not affected. A publish that times out ([`AmqpConfig::publish_timeout`]) also
+//! makes the supervisor drop the connection and reconnect: a connection that died without a TCP
+//! reset would otherwise look alive until the AMQP heartbeats notice.
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock, Weak,
     },
     time::Duration,
@@ -54,6 +56,8 @@ use lapin::{
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::{BrokerError, Driver, MessageStream};
+
+const NO_GEN: u64 = u64::MAX;
 
 /// Configuration of the RabbitMQ connection and topology.
 #[derive(Debug, Clone)]
@@ -161,6 +165,10 @@ struct Inner {
     queue: String,
     channel: RwLock<Option<Channel>>,
     broken: Arc<Notify>,
+    /// Incremented by the supervisor for each new connection.
+    session_gen: AtomicU64,
+    /// The generation of a connection on which a publish timed out ([`NO_GEN`] for none).
+    stale_gen: AtomicU64,
     closed: AtomicBool,
     shutdown: watch::Sender<bool>,
     rx: Mutex<Option<MessageStream>>,
@@ -216,6 +224,8 @@ impl AmqpDriver {
             queue,
             channel: RwLock::new(Some(session.channel.clone())),
             broken: Arc::new(Notify::new()),
+            session_gen: AtomicU64::new(0),
+            stale_gen: AtomicU64::new(NO_GEN),
             closed: AtomicBool::new(false),
             shutdown,
             rx: Mutex::new(consume.then(|| MessageStream::new(rx))),
@@ -259,6 +269,7 @@ impl AmqpDriver {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(BrokerError::Closed);
         }
+        let gen = self.inner.session_gen.load(Ordering::Acquire);
         let Some(channel) = read(&self.inner.channel).clone() else {
             return Err(BrokerError::NotConnected);
         };
@@ -283,6 +294,9 @@ impl AmqpDriver {
             Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::Nacked),
             Ok(Ok(_)) => Ok(()),
             Err(_) => {
+                // No answer in time: the connection may be silently dead (its heartbeats would
+                // notice only much later). The supervisor drops it and reconnects.
+                self.inner.stale_gen.store(gen, Ordering::Release);
                 self.inner.broken.notify_one();
                 Err(BrokerError::Timeout)
             }
@@ -453,8 +467,14 @@ async fn supervise(
     tx: mpsc::Sender<Vec<u8>>,
     mut session: Session,
 ) {
+    let mut gen = 0;
     loop {
-        let end = run_session(&broken, &mut shutdown, &tx, &mut session).await;
+        let stale = || {
+            inner
+                .upgrade()
+                .is_some_and(|i| i.stale_gen.load(Ordering::Acquire) == gen)
+        };
+        let end = run_session(&broken, &stale, &mut shutdown, &tx, &mut session).await;
         // Talking to a broker that is going away may never get an answer: bounded.
         let bound = inner
             .upgrade()
@@ -499,6 +519,8 @@ async fn supervise(
         let Some(i) = inner.upgrade() else {
             return;
         };
+        gen += 1;
+        i.session_gen.store(gen, Ordering::Release);
         *write(&i.channel) = Some(session.channel.clone());
         tracing::info!(exchange = %config.exchange, queue = %i.queue, "reconnected to the AMQP broker");
     }
@@ -506,6 +528,7 @@ async fn supervise(
 
 async fn run_session(
     broken: &Notify,
+    stale: &(dyn Fn() -> bool + Sync),
     shutdown: &mut watch::Receiver<bool>,
     tx: &mpsc::Sender<Vec<u8>>,
     session: &mut Session,
@@ -539,6 +562,10 @@ async fn run_session(
             },
             _ = broken.notified() => {
                 if !session.conn.status().connected() || !session.channel.status().connected() {
+                    return End::Lost;
+                }
+                if stale() {
+                    tracing::warn!("a publish got no answer in time: dropping the connection");
                     return End::Lost;
                 }
             }
