@@ -204,13 +204,14 @@ impl Cluster {
         }
     }
 
-    /// A fence: client `via` has its node broadcast a `fence` event with a new number to the whole namespace, then
-    /// every client's events are read up to that fence. Returns, per client, what it received
-    /// before the fence, rendered by [`Received::render`]; a client that got disconnected stops
-    /// at its `disconnect`.
+    /// A fence: the node of client `via` broadcasts a `fence` event with a new number to the
+    /// whole namespace, then every client's events are read up to that fence. Returns, per
+    /// client, what it received before the fence, rendered by [`Received::render`]; a client
+    /// that got disconnected stops at its `disconnect`.
     ///
     /// Within one node, messages reach every other node in publish order, so everything `via`'s
-    /// node did before the fence is visible once it arrives; no sleep needed.
+    /// node did before the fence is visible once it arrives; no sleep needed. (Volatile packets
+    /// are the exception: engine.io sends them outside the ordered buffer.)
     pub async fn fence(&self, via: usize, clients: &mut [SioClient]) -> Vec<Vec<String>> {
         let n = self.fence.fetch_add(1, Ordering::Relaxed);
         clients[via]
