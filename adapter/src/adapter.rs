@@ -101,10 +101,12 @@ pub struct AdapterConfig {
     pub wait_for_python_acks: bool,
     /// Capacity of each namespace's inbound message queue (default 1024).
     pub buffer: usize,
-    /// How to read the `data` of `emit` messages from python servers and emitters (default
-    /// [`DataFormat::Args`], python-socketio 5.15.1+). Use [`DataFormat::Value`] when the python
-    /// side runs python-socketio 5.14.0 to 5.15.0 (e.g. vantage6 4.15, which pins 5.15.0).
-    /// What we publish is always in the 5.15.1+ format.
+    /// The layout of the `data` of `emit` messages, both read from python servers and emitters
+    /// and published (default [`DataFormat::Args`], python-socketio 5.15.1+). Use
+    /// [`DataFormat::Value`] when the python side runs python-socketio 5.14.0 to 5.15.0 (e.g.
+    /// vantage6 4.15, which pins 5.15.0): its servers then hand their clients the one argument of
+    /// a broadcast as that argument (several arguments arrive there as one list, as from a
+    /// 5.15.0 peer). Socketioxide servers get the exact arguments in either format (`x_nargs`).
     pub python_data_format: DataFormat,
 }
 
@@ -133,7 +135,8 @@ impl AdapterConfig {
         self.heartbeat_timeout = timeout.max(interval);
         self
     }
-    /// Sets how the `data` of python `emit` messages is read.
+    /// Sets the layout of the `data` of `emit` messages, read and published
+    /// ([`python_data_format`](Self::python_data_format)).
     pub fn with_python_data_format(mut self, format: DataFormat) -> Self {
         self.python_data_format = format;
         self
@@ -599,12 +602,16 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             _ => return Err(Error::Unsupported("only events can be broadcast")),
         };
         let (fields, x_value) = match value {
-            Value::Str(..) => (wire::event_fields(value)?, None),
+            Value::Str(..) => (
+                wire::event_fields(value, self.shared.config.python_data_format)?,
+                None,
+            ),
             Value::Bytes(b) => (
                 wire::EventFields {
                     event: String::new(),
                     data: Json::Array(Vec::new()),
                     binary: false,
+                    nargs: None,
                 },
                 Some(base64::engine::general_purpose::STANDARD.encode(b)),
             ),
@@ -642,6 +649,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             x_reply_to: ack.map(|_| self.shared.driver.queue_name().to_owned()),
             x_timeout_ms: ack.map(|(_, t)| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             x_value: x_value.clone(),
+            x_nargs: fields.nargs,
         };
         Ok(Some(if x_value.is_some() {
             Message::RawEmit(emit)
@@ -767,6 +775,8 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
 
     async fn on_emit(self: &Arc<Self>, e: Emit) {
         let from_python = e.x_opts.is_none();
+        // A message with `x_nargs` (a socketioxide sender in the `Value` layout) is read exactly
+        // whatever `format` says; other socketioxide messages carry the exact argument list.
         let format = if from_python {
             self.shared.config.python_data_format
         } else {

@@ -98,7 +98,9 @@ impl<D: Driver> Emitter<D> {
 
     /// An emitter over any driver that writes `data` in the given format: use
     /// [`DataFormat::Value`] when the receiving python servers run python-socketio 5.14.0 to
-    /// 5.15.0. socketioxide servers read the format set in their
+    /// 5.15.0. It is laid out as the adapter lays out its broadcasts ([`wire::args_fields`]):
+    /// in [`DataFormat::Value`], messages carry `x_nargs`, with which socketioxide servers read
+    /// the exact arguments whatever their
     /// [`AdapterConfig::python_data_format`](crate::AdapterConfig::python_data_format).
     pub fn with_data_format(driver: D, format: DataFormat) -> Self {
         let mut e = Self::new(driver);
@@ -149,7 +151,8 @@ impl<D: Driver> Emitter<D> {
 
     /// Emits `event` with one argument.
     ///
-    /// A single `null` argument reaches clients as no argument (python-socketio's rule).
+    /// A single `null` argument reaches python servers' clients as no argument (python-socketio's
+    /// rule); in [`DataFormat::Args`], socketioxide servers' clients too.
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<(), Error> {
         let arg =
             serde_json::to_value(data).map_err(|e| Error::Wire(wire::WireError::Encode(e)))?;
@@ -158,19 +161,15 @@ impl<D: Driver> Emitter<D> {
 
     /// Emits `event` with any number of arguments.
     ///
-    /// In [`DataFormat::Value`] several arguments are sent as one list (python-socketio 5.15.0
-    /// cannot express more than one argument).
-    pub async fn emit_args(&self, event: &str, mut args: Vec<Json>) -> Result<(), Error> {
-        let data = match (self.inner.format, args.len()) {
-            (DataFormat::Args, _) => Json::Array(args),
-            (DataFormat::Value, 0) => Json::Null,
-            (DataFormat::Value, 1) => args.remove(0),
-            (DataFormat::Value, _) => Json::Array(args),
-        };
+    /// In [`DataFormat::Value`] several arguments are sent as one list, which python-socketio
+    /// 5.15.0 servers hand their clients as one list argument (it cannot express more than one);
+    /// socketioxide servers deliver them as separate arguments.
+    pub async fn emit_args(&self, event: &str, args: Vec<Json>) -> Result<(), Error> {
+        let fields = wire::args_fields(event.to_owned(), args, self.inner.format);
         let msg = Message::Emit(Emit {
-            event: event.to_owned(),
-            data,
-            binary: false,
+            event: fields.event,
+            data: fields.data,
+            binary: fields.binary,
             namespace: self.ns.clone(),
             room: Targets::from_list(self.rooms.clone()),
             skip_sid: Targets::from_list(self.skip.clone()),
@@ -182,6 +181,7 @@ impl<D: Driver> Emitter<D> {
             x_reply_to: None,
             x_timeout_ms: None,
             x_value: None,
+            x_nargs: fields.nargs,
         });
         self.publish(&msg).await
     }

@@ -12,6 +12,11 @@
 //!   names start with `x_`, which python-socketio ignores, and the extra `x_*` fields we add to
 //!   `emit` are ignored by Python as well.
 //!
+//! The `data` of an `emit` is written in python-socketio 5.15.1+'s layout (the argument list) by
+//! default, or, for python-socketio 5.14.0 to 5.15.0 peers, in their layout (the bare argument)
+//! with an `x_nargs` field so that socketioxide receivers still get the exact arguments: see
+//! [`DataFormat`] and [`args_fields`].
+//!
 //! Everything here is pure: [`decode`] never panics, whatever the input, and reports malformed
 //! messages with a [`WireError`].
 
@@ -245,6 +250,12 @@ pub struct Emit {
     /// the message is sent with the `x_emit` method, which Python ignores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_value: Option<String>,
+    /// Extension: `data` is laid out as python-socketio 5.14.0 to 5.15.0 write it
+    /// ([`DataFormat::Value`]) and carries this many arguments: `null` for none, the argument
+    /// itself for one, the array of the arguments for several. Python ignores it; socketioxide
+    /// receivers use it to rebuild the exact arguments. Absent in the 5.15.1+ layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_nargs: Option<usize>,
 }
 
 /// `callback`: a client's ack, sent to the host that asked for it.
@@ -607,7 +618,7 @@ fn decode_bins(bins: &[String]) -> Result<Option<VecDeque<Bytes>>, WireError> {
         .map(Some)
 }
 
-/// The `event`, `data` and `binary` fields for a socketioxide event payload.
+/// The `event`, `data`, `binary` and `x_nargs` fields for a socketioxide event payload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventFields {
     /// The event name.
@@ -616,11 +627,29 @@ pub struct EventFields {
     pub data: Json,
     /// The `binary` field.
     pub binary: bool,
+    /// The `x_nargs` field: the number of arguments, set in the [`DataFormat::Value`] layout
+    /// only.
+    pub nargs: Option<usize>,
+}
+
+/// How python-socketio lays out the arguments in the `data` field of an `emit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DataFormat {
+    /// python-socketio 5.15.1 and later: `data` is the list of arguments; a one-element list
+    /// `[null]` means "no argument" (Python cannot send a single `None` argument).
+    #[default]
+    Args,
+    /// python-socketio 5.14.0 to 5.15.0: `data` is the single argument itself (`null` for none;
+    /// a list is one list argument). Several arguments can only be written as one array (what
+    /// 5.15.0 publishes for a tuple), which such a python receiver hands its clients as one list
+    /// argument.
+    Value,
 }
 
 /// Turns a socketioxide event payload (`Value::Str("[\"event\", args...]", attachments)`, as
-/// produced by the common parser) into python-socketio's `event` / `data` / `binary` fields.
-pub fn event_fields(value: &Value) -> Result<EventFields, WireError> {
+/// produced by the common parser) into python-socketio's `event` / `data` / `binary` fields, laid
+/// out as `format` says (see [`args_fields`]).
+pub fn event_fields(value: &Value, format: DataFormat) -> Result<EventFields, WireError> {
     let Value::Str(text, bins) = value else {
         return Err(WireError::Payload(
             "binary (msgpack) payloads have no JSON form",
@@ -634,42 +663,68 @@ pub fn event_fields(value: &Value) -> Result<EventFields, WireError> {
     let Json::String(event) = items.remove(0) else {
         return Err(WireError::Payload("event name is not a string"));
     };
-    let args = Json::Array(items);
-    let bins: Vec<&Bytes> = bins.iter().flatten().collect();
-    if bins.is_empty() {
-        return Ok(EventFields {
+    Ok(layout(event, items, bins.iter().flatten(), format))
+}
+
+/// python-socketio's `event` / `data` / `binary` fields (and our `x_nargs`) for JSON arguments
+/// without binary attachments.
+///
+/// * [`DataFormat::Args`]: `data` is the array of the arguments;
+/// * [`DataFormat::Value`]: `data` is `null` for no argument, the argument for one, the array of
+///   the arguments for several, and `x_nargs` says how many there are.
+///
+/// With attachments ([`event_fields`]), `binary` is true and `data` is
+/// `[<the above, with placeholders>, <base64 attachment 0>, ...]`, in both formats.
+pub fn args_fields(event: String, args: Vec<Json>, format: DataFormat) -> EventFields {
+    layout(event, args, std::iter::empty(), format)
+}
+
+/// The one place where `data` is laid out, for the adapter and the emitter alike.
+fn layout<'a>(
+    event: String,
+    mut args: Vec<Json>,
+    bins: impl Iterator<Item = &'a Bytes>,
+    format: DataFormat,
+) -> EventFields {
+    let (payload, nargs) = match format {
+        DataFormat::Args => (Json::Array(args), None),
+        DataFormat::Value => {
+            let n = args.len();
+            let payload = match n {
+                0 => Json::Null,
+                1 => args.pop().unwrap_or(Json::Null),
+                _ => Json::Array(args),
+            };
+            (payload, Some(n))
+        }
+    };
+    let attachments: Vec<Json> = bins.map(|b| Json::String(BASE64.encode(b))).collect();
+    if attachments.is_empty() {
+        return EventFields {
             event,
-            data: args,
+            data: payload,
             binary: false,
-        });
+            nargs,
+        };
     }
-    let mut data = Vec::with_capacity(bins.len() + 1);
-    data.push(args);
-    data.extend(bins.into_iter().map(|b| Json::String(BASE64.encode(b))));
-    Ok(EventFields {
+    let mut data = Vec::with_capacity(attachments.len() + 1);
+    data.push(payload);
+    data.extend(attachments);
+    EventFields {
         event,
         data: Json::Array(data),
         binary: true,
-    })
-}
-
-/// How python-socketio lays out the arguments in the `data` field of an `emit`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum DataFormat {
-    /// python-socketio 5.15.1 and later: `data` is the list of arguments; a one-element list
-    /// `[null]` means "no argument" (Python cannot send a single `None` argument).
-    #[default]
-    Args,
-    /// python-socketio 5.14.0 to 5.15.0: `data` is the single argument itself (`null` for none;
-    /// a list is one list argument).
-    Value,
+        nargs,
+    }
 }
 
 /// Rebuilds a socketioxide event payload from an [`Emit`].
 ///
-/// `format` says how to read `data`. With `exact`, used for messages from socketioxide
-/// instances (which carry `x_opts` and always use [`DataFormat::Args`]), a single `null`
-/// argument is kept instead of meaning "no argument".
+/// When the message carries `x_nargs` (a socketioxide sender in the [`DataFormat::Value`]
+/// layout), `data` is read in that layout with exactly that many arguments, whatever `format`
+/// and `exact` say. Otherwise `format` says how to read `data`, and with `exact`, used for
+/// messages from socketioxide instances (which carry `x_opts` and then use
+/// [`DataFormat::Args`]), a single `null` argument is kept instead of meaning "no argument".
 pub fn event_value(emit: &Emit, format: DataFormat, exact: bool) -> Result<Value, WireError> {
     if let Some(raw) = &emit.x_value {
         let b = BASE64
@@ -699,13 +754,18 @@ pub fn event_value(emit: &Emit, format: DataFormat, exact: bool) -> Result<Value
     } else {
         (&emit.data, None)
     };
-    let args: &[Json] = match (format, args) {
-        (_, Json::Null) => &[],
-        (DataFormat::Value, other) => std::slice::from_ref(other),
-        (DataFormat::Args, Json::Array(a)) if !exact && a.len() == 1 && a[0].is_null() => &[],
-        (DataFormat::Args, Json::Array(a)) => a,
+    let args: &[Json] = match (emit.x_nargs, args) {
+        // A socketioxide sender in the `Value` layout: exact.
+        (Some(0), Json::Null) => &[],
+        (Some(1), one) => std::slice::from_ref(one),
+        (Some(n), Json::Array(a)) if n >= 2 && a.len() == n => a,
+        (Some(_), _) => return Err(WireError::Payload("`x_nargs` does not match `data`")),
+        (None, Json::Null) => &[],
+        (None, other) if format == DataFormat::Value => std::slice::from_ref(other),
+        (None, Json::Array(a)) if !exact && a.len() == 1 && a[0].is_null() => &[],
+        (None, Json::Array(a)) => a,
         // Before python-socketio 5.15.1 `data` was the bare argument.
-        (DataFormat::Args, other) => std::slice::from_ref(other),
+        (None, other) => std::slice::from_ref(other),
     };
     let mut text = String::with_capacity(64);
     text.push('[');
@@ -915,9 +975,10 @@ mod tests {
             r#"["ev",{"a":1},{"_placeholder":true,"num":0}]"#.into(),
             Some([Bytes::from_static(b"\x01\x02")].into()),
         );
-        let f = event_fields(&v).unwrap();
+        let f = event_fields(&v, DataFormat::Args).unwrap();
         assert_eq!(f.event, "ev");
         assert!(f.binary);
+        assert_eq!(f.nargs, None);
         assert_eq!(
             f.data,
             serde_json::json!([[{"a": 1}, {"_placeholder": true, "num": 0}], "AQI="])
@@ -937,11 +998,223 @@ mod tests {
             x_reply_to: None,
             x_timeout_ms: None,
             x_value: None,
+            x_nargs: f.nargs,
         };
         assert_eq!(event_value(&emit, DataFormat::Args, false).unwrap(), v);
-        assert!(event_fields(&Value::Bytes(Bytes::new())).is_err());
-        assert!(event_fields(&Value::Str("[]".into(), None)).is_err());
-        assert!(event_fields(&Value::Str("[1]".into(), None)).is_err());
+        for format in [DataFormat::Args, DataFormat::Value] {
+            assert!(event_fields(&Value::Bytes(Bytes::new()), format).is_err());
+            assert!(event_fields(&Value::Str("[]".into(), None), format).is_err());
+            assert!(event_fields(&Value::Str("[1]".into(), None), format).is_err());
+        }
+    }
+
+    /// An `emit` carrying `fields`, as a socketioxide server publishes it (with `x_opts`).
+    fn emit_of(fields: EventFields) -> Emit {
+        Emit {
+            event: fields.event,
+            data: fields.data,
+            binary: fields.binary,
+            namespace: "/".into(),
+            room: Targets::None,
+            skip_sid: Targets::None,
+            callback: None,
+            host_id: new_host_id(),
+            x_uid: Some("AAAAAAAAAAAAAAAA".into()),
+            x_opts: Some(BroadcastOptions::default()),
+            x_req: None,
+            x_reply_to: None,
+            x_timeout_ms: None,
+            x_value: None,
+            x_nargs: fields.nargs,
+        }
+    }
+
+    /// What python-socketio 5.15.0's `_handle_emit` + `Manager.emit` hand its clients for an
+    /// `emit` message: `data` (attachments put back) is one argument, `null` none.
+    fn python_5_15_0_client_args(msg: &Json) -> Vec<Json> {
+        let mut data = msg["data"].clone();
+        if msg["binary"] == Json::Bool(true) {
+            let parts = data.as_array().cloned().unwrap_or_default();
+            let bins: Vec<Json> = parts[1..]
+                .iter()
+                .map(|b| Json::String(format!("<{}>", b.as_str().unwrap_or_default())))
+                .collect();
+            fn put_back(v: Json, bins: &[Json]) -> Json {
+                match v {
+                    Json::Object(o) if o.get("_placeholder") == Some(&Json::Bool(true)) => {
+                        bins[o["num"].as_u64().unwrap_or_default() as usize].clone()
+                    }
+                    Json::Object(o) => {
+                        Json::Object(o.into_iter().map(|(k, v)| (k, put_back(v, bins))).collect())
+                    }
+                    Json::Array(a) => {
+                        Json::Array(a.into_iter().map(|v| put_back(v, bins)).collect())
+                    }
+                    other => other,
+                }
+            }
+            data = put_back(parts[0].clone(), &bins);
+        }
+        match data {
+            Json::Null => Vec::new(),
+            one => vec![one],
+        }
+    }
+
+    #[test]
+    fn value_format_encoding() {
+        use serde_json::json;
+        let cases: [(&str, Json, usize, Vec<Json>); 5] = [
+            // (payload, data, x_nargs, what a 5.15.0 server's clients get)
+            (r#"["e"]"#, json!(null), 0, vec![]),
+            (
+                r#"["e",{"a":1}]"#,
+                json!({"a": 1}),
+                1,
+                vec![json!({"a": 1})],
+            ),
+            (r#"["e",null]"#, json!(null), 1, vec![]),
+            (r#"["e",[1,2]]"#, json!([1, 2]), 1, vec![json!([1, 2])]),
+            // Several arguments: one array, as 5.15.0 publishes a tuple.
+            (
+                r#"["e","a",2,null]"#,
+                json!(["a", 2, null]),
+                3,
+                vec![json!(["a", 2, null])],
+            ),
+        ];
+        for (payload, data, nargs, python_args) in cases {
+            let v = Value::Str(payload.into(), None);
+            let f = event_fields(&v, DataFormat::Value).unwrap();
+            assert_eq!(f.event, "e");
+            assert_eq!(f.data, data, "{payload}");
+            assert!(!f.binary);
+            assert_eq!(f.nargs, Some(nargs), "{payload}");
+            let body = encode(&Message::Emit(emit_of(f))).unwrap();
+            let msg: Json = serde_json::from_slice(&body).unwrap();
+            assert_eq!(python_5_15_0_client_args(&msg), python_args, "{payload}");
+            assert_eq!(msg["x_nargs"], json!(nargs));
+            // Socketioxide receivers get the exact arguments back, whatever they are set to read.
+            let Message::Emit(e) = decode(&body).unwrap() else {
+                panic!("not an emit")
+            };
+            for format in [DataFormat::Args, DataFormat::Value] {
+                for exact in [false, true] {
+                    assert_eq!(event_value(&e, format, exact).unwrap(), v, "{payload}");
+                }
+            }
+        }
+        // The emitter's path lays out plain JSON arguments the same way.
+        assert_eq!(
+            args_fields("e".into(), vec![json!(1), json!("x")], DataFormat::Value),
+            EventFields {
+                event: "e".into(),
+                data: json!([1, "x"]),
+                binary: false,
+                nargs: Some(2)
+            }
+        );
+        assert_eq!(
+            args_fields("e".into(), vec![json!([1])], DataFormat::Value).data,
+            json!([1])
+        );
+        assert_eq!(
+            args_fields("e".into(), vec![json!([1])], DataFormat::Args),
+            EventFields {
+                event: "e".into(),
+                data: json!([[1]]),
+                binary: false,
+                nargs: None
+            }
+        );
+    }
+
+    #[test]
+    fn value_format_binary() {
+        use serde_json::json;
+        let ph = |n: u64| json!({"_placeholder": true, "num": n});
+        // One argument holding two attachments: 5.15.0's `emit('bin', {'k': b'..', 'l': [b'..']})`.
+        let one = Value::Str(
+            r#"["bin",{"k":{"_placeholder":true,"num":0},"l":[{"_placeholder":true,"num":1}]}]"#
+                .into(),
+            Some([Bytes::from_static(b"\x01\x02"), Bytes::from_static(b"zz")].into()),
+        );
+        let f = event_fields(&one, DataFormat::Value).unwrap();
+        assert!(f.binary);
+        assert_eq!(f.nargs, Some(1));
+        assert_eq!(f.data, json!([{"k": ph(0), "l": [ph(1)]}, "AQI=", "eno="]));
+        let body = encode(&Message::Emit(emit_of(f))).unwrap();
+        let msg: Json = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            python_5_15_0_client_args(&msg),
+            [json!({"k": "<AQI=>", "l": ["<eno=>"]})]
+        );
+        let Message::Emit(e) = decode(&body).unwrap() else {
+            panic!("not an emit")
+        };
+        assert_eq!(event_value(&e, DataFormat::Args, true).unwrap(), one);
+
+        // A bare binary argument, and several arguments with attachments.
+        let bare = Value::Str(
+            r#"["b",{"_placeholder":true,"num":0}]"#.into(),
+            Some([Bytes::from_static(b"\xff")].into()),
+        );
+        let f = event_fields(&bare, DataFormat::Value).unwrap();
+        assert_eq!(f.data, json!([ph(0), "/w=="]));
+        let e = emit_of(f);
+        assert_eq!(event_value(&e, DataFormat::Value, true).unwrap(), bare);
+
+        let several = Value::Str(
+            r#"["s",{"_placeholder":true,"num":0},"x",{"k":{"_placeholder":true,"num":1}}]"#.into(),
+            Some([Bytes::from_static(b"\x07"), Bytes::from_static(b"zz")].into()),
+        );
+        let f = event_fields(&several, DataFormat::Value).unwrap();
+        assert_eq!(f.nargs, Some(3));
+        assert_eq!(f.data, json!([[ph(0), "x", {"k": ph(1)}], "Bw==", "eno="]));
+        let body = encode(&Message::Emit(emit_of(f))).unwrap();
+        let msg: Json = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            python_5_15_0_client_args(&msg),
+            [json!(["<Bw==>", "x", {"k": "<eno=>"}])]
+        );
+        let Message::Emit(e) = decode(&body).unwrap() else {
+            panic!("not an emit")
+        };
+        assert_eq!(event_value(&e, DataFormat::Args, true).unwrap(), several);
+    }
+
+    #[test]
+    fn x_nargs_mismatch_is_an_error() {
+        for body in [
+            r#"{"method":"emit","event":"e","data":[1],"x_nargs":2,"host_id":"h"}"#,
+            r#"{"method":"emit","event":"e","data":1,"x_nargs":2,"host_id":"h"}"#,
+            r#"{"method":"emit","event":"e","data":1,"x_nargs":0,"host_id":"h"}"#,
+        ] {
+            let Message::Emit(e) = decode(body.as_bytes()).unwrap() else {
+                panic!("not an emit")
+            };
+            assert!(matches!(
+                event_value(&e, DataFormat::Args, true),
+                Err(WireError::Payload(_))
+            ));
+        }
+        let bad = r#"{"method":"emit","event":"e","data":1,"x_nargs":-1,"host_id":"h"}"#;
+        assert!(matches!(
+            decode(bad.as_bytes()),
+            Err(WireError::Invalid { method: "emit", .. })
+        ));
+        // Messages from socketioxide servers without `x_nargs` keep the 5.15.1+ reading (the
+        // adapter reads every message with `x_opts` as `Args`, exact).
+        let old = emit_of(args_fields("e".into(), vec![Json::Null], DataFormat::Args));
+        let body = encode(&Message::Emit(old)).unwrap();
+        assert!(!std::str::from_utf8(&body).unwrap().contains("x_nargs"));
+        let Message::Emit(e) = decode(&body).unwrap() else {
+            panic!("not an emit")
+        };
+        assert_eq!(
+            event_value(&e, DataFormat::Args, true).unwrap(),
+            Value::Str(r#"["e",null]"#.into(), None)
+        );
     }
 
     #[test]

@@ -419,10 +419,99 @@ async fn python_5_15_0_value_format() {
     let mut tap = broker.tap();
     emitter.emit("one", &json!(["x"])).await.unwrap();
     assert_eq!(a.next().await, r#"2["one",["x"]]"#);
-    assert_eq!(emits(published(&mut tap)).remove(0).data, json!(["x"]));
-    // Messages from socketioxide servers keep the 5.15.1+ format.
+    let sent = emits(published(&mut tap)).remove(0);
+    assert_eq!(sent.data, json!(["x"]));
+    assert_eq!(sent.x_nargs, Some(1));
     io.emit("rust", &json!([1, 2])).await.unwrap();
     assert_eq!(a.next().await, r#"2["rust",[1,2]]"#);
+}
+
+/// Servers set to python-socketio 5.15.0's layout publish `data` as the bare argument, which a
+/// 5.15.0 server hands its clients as that argument, and still reach each other (and servers set
+/// to the 5.15.1+ layout) with the exact arguments.
+#[tokio::test]
+async fn value_format_between_socketioxide_servers_is_exact() {
+    use socketioxide_amqp::DataFormat;
+    let broker = MemoryBroker::new();
+    let value = common::config().with_python_data_format(DataFormat::Value);
+    let (io1, _) = common::server_with(broker.driver(), value.clone()).await;
+    let (io2, _) = common::server_with(broker.driver(), value).await;
+    let (io3, _) = server(broker.driver()).await;
+    let mut a = Client::connect(&io1).await;
+    let mut b = Client::connect(&io2).await;
+    let mut c = Client::connect(&io3).await;
+    wait_for_cluster(&[&io1, &io2, &io3], 3).await;
+    let mut tap = broker.tap();
+
+    // One null argument, one list argument, several arguments.
+    io1.emit("null", &()).await.unwrap();
+    io1.emit("list", &json!([1, 2])).await.unwrap();
+    io1.emit("dict", &json!({"run_id": 3})).await.unwrap();
+    io1.emit("several", &("a", 2, json!(null))).await.unwrap();
+    let expected = [
+        (r#"2["null",null]"#, json!(null), 1),
+        (r#"2["list",[1,2]]"#, json!([1, 2]), 1),
+        (r#"2["dict",{"run_id":3}]"#, json!({"run_id": 3}), 1),
+        (r#"2["several","a",2,null]"#, json!(["a", 2, null]), 3),
+    ];
+    for (frame, _, _) in &expected {
+        assert_eq!(a.next().await, *frame, "local");
+        assert_eq!(b.next().await, *frame, "remote, Value layout");
+        assert_eq!(c.next().await, *frame, "remote, Args layout");
+    }
+    let sent = emits(published(&mut tap));
+    assert_eq!(sent.len(), expected.len(), "one publish per broadcast");
+    for ((frame, data, nargs), sent) in expected.into_iter().zip(sent) {
+        assert_eq!(
+            sent.data, data,
+            "{frame}: 5.15.0 reads `data` as the argument"
+        );
+        assert!(!sent.binary);
+        assert_eq!(sent.x_nargs, Some(nargs));
+    }
+
+    // Binary: one bare attachment, and several arguments holding attachments.
+    let bin = bytes::Bytes::from_static(b"\x01\x02");
+    io1.emit("bin", &bin).await.unwrap();
+    let one = r#"51-["bin",{"_placeholder":true,"num":0}]"#;
+    for client in [&mut a, &mut b, &mut c] {
+        let (frame, bins) = client.next_with_bins(1).await;
+        assert_eq!(frame, one);
+        assert_eq!(bins, [b"\x01\x02".to_vec()]);
+    }
+    let sent = emits(published(&mut tap)).remove(0);
+    assert!(sent.binary);
+    assert_eq!(sent.data, json!([{"_placeholder": true, "num": 0}, "AQI="]));
+    assert_eq!(sent.x_nargs, Some(1));
+
+    let zz = bytes::Bytes::from_static(b"zz");
+    io2.emit("bins", &(bin.clone(), "x", json!({"k": 1}), zz))
+        .await
+        .unwrap();
+    let several =
+        r#"52-["bins",{"_placeholder":true,"num":0},"x",{"k":1},{"_placeholder":true,"num":1}]"#;
+    for client in [&mut b, &mut a, &mut c] {
+        let (frame, bins) = client.next_with_bins(2).await;
+        assert_eq!(frame, several);
+        assert_eq!(bins, [b"\x01\x02".to_vec(), b"zz".to_vec()]);
+    }
+    let sent = emits(published(&mut tap)).remove(0);
+    assert!(sent.binary);
+    assert_eq!(
+        sent.data,
+        json!([[{"_placeholder": true, "num": 0}, "x", {"k": 1}, {"_placeholder": true, "num": 1}], "AQI=", "eno="])
+    );
+    assert_eq!(sent.x_nargs, Some(4));
+
+    // A server in the 5.15.1+ layout publishes the argument list, without `x_nargs`, and the
+    // servers in the 5.15.0 layout read it exactly.
+    io3.emit("null", &()).await.unwrap();
+    for client in [&mut c, &mut a, &mut b] {
+        assert_eq!(client.next().await, r#"2["null",null]"#);
+    }
+    let sent = emits(published(&mut tap)).remove(0);
+    assert_eq!(sent.data, json!([null]));
+    assert_eq!(sent.x_nargs, None);
 }
 
 #[tokio::test]
