@@ -53,6 +53,7 @@ pub async fn emit(request: &EmitRequest) -> Result<(), EmitError> {
         .fold(emitter.of(request.namespace.clone()), |e, room| {
             e.to(room.clone())
         });
-    target.emit_args(&request.event, args).await?;
-    Ok(())
+    let result = target.emit_args(&request.event, args).await;
+    emitter.close().await;
+    Ok(result?)
 }
