@@ -1,4 +1,4 @@
-//! The HTTP side of the listener: `/health`, `/metrics`, CORS and the
+//! The HTTP side of the listener: `/health`, `/ready`, `/metrics`, CORS and the
 //! origin check for the Socket.IO path. The Socket.IO service is mounted on
 //! this router as a tower layer by [`crate::server`], so routes added here
 //! never touch the socket code.
@@ -11,23 +11,67 @@ use axum::{
     routing::get,
     Router,
 };
+use std::sync::Arc;
+
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::{config::CorsOrigins, metrics::Metrics};
+use crate::{config::CorsOrigins, metrics::Metrics, store::Store};
 
-/// `/health` and `/metrics`.
-pub fn router(metrics: Metrics) -> Router {
+/// Whether the instance can do its work: the database answers and, when
+/// one is configured, the broker connection is up.
+#[derive(Clone)]
+pub struct Readiness {
+    /// The vantage6 database.
+    pub store: Store,
+    /// The broker's connection state; `None` without a broker.
+    pub broker_connected: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+/// `/health` (the process serves), `/ready` (database and broker reachable:
+/// 200, else 503 naming what is down) and `/metrics`.
+pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
-        .with_state(metrics)
+        .with_state(AppState { metrics, readiness })
 }
 
 async fn health() -> &'static str {
     "ok"
 }
 
-async fn render_metrics(State(metrics): State<Metrics>) -> Response {
+async fn ready(State(state): State<AppState>) -> Response {
+    let mut down = Vec::new();
+    if state.readiness.store.ping().await.is_err() {
+        down.push("database");
+    }
+    if state
+        .readiness
+        .broker_connected
+        .as_ref()
+        .is_some_and(|connected| !connected())
+    {
+        down.push("broker");
+    }
+    if down.is_empty() {
+        "ready".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {} down", down.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+async fn render_metrics(State(AppState { metrics, .. }): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,

@@ -2,7 +2,7 @@
 //! layer with the `/tasks` namespace, HTTP routes, offline sweep, graceful
 //! shutdown.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use socketioxide::{
     adapter::{Adapter, Emitter, LocalAdapter},
@@ -82,7 +82,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let metrics = Metrics::new();
             let (layer, io) = builder(&metrics).build_layer();
             tasks_ns::register::<LocalAdapter>(&io);
-            run(&config, layer, io, store, metrics, std::future::ready(())).await
+            let readiness = http::Readiness {
+                store: store.clone(),
+                broker_connected: None,
+            };
+            let done = std::future::ready(());
+            run(&config, layer, io, store, metrics, readiness, done).await
         }
         Some(uri) => {
             let broker_err = |source| ServeError::Broker {
@@ -98,13 +103,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .map_err(broker_err)?;
             info!(uri = %crate::config::redact_uri(&uri), host_id = ctr.host_id(), "sharing rooms over RabbitMQ");
             let metrics = Metrics::with_collectors(vec![Box::new(BrokerCollector(ctr.clone()))]);
+            let broker = ctr.clone();
+            let readiness = http::Readiness {
+                store: store.clone(),
+                broker_connected: Some(Arc::new(move || broker.driver().is_connected())),
+            };
             let (layer, io) = builder(&metrics)
                 .with_adapter::<AmqpAdapter<Emitter>>(ctr.clone())
                 .build_layer();
             tasks_ns::register(&io).await.map_err(broker_err)?;
             // Last step of a graceful stop: delete our queue, close the connection.
             let close_broker = async move { ctr.close().await };
-            run(&config, layer, io, store, metrics, close_broker).await
+            run(&config, layer, io, store, metrics, readiness, close_broker).await
         }
     }
 }
@@ -125,9 +135,10 @@ async fn run<A: Adapter>(
     io: SocketIo<A>,
     store: Store,
     metrics: Metrics,
+    readiness: http::Readiness,
     close_adapter: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let app = http::router(metrics.clone())
+    let app = http::router(metrics.clone(), readiness)
         .layer(layer)
         .layer(http::cors_layer(&config.cors_allowed_origins));
     let app = http::with_origin_check(

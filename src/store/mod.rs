@@ -147,6 +147,12 @@ impl Store {
         Ok(())
     }
 
+    /// A round trip to the database, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, p => sqlx::query("SELECT 1").execute(p).await?.rows_affected());
+        Ok(())
+    }
+
     /// Looks up who `auth_id` (a token's `sub`) is.
     pub async fn identify(&self, auth_id: i64) -> Result<Result<Identity, Unknown>, StoreError> {
         let kind: Option<(Option<String>,)> = on_pool!(self, p =>
