@@ -17,12 +17,17 @@ use socketioxide::{
     operators::BroadcastOperators,
     SocketIo,
 };
-use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig};
+use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig, DataFormat};
 use std::io::Write;
 
 use tokio::io::AsyncBufReadExt;
 
 use super::{NODE_ENV_EXCHANGE, NODE_ENV_URI, NS, READY_PREFIX};
+
+/// Environment variable: `value` or `args`, the node's [`AdapterConfig::python_data_format`].
+pub const NODE_ENV_PY_FORMAT: &str = "SIO_AMQP_NODE_PY_FORMAT";
+/// Environment variable: `1` sets [`AdapterConfig::wait_for_python_acks`].
+pub const NODE_ENV_WAIT_PY_ACKS: &str = "SIO_AMQP_NODE_WAIT_PY_ACKS";
 
 type A = AmqpAdapter<Emitter>;
 type Io = SocketIo<A>;
@@ -58,9 +63,19 @@ async fn serve(uri: String, exchange: String) {
         .with_publish_timeout(Duration::from_secs(2))
         .with_connect_timeout(Duration::from_secs(2))
         .with_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500));
-    let config = AdapterConfig::default()
+    let mut config = AdapterConfig::default()
         .with_request_timeout(Duration::from_secs(2))
         .with_heartbeat(Duration::from_millis(300), Duration::from_secs(3));
+    // Switches of the mixed-fleet tests (clients/tests/test_mixed_fleet.py).
+    match std::env::var(NODE_ENV_PY_FORMAT).as_deref() {
+        Ok("value") => config = config.with_python_data_format(DataFormat::Value),
+        Ok("args") => config = config.with_python_data_format(DataFormat::Args),
+        Ok(other) => panic!("{NODE_ENV_PY_FORMAT}={other:?}: expected value or args"),
+        Err(_) => {}
+    }
+    if std::env::var(NODE_ENV_WAIT_PY_ACKS).is_ok_and(|v| v == "1") {
+        config = config.with_wait_for_python_acks(true);
+    }
     let ctr = AmqpAdapterCtr::connect_with_config(amqp, config)
         .await
         .expect("connect to RabbitMQ");
@@ -151,6 +166,83 @@ fn operators(socket: &SocketRef<A>, io: &Io, req: &Value) -> BroadcastOperators<
     ops
 }
 
+/// One argument of an emit: JSON, or binary data that socketioxide sends as an attachment.
+enum Arg {
+    Json(Value),
+    Bin(Vec<u8>),
+}
+
+/// The arguments of an emit, serialized as a tuple so that socketioxide sends each element as an
+/// argument of its own (a JSON array would be one list argument).
+struct Args(Vec<Arg>);
+
+impl serde::Serialize for Args {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        struct One<'a>(&'a Arg);
+        impl serde::Serialize for One<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                match self.0 {
+                    Arg::Json(v) => v.serialize(serializer),
+                    Arg::Bin(b) => serializer.serialize_bytes(b),
+                }
+            }
+        }
+        let mut tuple = serializer.serialize_tuple(self.0.len())?;
+        for arg in &self.0 {
+            tuple.serialize_element(&One(arg))?;
+        }
+        tuple.end()
+    }
+}
+
+/// The arguments `req` describes: `args` (a list, each element an argument; without it, `data`
+/// is the one argument), then one binary argument per base64 string of `bin`.
+fn emit_args(req: &Value) -> Result<Args, String> {
+    use base64::Engine as _;
+    let mut args: Vec<Arg> = match &req["args"] {
+        Value::Array(a) => a.iter().cloned().map(Arg::Json).collect(),
+        Value::Null => vec![Arg::Json(req["data"].clone())],
+        other => return Err(format!("args must be a list, not {other}")),
+    };
+    if let Some(bins) = req["bin"].as_array() {
+        for b in bins {
+            let text = b.as_str().ok_or("bin holds base64 strings")?;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| format!("bin {text:?}: {e}"))?;
+            args.push(Arg::Bin(raw));
+        }
+    }
+    Ok(Args(args))
+}
+
+/// Every argument of an ack, as a list (socketioxide hands a non-tuple type the first only).
+struct AckArgs(Vec<Value>);
+
+impl<'de> serde::Deserialize<'de> for AckArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AckArgs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the ack arguments")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<AckArgs, S::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<Value>()? {
+                    out.push(v);
+                }
+                Ok(AckArgs(out))
+            }
+        }
+        deserializer.deserialize_tuple(usize::MAX, V)
+    }
+}
+
 /// A client's ack value: one argument is the value itself.
 fn ack_value(v: Value) -> Value {
     match v {
@@ -159,20 +251,18 @@ fn ack_value(v: Value) -> Value {
     }
 }
 
-async fn collect_acks(
+async fn collect_acks<T>(
     stream: impl futures_util::Stream<
-        Item = (
-            socketioxide::socket::Sid,
-            Result<Value, socketioxide::AckError>,
-        ),
+        Item = (socketioxide::socket::Sid, Result<T, socketioxide::AckError>),
     >,
     start: Instant,
+    value: impl Fn(T) -> Value,
 ) -> Value {
     let items: Vec<_> = stream.collect().await;
     let acks: Vec<Value> = items
         .into_iter()
         .map(|(sid, res)| match res {
-            Ok(v) => json!({"sid": sid.to_string(), "value": ack_value(v)}),
+            Ok(v) => json!({"sid": sid.to_string(), "value": value(v)}),
             Err(e) => json!({"sid": sid.to_string(), "error": e.to_string()}),
         })
         .collect();
@@ -181,21 +271,24 @@ async fn collect_acks(
 
 /// Runs one operation:
 ///
-/// * `emit` {event, data, to, except, local, volatile, from_socket}: a broadcast;
-/// * `emit_with_ack` {event, data, to, timeout_ms}: acks as `{acks: [{sid, value|error}],
-///   elapsed_ms}`;
+/// * `emit` {event, data | args, bin, to, except, local, volatile, from_socket}: a broadcast
+///   (arguments: see [`emit_args`]);
+/// * `emit_with_ack` {event, data | args, bin, to, timeout_ms, ack_args}: acks as
+///   `{acks: [{sid, value|error}], elapsed_ms}`; `value` is the first ack argument, or the
+///   list of all of them with `ack_args: true`;
 /// * `fetch_sockets` {to, local}: `[{sid, rooms}]`, sorted by sid;
 /// * `rooms` {local}: sorted room names;
 /// * `room_op` {to, action: join|leave|disconnect, rooms}: room-wide operations;
-/// * `remote` {sid, action: emit|emit_with_ack|join|leave|disconnect|rooms, event, data,
-///   rooms}: on the socket `sid` found through `fetch_sockets`;
+/// * `remote` {sid, action: emit|emit_with_ack|join|leave|disconnect|rooms, event,
+///   data | args, bin, ack_args, rooms}: on the socket `sid` found through `fetch_sockets`;
 /// * `join` / `leave` {rooms}: the calling socket, locally;
 /// * `server_count`, `metrics`.
 async fn run_op(socket: &SocketRef<A>, io: &Io, req: &Value) -> Result<Value, String> {
     let ctr = CTR.get().expect("started");
     let start = Instant::now();
     let event = req["event"].as_str().unwrap_or("event").to_owned();
-    let data = req["data"].clone();
+    let args = emit_args(req)?;
+    let all_ack_args = req["ack_args"].as_bool() == Some(true);
     match req["op"].as_str().unwrap_or_default() {
         "join" => {
             socket.join(strings(&req["rooms"]));
@@ -206,16 +299,23 @@ async fn run_op(socket: &SocketRef<A>, io: &Io, req: &Value) -> Result<Value, St
             Ok(Value::Null)
         }
         "emit" => operators(socket, io, req)
-            .emit(&event, &data)
+            .emit(&event, &args)
             .await
             .map(|()| Value::Null)
             .map_err(|e| e.to_string()),
-        "emit_with_ack" => {
+        "emit_with_ack" if all_ack_args => {
             let stream = operators(socket, io, req)
-                .emit_with_ack::<_, Value>(&event, &data)
+                .emit_with_ack::<_, AckArgs>(&event, &args)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(collect_acks(stream, start).await)
+            Ok(collect_acks(stream, start, |a| json!(a.0)).await)
+        }
+        "emit_with_ack" => {
+            let stream = operators(socket, io, req)
+                .emit_with_ack::<_, Value>(&event, &args)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(collect_acks(stream, start, ack_value).await)
         }
         "fetch_sockets" => {
             let sockets = operators(socket, io, req)
@@ -273,15 +373,22 @@ async fn run_op(socket: &SocketRef<A>, io: &Io, req: &Value) -> Result<Value, St
             let rooms = strings(&req["rooms"]);
             match req["action"].as_str().unwrap_or_default() {
                 "emit" => remote
-                    .emit(&event, &data)
+                    .emit(&event, &args)
                     .await
                     .map_err(|e| e.to_string())?,
-                "emit_with_ack" => {
+                "emit_with_ack" if all_ack_args => {
                     let stream = remote
-                        .emit_with_ack::<_, Value>(&event, &data)
+                        .emit_with_ack::<_, AckArgs>(&event, &args)
                         .await
                         .map_err(|e| e.to_string())?;
-                    return Ok(collect_acks(stream, start).await);
+                    return Ok(collect_acks(stream, start, |a| json!(a.0)).await);
+                }
+                "emit_with_ack" => {
+                    let stream = remote
+                        .emit_with_ack::<_, Value>(&event, &args)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    return Ok(collect_acks(stream, start, ack_value).await);
                 }
                 "join" => remote.join(rooms).await.map_err(|e| e.to_string())?,
                 "leave" => remote.leave(rooms).await.map_err(|e| e.to_string())?,
