@@ -227,9 +227,12 @@ class RustNode:
 
     READY = "CLUSTER_NODE_READY "
 
-    def __init__(self, exchange: str, label: str = "rust-node"):
+    def __init__(self, exchange: str, label: str = "rust-node", env: dict | None = None):
+        """``env``: extra environment of the node, e.g. ``SIO_AMQP_NODE_PY_FORMAT``
+        (``value``/``args``) or ``SIO_AMQP_NODE_WAIT_PY_ACKS=1``."""
         self.exchange = exchange
         self.label = label
+        self.env = dict(env or {})
         self.port = None
         self.queue = None
         self.host_id = None
@@ -244,6 +247,7 @@ class RustNode:
         env = dict(os.environ)
         env["SIO_AMQP_NODE_EXCHANGE"] = self.exchange
         env["SIO_AMQP_NODE_URI"] = AMQP_URL
+        env.update(self.env)
         self.proc = subprocess.Popen(
             [str(binary), "cluster_node", "--exact", "--ignored", "--nocapture", "--test-threads=1"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

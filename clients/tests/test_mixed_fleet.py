@@ -19,6 +19,10 @@ for ``SocketIO(app, message_queue='amqp://…')``. Two fleets:
   server (``cluster_node`` of the ``cluster_processes`` test binary: namespace
   ``/cluster``, an ``op`` event running adapter operations), on an exchange
   of its own.
+* **Rust -> python** (``test_rust_*``): the same node with the python data
+  format of its peer (``SIO_AMQP_NODE_PY_FORMAT``) and required python acks
+  (``SIO_AMQP_NODE_WAIT_PY_ACKS=1``), next to python-socketio 5.18.1
+  (``args``) and 5.15.0 (``value``): several arguments, binary data, acks.
 
 Clients record ``(event, [arg, ...])`` and ack every event with
 ``"ack", <label>, <event>``. Every check compares the exact list each client
@@ -462,7 +466,8 @@ def test_518_rust_emit_with_ack_reaches_python_clients(mf):
     client's ack (a ``callback`` message to the node's host) is never turned
     into an error or a duplicate. Python acks carry no socketioxide sid
     (``Sid::ZERO``); the node does not set ``wait_for_python_acks``, so its
-    stream may end before the python ack is in: it is allowed, not required."""
+    stream may end before the python ack is in: it is allowed, not required
+    (required: test_rust_emit_with_ack_requires_the_python_clients_ack)."""
     r1, r2, p1, p2 = (mf[k] for k in ("r1", "r2", "p1", "p2"))
     res = r2.op(op="emit_with_ack", event="ask", data={"q": 7}, to=mf["A"], timeout_ms=3000)
     acks = res["acks"]
@@ -526,3 +531,141 @@ def test_518_write_only_kombu_manager_reaches_both_sides(mf):
     w1, w3 = ("w1", ["a", {"b": 1}]), ("w3", [b"\x07", 8])
     w2 = ("w2", [{"only": "arg"}])
     expect_exact({mf["r1"]: [w1, w3], mf["p1"]: [w1, w3], mf["r2"]: [w2], mf["p2"]: [w2]})
+
+
+# ===========================================================================
+# Rust -> python: several arguments, binary data, required acks, on a node
+# with the python data format of its fleet and SIO_AMQP_NODE_WAIT_PY_ACKS=1
+# ===========================================================================
+R2P_FLEETS = {
+    # python-socketio 5.15.1+ reads the argument list
+    "sio5.18.1-args": ("5.18.1", VENV_518, "args"),
+    # 5.14.0 .. 5.15.0 read the data as the one argument
+    "sio5.15.0-value": ("5.15.0", VENV_515, "value"),
+}
+
+
+@pytest.fixture(scope="module", params=list(R2P_FLEETS))
+def r2p_fleet(request, broker):
+    """(format, Rust node, python server) on an exchange of their own; the
+    node publishes in the python server's data format and keeps its ack
+    streams open for python acks until the timeout."""
+    version, python, fmt = R2P_FLEETS[request.param]
+    exchange = mq_support.unique("v6sio-test-r2p")
+    rust = RustNode(exchange, label=f"rust-{fmt}", env={
+        "SIO_AMQP_NODE_PY_FORMAT": fmt, "SIO_AMQP_NODE_WAIT_PY_ACKS": "1"})
+    py = PyServer(python, channel=exchange, namespace=CLUSTER_NS, label=f"py-{version}")
+    started = []
+    try:
+        for s in (rust, py):
+            s.start()
+            started.append(s)
+    except Exception as exc:
+        for s in started:
+            s.stop()
+        mq_support.delete_exchange(exchange)
+        pytest.fail(f"mixed fleet did not start: {exc}")
+    assert py.version == version, py.version
+    yield fmt, rust, py
+    py.stop()
+    rust.stop()
+    mq_support.delete_exchange(exchange)
+
+
+@pytest.fixture()
+def r2p(r2p_fleet):
+    """r1, r2 on the Rust node (websocket), p1, p2 on python (polling); room
+    A = {r1, p1}."""
+    fmt, rust, py = r2p_fleet
+    made = []
+
+    def client(url, label, transports):
+        rec = AckRecorder(url, namespace=CLUSTER_NS, label=label, transports=transports)
+        made.append(rec)
+        return rec.connect()
+
+    r1 = client(rust.url, "r1", ["websocket"])
+    r2 = client(rust.url, "r2", ["websocket"])
+    p1 = client(py.url, "p1", ["polling"])
+    p2 = client(py.url, "p2", ["polling"])
+    ra = f"A-{uuid.uuid4().hex[:8]}"
+    r1.op(op="join", rooms=[ra])
+    py.cmd("enter_room", sid=p1.sid, room=ra)
+    yield {"format": fmt, "rust": rust, "py": py, "r1": r1, "r2": r2, "p1": p1, "p2": p2, "A": ra}
+    for rec in made:
+        try:
+            rec.disconnect()
+        except Exception:
+            pass
+    assert rust.proc.poll() is None, "the Rust node died:\n" + "\n".join(rust.stderr[-20:])
+
+
+def _b64(raw: bytes) -> str:
+    return b(raw)["$bytes"]
+
+
+def test_rust_emit_several_arguments_reaches_python_clients(r2p):
+    """Several arguments, one list argument and no argument from the Rust
+    side. 5.18.1 hands its clients the exact arguments; 5.15.0 can only read
+    one value: several arguments arrive as one list, no argument as none."""
+    r1, r2, p1, p2 = (r2p[k] for k in ("r1", "r2", "p1", "p2"))
+    r2.op(op="emit", event="multi", args=["a", 2, None, {"k": [1]}], to=r2p["A"])
+    r2.op(op="emit", event="list", args=[[1, 2]], to=r2p["A"])
+    r2.op(op="emit", event="none", args=[], to=r2p["A"])
+    # several arguments to everyone but the sender, on both sides
+    r1.op(op="emit", event="bcast", args=["x", {"y": 1}], from_socket=True)
+    exact = [("multi", ["a", 2, None, {"k": [1]}]), ("list", [[1, 2]]), ("none", [])]
+    if r2p["format"] == "args":
+        python = exact
+        bcast = ("bcast", ["x", {"y": 1}])
+        py_bcast = bcast
+    else:
+        python = [("multi", [["a", 2, None, {"k": [1]}]]), ("list", [[1, 2]]), ("none", [])]
+        bcast = ("bcast", ["x", {"y": 1}])
+        py_bcast = ("bcast", [["x", {"y": 1}]])
+    expect_exact({r1: exact, p1: python + [py_bcast], r2: [bcast], p2: [py_bcast]})
+
+
+def test_rust_emit_binary_reaches_python_clients(r2p):
+    """Binary attachments from the Rust side arrive at python clients as
+    ``bytes``. 5.15.0 reads one value: a lone binary argument arrives as is,
+    binary next to other arguments as one list holding the bytes."""
+    r1, r2, p1, p2 = (r2p[k] for k in ("r1", "r2", "p1", "p2"))
+    blob, blob2 = b"\x00\x01\xfe\xff", b"\x07"
+    r2.op(op="emit", event="blob", args=[], bin=[_b64(blob)], to=r2p["A"])
+    r2.op(op="emit", event="bins", args=["x", {"n": 1}], bin=[_b64(blob), _b64(blob2)],
+          to=r2p["A"])
+    # to one python client's sid
+    r2.op(op="emit", event="direct", args=[3], bin=[_b64(blob2)], to=p2.sid)
+    exact = [("blob", [blob]), ("bins", ["x", {"n": 1}, blob, blob2])]
+    if r2p["format"] == "args":
+        python, direct = exact, [("direct", [3, blob2])]
+    else:
+        python = [("blob", [blob]), ("bins", [["x", {"n": 1}, blob, blob2]])]
+        direct = [("direct", [[3, blob2]])]
+    # (the comparison is by ==: a str or a {"_placeholder"} map is no bytes)
+    expect_exact({r1: exact, p1: python, r2: [], p2: direct})
+
+
+def test_rust_emit_with_ack_requires_the_python_clients_ack(r2p):
+    """emit_with_ack on a node with SIO_AMQP_NODE_WAIT_PY_ACKS=1: the ack of
+    the python server's client is required and comes back with all its
+    arguments (a python sid is no socketioxide sid: ``Sid::ZERO``), next to
+    the Rust client's, each exactly once; the same with several arguments
+    and binary data to one python client's sid."""
+    r1, r2, p1, p2 = (r2p[k] for k in ("r1", "r2", "p1", "p2"))
+    zero = "\x00" * 16
+    res = r2.op(op="emit_with_ack", event="ask", data={"q": 7}, to=r2p["A"], timeout_ms=3000,
+                ack_args=True, timeout=15)
+    acks = sorted(res["acks"], key=lambda a: a["sid"])
+    assert acks == [{"sid": zero, "value": ["ack", "p1", "ask"]},
+                    {"sid": r1.sid, "value": ["ack", "r1", "ask"]}], res
+    blob = b"\x00\xff"
+    res = r2.op(op="emit_with_ack", event="ask2", args=["a", 2], bin=[_b64(blob)], to=p2.sid,
+                timeout_ms=3000, ack_args=True, timeout=15)
+    assert res["acks"] == [{"sid": zero, "value": ["ack", "p2", "ask2"]}], res
+    if r2p["format"] == "args":
+        ask2 = ("ask2", ["a", 2, blob])
+    else:
+        ask2 = ("ask2", [["a", 2, blob]])
+    expect_exact({r1: [("ask", [{"q": 7}])], p1: [("ask", [{"q": 7}])], r2: [], p2: [ask2]})
