@@ -108,7 +108,13 @@ pub struct AdapterConfig {
     /// a broadcast as that argument (several arguments arrive there as one list, as from a
     /// 5.15.0 peer). Socketioxide servers get the exact arguments in either format (`x_nargs`).
     pub python_data_format: DataFormat,
+    /// Largest broker message that is decoded (default 16 MiB, RabbitMQ 4's own limit); larger
+    /// ones are logged, counted as invalid and dropped without being parsed.
+    pub max_message_size: usize,
 }
+
+/// Default of [`AdapterConfig::max_message_size`].
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
 impl Default for AdapterConfig {
     fn default() -> Self {
@@ -119,6 +125,7 @@ impl Default for AdapterConfig {
             wait_for_python_acks: false,
             buffer: 1024,
             python_data_format: DataFormat::Args,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 }
@@ -139,6 +146,11 @@ impl AdapterConfig {
     /// ([`python_data_format`](Self::python_data_format)).
     pub fn with_python_data_format(mut self, format: DataFormat) -> Self {
         self.python_data_format = format;
+        self
+    }
+    /// Sets [`max_message_size`](Self::max_message_size).
+    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
         self
     }
     /// Keeps ack streams open until the timeout (for acks from Python servers).
@@ -336,6 +348,15 @@ async fn dispatch<D: Driver>(shared: Weak<Shared<D>>, mut stream: MessageStream)
         };
         let c = &shared.counters;
         inc(&c.received);
+        if body.len() > shared.config.max_message_size {
+            inc(&c.invalid);
+            tracing::warn!(
+                bytes = body.len(),
+                limit = shared.config.max_message_size,
+                "dropping an oversized broker message"
+            );
+            continue;
+        }
         let msg = match wire::decode(&body) {
             Ok(msg) => msg,
             Err(e) => {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{eventually, py_emit, server, wait_for_cluster, Client};
+use common::{config, eventually, py_emit, server, server_with, wait_for_cluster, Client};
 use futures_util::StreamExt;
 use serde_json::json;
 use socketioxide_amqp::{
@@ -571,4 +571,23 @@ async fn server_count_and_emit_counter() {
     })
     .await;
     assert_eq!(ctr2.server_count("/"), None);
+}
+
+#[tokio::test]
+async fn oversized_messages_are_dropped_before_decoding() {
+    let broker = MemoryBroker::new();
+    let (io, ctr) = server_with(broker.driver(), config().with_max_message_size(1024)).await;
+    let mut a = Client::connect(&io).await;
+    // A valid emit, but over the limit: counted as invalid, never delivered.
+    let mut huge = serde_json::from_slice::<serde_json::Value>(&py_emit(
+        "huge",
+        json!([]),
+        serde_json::Value::Null,
+    ))
+    .unwrap();
+    huge["data"] = json!(["x".repeat(4096)]);
+    broker.inject(serde_json::to_vec(&huge).unwrap());
+    broker.inject(py_emit("small", json!([1]), serde_json::Value::Null));
+    assert_eq!(a.next().await, r#"2["small",1]"#);
+    assert_eq!(ctr.metrics().invalid, 1);
 }
