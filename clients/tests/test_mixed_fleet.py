@@ -30,6 +30,7 @@ received after a quiet period: a missing, duplicated or leaked delivery fails.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -378,11 +379,10 @@ def modern(broker):
     mq_support.delete_exchange(exchange)
 
 
-@pytest.fixture()
-def mf(modern):
+@contextlib.contextmanager
+def four_clients(rust, py, room_b=False):
     """r1, r2 on the Rust node (websocket), p1, p2 on python (polling); room
-    A = {r1, p1}, room B = {r2}."""
-    rust, py, exchange = modern
+    A = {r1, p1}, and with `room_b` room B = {r2}."""
     made = []
 
     def client(url, label, transports):
@@ -394,18 +394,29 @@ def mf(modern):
     r2 = client(rust.url, "r2", ["websocket"])
     p1 = client(py.url, "p1", ["polling"])
     p2 = client(py.url, "p2", ["polling"])
-    ra, rb = f"A-{uuid.uuid4().hex[:8]}", f"B-{uuid.uuid4().hex[:8]}"
-    r1.op(op="join", rooms=[ra])
-    r2.op(op="join", rooms=[rb])
-    py.cmd("enter_room", sid=p1.sid, room=ra)
-    yield {"rust": rust, "py": py, "exchange": exchange, "r1": r1, "r2": r2, "p1": p1, "p2": p2,
-           "A": ra, "B": rb}
-    for rec in made:
-        try:
-            rec.disconnect()
-        except Exception:
-            pass
+    clients = {"r1": r1, "r2": r2, "p1": p1, "p2": p2, "A": f"A-{uuid.uuid4().hex[:8]}"}
+    r1.op(op="join", rooms=[clients["A"]])
+    if room_b:
+        clients["B"] = f"B-{uuid.uuid4().hex[:8]}"
+        r2.op(op="join", rooms=[clients["B"]])
+    py.cmd("enter_room", sid=p1.sid, room=clients["A"])
+    try:
+        yield clients
+    finally:
+        for rec in made:
+            try:
+                rec.disconnect()
+            except Exception:
+                pass
     assert rust.proc.poll() is None, "the Rust node died:\n" + "\n".join(rust.stderr[-20:])
+
+
+@pytest.fixture()
+def mf(modern):
+    """r1, r2 on the Rust node, p1, p2 on python; room A = {r1, p1}, room B = {r2}."""
+    rust, py, exchange = modern
+    with four_clients(rust, py, room_b=True) as clients:
+        yield {"rust": rust, "py": py, "exchange": exchange, **clients}
 
 
 def test_518_python_emit_multiple_arguments_and_binary_reach_rust_clients(mf):
@@ -574,30 +585,10 @@ def r2p_fleet(request, broker):
 
 @pytest.fixture()
 def r2p(r2p_fleet):
-    """r1, r2 on the Rust node (websocket), p1, p2 on python (polling); room
-    A = {r1, p1}."""
+    """r1, r2 on the Rust node, p1, p2 on python; room A = {r1, p1}."""
     fmt, rust, py = r2p_fleet
-    made = []
-
-    def client(url, label, transports):
-        rec = AckRecorder(url, namespace=CLUSTER_NS, label=label, transports=transports)
-        made.append(rec)
-        return rec.connect()
-
-    r1 = client(rust.url, "r1", ["websocket"])
-    r2 = client(rust.url, "r2", ["websocket"])
-    p1 = client(py.url, "p1", ["polling"])
-    p2 = client(py.url, "p2", ["polling"])
-    ra = f"A-{uuid.uuid4().hex[:8]}"
-    r1.op(op="join", rooms=[ra])
-    py.cmd("enter_room", sid=p1.sid, room=ra)
-    yield {"format": fmt, "rust": rust, "py": py, "r1": r1, "r2": r2, "p1": p1, "p2": p2, "A": ra}
-    for rec in made:
-        try:
-            rec.disconnect()
-        except Exception:
-            pass
-    assert rust.proc.poll() is None, "the Rust node died:\n" + "\n".join(rust.stderr[-20:])
+    with four_clients(rust, py) as clients:
+        yield {"format": fmt, "rust": rust, "py": py, **clients}
 
 
 def _b64(raw: bytes) -> str:
