@@ -353,15 +353,9 @@ def test_v6_instance_dropped_no_python_message_as_invalid(v6fleet):
     assert m.get("v6_socketio_broker_connected") == 1, m
 
 
-# ===========================================================================
-# python-socketio 5.18.1 (args format) + the adapter's socketioxide server
-# ===========================================================================
-@pytest.fixture(scope="module")
-def modern(broker):
-    """(Rust node, python 5.18.1 server) on an exchange of their own."""
-    exchange = mq_support.unique("v6sio-test-mixed")
-    rust = RustNode(exchange, label="rust")
-    py = PyServer(VENV_518, channel=exchange, namespace=CLUSTER_NS, label="py-5.18.1")
+def start_fleet(exchange, rust, py):
+    """Starts the Rust node and the python server; on failure stops what
+    started, deletes the exchange and fails the test."""
     started = []
     try:
         for s in (rust, py):
@@ -372,11 +366,27 @@ def modern(broker):
             s.stop()
         mq_support.delete_exchange(exchange)
         pytest.fail(f"mixed fleet did not start: {exc}")
-    assert py.version == "5.18.1", py.version
-    yield rust, py, exchange
+
+
+def stop_fleet(exchange, rust, py):
     py.stop()
     rust.stop()
     mq_support.delete_exchange(exchange)
+
+
+# ===========================================================================
+# python-socketio 5.18.1 (args format) + the adapter's socketioxide server
+# ===========================================================================
+@pytest.fixture(scope="module")
+def modern(broker):
+    """(Rust node, python 5.18.1 server) on an exchange of their own."""
+    exchange = mq_support.unique("v6sio-test-mixed")
+    rust = RustNode(exchange, label="rust")
+    py = PyServer(VENV_518, channel=exchange, namespace=CLUSTER_NS, label="py-5.18.1")
+    start_fleet(exchange, rust, py)
+    assert py.version == "5.18.1", py.version
+    yield rust, py, exchange
+    stop_fleet(exchange, rust, py)
 
 
 @contextlib.contextmanager
@@ -566,21 +576,10 @@ def r2p_fleet(request, broker):
     rust = RustNode(exchange, label=f"rust-{fmt}", env={
         "SIO_AMQP_NODE_PY_FORMAT": fmt, "SIO_AMQP_NODE_WAIT_PY_ACKS": "1"})
     py = PyServer(python, channel=exchange, namespace=CLUSTER_NS, label=f"py-{version}")
-    started = []
-    try:
-        for s in (rust, py):
-            s.start()
-            started.append(s)
-    except Exception as exc:
-        for s in started:
-            s.stop()
-        mq_support.delete_exchange(exchange)
-        pytest.fail(f"mixed fleet did not start: {exc}")
+    start_fleet(exchange, rust, py)
     assert py.version == version, py.version
     yield fmt, rust, py
-    py.stop()
-    rust.stop()
-    mq_support.delete_exchange(exchange)
+    stop_fleet(exchange, rust, py)
 
 
 @pytest.fixture()
