@@ -1,0 +1,305 @@
+"""The clients of the end-to-end scenarios.
+
+`E2ENode` runs vantage6-node 4.15.2's real socket code: the
+`vantage6.node.socket.NodeTaskNamespace` class, talking to the server through
+the real `NodeClient` (REST authentication, token refresh, open runs). Only
+the parts of vantage6's `Node` that need Docker are replaced by a stub
+worker (`StubNodeWorker`), which keeps `Node`'s method names and behaviour:
+`authenticate`, `connect_to_socket`, `sync_task_queue_with_server`,
+`get_task_and_add_to_queue`, `share_node_details`, `kill_containers`.
+
+`UiListener` is the vantage6 UI's way of listening: socket.io-client 4.x on
+`/tasks` with `extraHeaders: {Authorization: "Bearer …"}` (clients/js).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import socketio
+from vantage6.common.client.node_client import NodeClient
+from vantage6.common.encryption import DummyCryptor
+from vantage6.node.socket import NodeTaskNamespace
+
+from harness import DEFAULT_TIMEOUT, ROOT, LineReader
+from rest import NodeAccount
+
+log = logging.getLogger("e2e.clients")
+
+#: Events every client sees about its own connection; scenario assertions
+#: compare everything else.
+LOCAL_EVENTS = {"connect", "disconnect", "connect_error", "upgrade", "__disconnect_final"}
+
+
+@dataclass
+class KilledRun:
+    """What vantage6's DockerManager.kill_tasks returns for each container."""
+
+    run_id: int
+    task_id: int
+    parent_id: int | None
+
+
+class EventLog:
+    """Received events of one client, in arrival order, thread-safe."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self._events: list[tuple[str, object]] = []
+        self._cond = threading.Condition()
+
+    def append(self, event: str, data):
+        with self._cond:
+            self._events.append((event, data))
+            self._cond.notify_all()
+
+    def snapshot(self, include_local: bool = False) -> list[tuple[str, object]]:
+        with self._cond:
+            return [e for e in self._events if include_local or e[0] not in LOCAL_EVENTS]
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self._events)
+
+    def since(self, mark: int, include_local: bool = False) -> list[tuple[str, object]]:
+        with self._cond:
+            return [e for e in self._events[mark:] if include_local or e[0] not in LOCAL_EVENTS]
+
+    def wait_for(self, predicate, timeout: float = DEFAULT_TIMEOUT, what: str = ""):
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                value = predicate(list(self._events))
+                if value:
+                    return value
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"{self.label}: timed out after {timeout}s waiting for {what}; "
+                        f"received {self._events}"
+                    )
+                self._cond.wait(min(remaining, 0.2))
+
+
+class StubNodeWorker:
+    """Stands in for `vantage6.node.Node` next to the real namespace class."""
+
+    def __init__(self, account: NodeAccount, server_url: str, *, transports=None,
+                 ping_interval: float = 10.0, label: str | None = None):
+        self.account = account
+        self.label = label or account.name
+        self.config = {"api_key": account.api_key}
+        parts = urlsplit(server_url)
+        # vantage6 nodes are configured with server_url, port and api_path.
+        self.client = NodeClient(f"{parts.scheme}://{parts.hostname}", parts.port, "/api")
+        self.client.cryptor = DummyCryptor()  # unencrypted collaborations
+        self.transports = transports
+        self.ping_interval = ping_interval
+        self.events = EventLog(self.label)
+        self.queue: list[dict] = []  # open runs fetched from the server, like Node.queue
+        self.killed_runs: list[KilledRun] = []
+        self.sockets: list[socketio.Client] = []
+        self.socketIO: socketio.Client | None = None
+        self._stopped = threading.Event()
+        # vantage6 keeps the worker in a class attribute of NodeTaskNamespace;
+        # a subclass per node keeps several nodes in one process apart.
+        worker = self
+        events = self.events
+
+        class Namespace(NodeTaskNamespace):
+            node_worker_ref = worker
+
+            def trigger_event(self, event, *args):
+                events.append(event, args[0] if len(args) == 1 else (list(args) or None))
+                return super().trigger_event(event, *args)
+
+        self.namespace_class = Namespace
+
+    # --- what vantage6's Node does -------------------------------------
+    def authenticate(self) -> None:
+        self.client.authenticate(self.config["api_key"])
+
+    def connect_to_socket(self) -> None:
+        sio = socketio.Client(request_timeout=60)
+        sio.register_namespace(self.namespace_class("/tasks"))
+        self.socketIO = sio
+        self.sockets.append(sio)
+        kwargs = {"transports": self.transports} if self.transports else {}
+        sio.connect(url=f"{self.client.host}:{self.client.port}", headers=self.client.headers,
+                    wait=False, **kwargs)
+        deadline = time.monotonic() + 30
+        while not sio.connected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.label}: could not connect the websocket channel")
+            time.sleep(0.05)
+        if len(self.sockets) == 1:
+            threading.Thread(target=self._ping_worker, daemon=True).start()
+
+    def _ping_worker(self) -> None:
+        while not self._stopped.wait(self.ping_interval):
+            sio = self.socketIO
+            try:
+                if sio is not None and sio.connected:
+                    sio.emit("ping", namespace="/tasks")
+            except Exception:  # as in vantage6: log and keep pinging
+                log.exception("%s: ping failed", self.label)
+
+    def sync_task_queue_with_server(self) -> None:
+        self.queue.extend(self.client.run.list(state="open", include_task=True))
+
+    def get_task_and_add_to_queue(self, task_id: int) -> None:
+        self.queue.extend(self.client.run.list(include_task=True, state="open", task_id=task_id))
+
+    def share_node_details(self) -> None:
+        self.socketIO.emit("node_info_update", {
+            "database_labels": ["default"],
+            "database_types": {"db_type_default": "csv"},
+            "allowed_algorithms": ["harbor2.vantage6.ai/demo/*"],
+        }, namespace="/tasks")
+
+    def kill_containers(self, kill_info: dict) -> list[KilledRun]:
+        """vantage6's checks; the 'running containers' are the runs this node
+        queued and has not killed yet (`running`)."""
+        if kill_info["collaboration_id"] != self.client.collaboration_id:
+            return []
+        if "node_id" in kill_info and kill_info["node_id"] != self.client.whoami.id_:
+            return []
+        wanted = kill_info.get("kill_list")
+        killed = []
+        for run in self.running:
+            if wanted is not None and not any(k["run_id"] == run["id"] for k in wanted):
+                continue
+            parent = run["task"].get("parent")
+            killed.append(KilledRun(run["id"], run["task"]["id"], parent["id"] if parent else None))
+        self.killed_runs.extend(killed)
+        return killed
+
+    @property
+    def running(self) -> list[dict]:
+        """Queued runs of this node's organisation not killed yet, oldest first."""
+        gone = {k.run_id for k in self.killed_runs}
+        seen, out = set(), []
+        for run in self.queue:
+            if run["id"] in gone or run["id"] in seen:
+                continue
+            if run["organization"]["id"] != self.client.whoami.organization_id:
+                continue
+            seen.add(run["id"])
+            out.append(run)
+        return out
+
+    # --- test conveniences -----------------------------------------------
+    def start(self) -> "StubNodeWorker":
+        """Node start-up: REST authentication, then the socket."""
+        self.authenticate()
+        self.connect_to_socket()
+        return self
+
+    @property
+    def authorization(self) -> str:
+        return self.client.headers["Authorization"]
+
+    @property
+    def connected(self) -> bool:
+        return self.socketIO is not None and self.socketIO.connected
+
+    def emit(self, event: str, data=None) -> None:
+        if data is None:
+            self.socketIO.emit(event, namespace="/tasks")
+        else:
+            self.socketIO.emit(event, data, namespace="/tasks")
+
+    def status_change(self, run: dict, status: str) -> None:
+        """What Node.__speaking_worker emits when a container changes state."""
+        self.emit("algorithm_status_change", {
+            "node_id": self.client.whoami.id_, "status": status, "run_id": run["id"],
+            "task_id": run["task"]["id"], "collaboration_id": self.client.collaboration_id,
+            "organization_id": self.client.whoami.organization_id, "parent_id": None,
+        })
+
+    def disconnect(self) -> None:
+        if self.socketIO is not None:
+            self.socketIO.disconnect()
+
+    def close(self) -> None:
+        self._stopped.set()
+        for sio in self.sockets:
+            try:
+                sio.disconnect()
+            except Exception:  # already gone
+                pass
+
+
+class UiListener:
+    """The vantage6 UI's socket: socket.io-client on /tasks with extraHeaders."""
+
+    def __init__(self, server_url: str, token: str, label: str, transport: str = "both"):
+        self.label = label
+        self.token = token
+        self.server_url = server_url
+        self.transport = transport
+        self._offset = 0  # events of earlier processes (restart keeps the history)
+        self._history: list[tuple[str, object]] = []
+        self.reader = self._spawn()
+
+    def _spawn(self) -> LineReader:
+        script = ROOT / "clients" / "js" / "client.js"
+        return LineReader(["node", str(script), "--url", self.server_url, "--token", self.token,
+                           "--transport", self.transport], cwd=Path(script).parent, label=self.label)
+
+    @property
+    def alive(self) -> bool:
+        """Process running and its socket connected (no reconnection, as
+        configured for the probe)."""
+        evs = self._own_events(include_local=True)
+        last = [e for e, _ in evs if e in ("connect", "disconnect", "connect_error")]
+        return self.reader.proc.poll() is None and bool(last) and last[-1] == "connect"
+
+    def restart(self):
+        self._history = self._events()
+        self.reader.stop()
+        self.reader = self._spawn()
+        self.wait_connected()
+
+    @property
+    def authorization(self) -> str:
+        return f"Bearer {self.token}"
+
+    def _own_events(self, include_local=False) -> list[tuple[str, object]]:
+        with self.reader.cond:
+            return [(o["event"], o.get("data")) for o in self.reader.lines
+                    if "event" in o and (include_local or o["event"] not in LOCAL_EVENTS)]
+
+    def _events(self) -> list[tuple[str, object]]:
+        return self._history + self._own_events()
+
+    def mark(self) -> int:
+        return len(self._events())
+
+    def since(self, mark: int) -> list[tuple[str, object]]:
+        return self._events()[mark:]
+
+    def wait_connected(self, timeout: float = DEFAULT_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        with self.reader.cond:
+            while not any(o.get("event") == "connect" for o in self.reader.lines):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{self.label}: not connected: {self.reader.lines} "
+                                         f"{self.reader.stderr[-10:]}")
+                self.reader.cond.wait(min(remaining, 0.2))
+
+    def close(self):
+        self.reader.stop()
+
+
+def canon(events) -> Counter:
+    """Events as a multiset (order across rooms and instances is not
+    something vantage6 promises)."""
+    return Counter(json.dumps([e, d], sort_keys=True) for e, d in events)

@@ -1,0 +1,364 @@
+"""Processes of the end-to-end deployment: vantage6's REST server, the
+v6-socketio instances, nginx, and the database they share.
+
+Everything here is real: vantage6-server 4.15.2 from PyPI (its own dev
+server, gevent), the `v6-socketio serve` binary, Debian's nginx rendering
+`deploy/nginx/vantage6.conf.template`, RabbitMQ and PostgreSQL on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "vantage6.conf.template"
+AMQP_URI = os.environ.get("V6_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+PG_ADMIN = dict(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+DEFAULT_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.05, what: str = ""):
+    """Polls `predicate` until it returns something truthy; returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def server_binary() -> Path:
+    path = Path(os.environ.get("V6_SOCKETIO_BIN", ROOT / "target" / "debug" / "v6-socketio"))
+    if not path.exists():
+        raise RuntimeError(f"{path} does not exist: build with `cargo build` or set V6_SOCKETIO_BIN")
+    return path
+
+
+class Database:
+    """A fresh vantage6 database: a SQLite file or a new PostgreSQL database.
+
+    vantage6's REST server creates the tables on its first start."""
+
+    def __init__(self, backend: str, workdir: Path):
+        self.backend = backend
+        if backend == "sqlite":
+            self.uri = f"sqlite:///{workdir / 'vantage6.sqlite'}"
+            self.name = None
+        elif backend == "postgres":
+            import psycopg2
+
+            self.name = "v6e2e_" + uuid.uuid4().hex[:12]
+            conn = psycopg2.connect(**PG_ADMIN)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{self.name}"')
+            conn.close()
+            self.uri = f"postgresql://postgres@127.0.0.1:5432/{self.name}"
+        else:
+            raise ValueError(backend)
+
+    def drop(self):
+        if self.backend != "postgres":
+            return
+        import psycopg2
+
+        conn = psycopg2.connect(**PG_ADMIN)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (self.name,),
+            )
+            cur.execute(f'DROP DATABASE IF EXISTS "{self.name}"')
+        conn.close()
+
+
+def write_config(path: Path, *, db: Database, api_port: int, secret: str) -> Path:
+    """One vantage6 server configuration shared by vantage6 and every
+    v6-socketio instance (each instance gets its port from --port)."""
+    config = {
+        "description": "v6-socketio end-to-end deployment",
+        "ip": "127.0.0.1",
+        "port": api_port,
+        "api_path": "/api",
+        "uri": db.uri,
+        "allow_drop_all": False,
+        "jwt_secret_key": secret,
+        "logging": {
+            "level": "INFO",
+            "file": "vantage6-server.log",
+            "use_console": True,
+            "backup_count": 1,
+            "max_size": 1024,
+            "format": "%(asctime)s - %(name)-14s - %(levelname)-8s - %(message)s",
+            "datefmt": "%Y-%m-%d %H:%M:%S",
+            "loggers": [{"name": "urllib3", "level": "warning"}],
+        },
+        "rabbitmq": {"uri": AMQP_URI},
+        "v6_socketio": {"ip": "127.0.0.1", "sweep_interval": 60},
+    }
+    # JSON is YAML: no YAML writer needed in this virtualenv's harness.
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def _die_with_parent():
+    """Child side of Popen: SIGTERM when the test process dies, so a killed
+    pytest leaves no deployment behind (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class Process:
+    """A child process whose combined output goes to a log file."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict | None = None):
+        self.name = name
+        self.argv = argv
+        self.workdir = workdir
+        self.env = env
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.argv, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(lines[-n:])
+
+    def wait_http(self, url: str, timeout: float, ok=lambda r: r.status_code == 200):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.log_tail()}")
+            with contextlib.suppress(requests.RequestException):
+                if ok(requests.get(url, timeout=2)):
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name}: {url} not ready after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15):
+        if not self.alive():
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self):
+        """SIGKILL: no graceful stop, no goodbye to the broker or the clients."""
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class Vantage6Server(Process):
+    """vantage6-server 4.15.2: REST API under /api plus its own Flask-SocketIO
+    (which serves the nodes of the mixed-fleet scenario)."""
+
+    def __init__(self, workdir: Path, config: Path, port: int):
+        launcher = Path(__file__).with_name("run_vantage6_server.py")
+        env = dict(os.environ, HOME=str(workdir), PYTHONUNBUFFERED="1")
+        super().__init__("vantage6-server", [sys.executable, str(launcher), str(config), str(port)],
+                         workdir, env)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self, timeout: float = 90):
+        super().start()
+        self.wait_http(f"{self.url}/api/version", timeout)
+
+
+class SocketioInstance(Process):
+    """One `v6-socketio serve` process."""
+
+    def __init__(self, workdir: Path, config: Path, port: int, name: str):
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        env.pop("RUST_BACKTRACE", None)
+        # the instance name is what the nginx pin map knows it by
+        super().__init__(name, [str(server_binary()), "serve", "--config", str(config),
+                                "--port", str(port)],
+                         workdir, env)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.addr = f"127.0.0.1:{port}"
+
+    def start(self, timeout: float = 30):
+        super().start()
+        self.wait_http(f"{self.url}/ready", timeout)
+
+    def metric(self, name: str, labels: dict | None = None) -> float:
+        text = requests.get(f"{self.url}/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            if head.split("{")[0] != name:
+                continue
+            if labels and not all(f'{k}="{v}"' in head for k, v in labels.items()):
+                continue
+            total += float(value)
+        return total
+
+
+def render_nginx_site(*, listen: str, socketio_addrs: list[str], api_addrs: list[str]) -> str:
+    """The deployment template with its placeholders filled in, the way the
+    nginx image's envsubst does it: only the named variables are replaced,
+    nginx's own `$variables` stay."""
+    template = string.Template(NGINX_TEMPLATE.read_text())
+    return template.safe_substitute(
+        NGINX_LISTEN=listen,
+        NGINX_RESOLVER="127.0.0.1",
+        V6_SOCKETIO_SERVERS="\n    ".join(f"server {a} max_fails=1 fail_timeout=5s;" for a in socketio_addrs),
+        # instance names are their addresses (--instance-name)
+        V6_SOCKETIO_PINS="\n    ".join(f"{a} {a};" for a in socketio_addrs),
+        VANTAGE6_API_SERVERS="\n    ".join(f"server {a};" for a in api_addrs),
+        MAX_BODY_SIZE="100m",
+    )
+
+
+class Nginx(Process):
+    """Debian's nginx with the deployment template as its only site.
+
+    The main configuration adds what a test needs to see and nothing that
+    changes routing: a header naming the upstream that answered
+    (`X-Upstream-Addr`), so a test can tell which instance a client's
+    Authorization header is pinned to."""
+
+    def __init__(self, workdir: Path, port: int, socketio_addrs: list[str], api_addrs: list[str]):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        ngx = workdir / "nginx"
+        for sub in ("logs", "tmp"):
+            (ngx / sub).mkdir(parents=True, exist_ok=True)
+        site = render_nginx_site(listen=f"127.0.0.1:{port}", socketio_addrs=socketio_addrs,
+                                 api_addrs=api_addrs)
+        (ngx / "vantage6.conf").write_text(site)
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        tmp = ngx / "tmp"
+        (ngx / "nginx.conf").write_text(
+            f"""{user}worker_processes 1;
+pid {ngx / 'nginx.pid'};
+error_log {ngx / 'logs' / 'error.log'} info;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+    log_format upstream '$remote_addr "$request" $status $request_time up=$upstream_addr '
+                        'upstream_status=$upstream_status auth=$http_authorization';
+    access_log {ngx / 'logs' / 'access.log'} upstream;
+    client_body_temp_path {tmp / 'body'};
+    proxy_temp_path {tmp / 'proxy'};
+    fastcgi_temp_path {tmp / 'fastcgi'};
+    uwsgi_temp_path {tmp / 'uwsgi'};
+    scgi_temp_path {tmp / 'scgi'};
+    add_header X-Upstream-Addr $upstream_addr always;
+    include {ngx / 'vantage6.conf'};
+}}
+"""
+        )
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        super().__init__("nginx", [nginx, "-p", str(ngx), "-c", str(ngx / "nginx.conf")], workdir)
+
+    def start(self, timeout: float = 15):
+        super().start()
+        self.wait_http(f"{self.url}/api/version", timeout)
+
+    def upstream_of(self, authorization: str) -> str:
+        """The v6-socketio instance (host:port) nginx pins this Authorization
+        header to, learned from a throw-away Engine.IO handshake that is
+        closed right away."""
+        r = requests.get(
+            f"{self.url}/socket.io/", params={"EIO": "4", "transport": "polling"},
+            headers={"Authorization": authorization}, timeout=5,
+        )
+        r.raise_for_status()
+        upstream = r.headers["X-Upstream-Addr"].split(",")[-1].strip()
+        body = r.text
+        sid = json.loads(body[body.index("{"):])["sid"]
+        with contextlib.suppress(requests.RequestException):
+            requests.post(
+                f"{self.url}/socket.io/", params={"EIO": "4", "transport": "polling", "sid": sid},
+                headers={"Authorization": authorization}, data="1", timeout=5,
+            )
+        return upstream
+
+
+class LineReader:
+    """Collects a child's stdout JSON lines (used for the UI listener)."""
+
+    def __init__(self, argv: list[str], cwd: Path, label: str):
+        self.label = label
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.PIPE, text=True, bufsize=1)
+        self.lines: list[dict] = []
+        self.stderr: list[str] = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read_out, daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read_out(self):
+        for line in self.proc.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = {"raw": line}
+            with self.cond:
+                self.lines.append(obj)
+                self.cond.notify_all()
+
+    def _read_err(self):
+        for line in self.proc.stderr:
+            self.stderr.append(line.rstrip())
+
+    def stop(self):
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
