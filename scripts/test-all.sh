@@ -4,7 +4,11 @@
 #   2. builds the workspace and runs the Rust tests (unit + integration);
 #   3. sets up the Python virtualenvs (clients/requirements*.txt) and the npm
 #      packages of clients/js, then runs the compatibility suite (pytest)
-#      against the real server binary, on SQLite and PostgreSQL.
+#      against the real server binary, on SQLite and PostgreSQL;
+#   4. installs nginx when missing (Debian's package, as root), sets up the
+#      Python 3.10 virtualenv of vantage6-server 4.15.2 and runs the
+#      end-to-end suite (clients/e2e): the real vantage6 REST API and node
+#      socket code, three instances behind nginx, on SQLite and PostgreSQL.
 # Every stage runs even when an earlier one failed; the exit code is non-zero
 # when any stage failed. The runners' own summaries are printed.
 set -uo pipefail
@@ -52,17 +56,49 @@ ensure_rabbitmq() {
 }
 
 # A virtualenv that is rebuilt when its requirements file changes.
-ensure_venv() { # dir requirements
-    local dir=$1 req=$2 stamp
+ensure_venv() { # dir requirements [python]
+    local dir=$1 req=$2 python=${3:-$PYTHON} stamp
     stamp="$dir/.requirements.sha256"
     if [ -x "$dir/bin/python" ] && [ -f "$stamp" ] && sha256sum --quiet -c "$stamp" 2>/dev/null; then
         return 0
     fi
     echo "setting up $dir from $req"
     rm -rf "$dir"
-    "$PYTHON" -m venv "$dir" &&
+    "$python" -m venv "$dir" &&
         "$dir/bin/pip" install --quiet --disable-pip-version-check -r "$req" &&
         sha256sum "$req" >"$stamp"
+}
+
+# vantage6-server 4.15.2 runs on Python 3.10 only (PYTHON310 overrides).
+find_python310() {
+    local c
+    for c in "${PYTHON310:-}" python3.10 "$(command -v pyenv >/dev/null && pyenv root)/versions/"3.10*/bin/python3.10 \
+        "$HOME"/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do
+        [ -n "$c" ] || continue
+        if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
+            command -v "$c"
+            return 0
+        fi
+    done
+    return 1
+}
+
+ensure_nginx() {
+    if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+        return 0
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing nginx (Debian package nginx-light)"
+        # the package must not start a system-wide nginx on port 80
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light ||
+            { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light; }
+        local rc=$?
+        rm -f /usr/sbin/policy-rc.d
+        return $rc
+    fi
+    echo "nginx is not installed and cannot be installed here (needs root and apt-get)" >&2
+    return 1
 }
 
 stage "services"
@@ -98,6 +134,26 @@ if [ "$deps_ok" = 1 ]; then
     [ "$rc" = 0 ] || failed+=("pytest (exit $rc)")
 else
     failed+=("pytest (not run)")
+fi
+
+stage "end-to-end suite (vantage6 4.15.2 + nginx, pytest)"
+e2e_ok=1
+ensure_nginx || { failed+=("nginx"); e2e_ok=0; }
+if PY310=$(find_python310); then
+    ensure_venv clients/.venv-e2e clients/requirements-e2e.txt "$PY310" || { failed+=("e2e dependencies"); e2e_ok=0; }
+else
+    echo "Python 3.10 not found (vantage6-server 4.15.2 needs it): set PYTHON310 or install python3.10" >&2
+    failed+=("python3.10")
+    e2e_ok=0
+fi
+[ "$deps_ok" = 1 ] || e2e_ok=0 # the UI listener is clients/js
+if [ "$e2e_ok" = 1 ]; then
+    V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio" \
+        clients/.venv-e2e/bin/python -m pytest clients/e2e -p no:cacheprovider -rfE
+    rc=$?
+    [ "$rc" = 0 ] || failed+=("e2e pytest (exit $rc)")
+else
+    failed+=("e2e pytest (not run)")
 fi
 
 stage "summary"
