@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod affinity;
 pub mod auth;
 pub mod broker_metrics;
 pub mod config;
