@@ -14,7 +14,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::database_url::{DatabaseUrl, DatabaseUrlError};
+use crate::{
+    affinity::{is_valid_instance_name, InstanceName, MAX_INSTANCE_NAME_LEN},
+    database_url::{DatabaseUrl, DatabaseUrlError},
+};
 
 /// Default Engine.IO ping interval, as vantage6 (Engine.IO's default).
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
@@ -140,6 +143,11 @@ pub struct Config {
     pub message_queue_format: MessageQueueFormat,
     /// Log format.
     pub log_format: LogFormat,
+    /// The name the reverse proxy knows this instance by (`instance_name`).
+    pub instance_name: InstanceName,
+    /// Whether handshake responses set the `v6_socketio_instance` cookie
+    /// naming this instance, for the proxy's session affinity.
+    pub affinity_cookie: bool,
 }
 
 /// Settings that flags or environment variables may override. Each field is
@@ -176,6 +184,17 @@ pub struct ServeOverrides {
     /// Log format [default: text]
     #[arg(long, env = "V6_SOCKETIO_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Name of this instance in the session-affinity cookie and the proxy's pin map: 1-128 characters of A-Z a-z 0-9 . _ : - [default: <hostname>:<port>]
+    #[arg(long, env = "V6_SOCKETIO_INSTANCE_NAME")]
+    pub instance_name: Option<String>,
+    /// Set the cookie `v6_socketio_instance=<instance name>` on Engine.IO handshake responses, for the proxy's session affinity [default: true]
+    #[arg(
+        long,
+        env = "V6_SOCKETIO_AFFINITY_COOKIE",
+        value_name = "true|false",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub affinity_cookie: Option<bool>,
 }
 
 /// The parts of a vantage6 4.x server configuration file that we read.
@@ -217,6 +236,8 @@ struct OwnSection {
     max_buffer_size: Option<usize>,
     message_queue_format: Option<MessageQueueFormat>,
     log_format: Option<LogFormat>,
+    instance_name: Option<String>,
+    affinity_cookie: Option<bool>,
 }
 
 /// What [`Config::load`] noticed but accepted; the caller logs these once
@@ -359,6 +380,14 @@ impl Config {
             .log_format
             .or(own.log_format)
             .unwrap_or(LogFormat::Text);
+        let instance_name = match overrides.instance_name.clone().or(own.instance_name) {
+            Some(name) => instance_name(name)?,
+            None => default_instance_name(port)?,
+        };
+        let affinity_cookie = overrides
+            .affinity_cookie
+            .or(own.affinity_cookie)
+            .unwrap_or(true);
 
         Ok((
             Config {
@@ -375,10 +404,41 @@ impl Config {
                 max_buffer_size,
                 message_queue_format,
                 log_format,
+                instance_name,
+                affinity_cookie,
             },
             warnings,
         ))
     }
+}
+
+/// `<hostname>:<port>`, the hostname from `HOSTNAME` (set by Docker and
+/// most shells), else `/proc/sys/kernel/hostname` (Linux), else `localhost`;
+/// a hostname that would not make a valid [`InstanceName`] is skipped.
+fn default_instance_name(port: u16) -> Result<InstanceName, ConfigError> {
+    let suffix = format!(":{port}");
+    let usable = |host: String| {
+        let host = host.trim();
+        (host.len() + suffix.len() <= MAX_INSTANCE_NAME_LEN && is_valid_instance_name(host))
+            .then(|| host.to_owned())
+    };
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .and_then(usable)
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .and_then(usable)
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    instance_name(format!("{host}{suffix}"))
+}
+
+fn instance_name(name: String) -> Result<InstanceName, ConfigError> {
+    InstanceName::new(name).map_err(|e| ConfigError::Invalid {
+        name: "instance_name",
+        message: e.to_string(),
+    })
 }
 
 fn seconds(
@@ -448,6 +508,12 @@ mod tests {
         assert_eq!(c.ping_timeout, DEFAULT_PING_TIMEOUT);
         assert_eq!(c.cors_allowed_origins, CorsOrigins::Any);
         assert!(c.rabbitmq_uri.is_none());
+        assert!(
+            c.instance_name.as_str().ends_with(":7602"),
+            "{}",
+            c.instance_name
+        );
+        assert!(c.affinity_cookie);
         assert!(w.0.is_empty());
     }
 

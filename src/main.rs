@@ -29,8 +29,9 @@ enum Command {
     /// From the vantage6 file: jwt_secret_key, uri, cors_allowed_origins,
     /// rabbitmq.uri (or the legacy rabbitmq_uri). Our own settings live in a
     /// `v6_socketio:` section of the same file (ip, port, path, ping_interval,
-    /// ping_timeout, sweep_interval, max_payload, log_format) and can be
-    /// overridden by environment variables and flags (flag > env > file > default).
+    /// ping_timeout, sweep_interval, max_payload, max_buffer_size,
+    /// message_queue_format, log_format, instance_name, affinity_cookie) and can
+    /// be overridden by environment variables and flags (flag > env > file > default).
     /// Log verbosity: RUST_LOG (default info).
     Serve {
         /// The vantage6 server configuration file (YAML).

@@ -43,6 +43,8 @@ fn reads_vantage6_keys_and_ignores_the_rest() {
     assert_eq!(c.sweep_interval, Duration::from_millis(2500));
     assert_eq!(c.max_payload, 1_000_000);
     assert_eq!(c.log_format, LogFormat::Text);
+    assert_eq!(c.instance_name.as_str(), "from-file");
+    assert!(!c.affinity_cookie);
 }
 
 /// The `serve` flags, parsed as the binary parses them (clap resolves
@@ -59,11 +61,28 @@ fn flag_beats_env_beats_file_beats_default() {
     std::env::set_var("V6_SOCKETIO_PORT", "7800");
     std::env::set_var("V6_SOCKETIO_PING_TIMEOUT", "45");
     std::env::set_var("V6_SOCKETIO_LOG_FORMAT", "json");
+    std::env::set_var("V6_SOCKETIO_INSTANCE_NAME", "from-env");
+    std::env::set_var("V6_SOCKETIO_AFFINITY_COOKIE", "true");
     let from_env = Flags::parse_from(["serve"]).overrides;
-    let from_flag = Flags::parse_from(["serve", "--port", "7900", "--ip", "127.0.0.1"]).overrides;
+    let from_flag = Flags::parse_from([
+        "serve",
+        "--port",
+        "7900",
+        "--ip",
+        "127.0.0.1",
+        "--instance-name",
+        "from-flag:7900",
+        "--affinity-cookie",
+        "false",
+    ])
+    .overrides;
+    std::env::set_var("V6_SOCKETIO_INSTANCE_NAME", "not valid");
+    let invalid_env = Flags::parse_from(["serve"]).overrides;
     std::env::remove_var("V6_SOCKETIO_PORT");
     std::env::remove_var("V6_SOCKETIO_PING_TIMEOUT");
     std::env::remove_var("V6_SOCKETIO_LOG_FORMAT");
+    std::env::remove_var("V6_SOCKETIO_INSTANCE_NAME");
+    std::env::remove_var("V6_SOCKETIO_AFFINITY_COOKIE");
 
     let c = load(&from_env);
     assert_eq!(c.listen.port(), 7800, "env beats file");
@@ -75,12 +94,49 @@ fn flag_beats_env_beats_file_beats_default() {
         "file beats default"
     );
 
+    assert_eq!(c.instance_name.as_str(), "from-env", "env beats file");
+    assert!(c.affinity_cookie, "env beats file");
+
     let c = load(&from_flag);
     assert_eq!(
         c.listen.to_string(),
         "127.0.0.1:7900",
         "flag beats env and file"
     );
+    assert_eq!(
+        c.instance_name.as_str(),
+        "from-flag:7900",
+        "flag beats env and file"
+    );
+    assert!(!c.affinity_cookie, "flag beats env");
+
+    let err = Config::load(Path::new(FIXTURE), &invalid_env)
+        .expect_err("invalid name from the environment")
+        .to_string();
+    assert!(
+        err.contains("instance_name") && err.contains("not valid"),
+        "{err}"
+    );
+}
+
+#[test]
+fn instance_name_and_affinity_cookie_defaults() {
+    let (c, _) = from_yaml("jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {port: 7611}\n")
+        .expect("valid");
+    assert!(c.affinity_cookie, "the cookie is on by default");
+    // <hostname>:<port>, whatever this host is called.
+    let name = c.instance_name.as_str();
+    assert!(name.ends_with(":7611"), "{name}");
+    assert!(
+        v6_socketio::affinity::is_valid_instance_name(name),
+        "{name}"
+    );
+    let (c, _) = from_yaml(
+        "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {instance_name: '10.0.0.5:7602', affinity_cookie: true}\n",
+    )
+    .expect("valid");
+    assert_eq!(c.instance_name.as_str(), "10.0.0.5:7602");
+    assert!(c.affinity_cookie);
 }
 
 fn from_yaml(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
@@ -142,6 +198,18 @@ fn missing_or_invalid_settings_are_one_line_errors_naming_them() {
         (
             "jwt_secret_key: [not, a, string]\nuri: sqlite:///x\n",
             "jwt_secret_key",
+        ),
+        (
+            "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {instance_name: ''}\n",
+            "instance_name",
+        ),
+        (
+            "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {instance_name: 'a;b'}\n",
+            "instance_name",
+        ),
+        (
+            "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {affinity_cookie: maybe}\n",
+            "affinity_cookie",
         ),
     ];
     for (yaml, name) in cases {
