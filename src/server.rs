@@ -7,13 +7,14 @@ use std::{future::Future, sync::Arc, time::Duration};
 use socketioxide::{
     adapter::{Adapter, Emitter, LocalAdapter},
     layer::SocketIoLayer,
-    SocketIo,
+    SocketIo, SocketIoBuilder,
 };
 use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig, DataFormat};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::{
+    affinity::AffinityCookieLayer,
     auth::TokenVerifier,
     broker_metrics::BrokerCollector,
     config::{Config, MessageQueueFormat},
@@ -63,17 +64,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     store.check_schema().await.map_err(db_err)?;
     let verifier = TokenVerifier::new(&config.jwt_secret_key);
     let builder = |metrics: &Metrics| {
-        SocketIo::builder()
-            .req_path(config.path.clone())
-            .ping_interval(config.ping_interval)
-            .ping_timeout(config.ping_timeout)
-            .max_payload(config.max_payload)
-            .max_buffer_size(config.max_buffer_size)
-            .with_state(TasksContext::new(
-                store.clone(),
-                verifier.clone(),
-                metrics.clone(),
-            ))
+        socketio_builder(
+            &config,
+            TasksContext::new(store.clone(), verifier.clone(), metrics.clone()),
+        )
     };
 
     match config.rabbitmq_uri.clone() {
@@ -119,12 +113,51 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
 }
 
+/// The Socket.IO server as configured (path, timings, sizes) with the state
+/// of the `/tasks` handlers; the caller picks the adapter, builds the layer
+/// and registers the namespace.
+pub fn socketio_builder(config: &Config, ctx: TasksContext) -> SocketIoBuilder {
+    SocketIo::builder()
+        .req_path(config.path.clone())
+        .ping_interval(config.ping_interval)
+        .ping_timeout(config.ping_timeout)
+        .max_payload(config.max_payload)
+        .max_buffer_size(config.max_buffer_size)
+        .with_state(ctx)
+}
+
 /// The adapter's name for a [`MessageQueueFormat`].
 pub fn data_format(format: MessageQueueFormat) -> DataFormat {
     match format {
         MessageQueueFormat::Legacy => DataFormat::Value,
         MessageQueueFormat::Args => DataFormat::Args,
     }
+}
+
+/// The whole HTTP service of an instance: the routes of [`http::router`],
+/// the Socket.IO layer, and around it the affinity cookie (when
+/// `affinity_cookie` is on), CORS and the origin check.
+pub fn app<A: Adapter>(
+    config: &Config,
+    layer: SocketIoLayer<A>,
+    metrics: Metrics,
+    readiness: http::Readiness,
+) -> axum::Router {
+    let mut app = http::router(metrics, readiness).layer(layer);
+    if config.affinity_cookie {
+        // Outside the Socket.IO layer, which answers its requests itself;
+        // inside CORS, so that preflight answers get no cookie.
+        app = app.layer(AffinityCookieLayer::new(
+            &config.path,
+            &config.instance_name,
+        ));
+    }
+    let app = app.layer(http::cors_layer(&config.cors_allowed_origins));
+    http::with_origin_check(
+        app,
+        config.path.clone(),
+        config.cors_allowed_origins.clone(),
+    )
 }
 
 /// Mounts the Socket.IO layer on the HTTP router and serves until a signal;
@@ -138,14 +171,7 @@ async fn run<A: Adapter>(
     readiness: http::Readiness,
     close_adapter: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let app = http::router(metrics.clone(), readiness)
-        .layer(layer)
-        .layer(http::cors_layer(&config.cors_allowed_origins));
-    let app = http::with_origin_check(
-        app,
-        config.path.clone(),
-        config.cors_allowed_origins.clone(),
-    );
+    let app = app(config, layer, metrics.clone(), readiness);
 
     let sweep = sweeper::spawn(store, metrics.clone(), config.sweep_interval);
     let listener = TcpListener::bind(config.listen)
@@ -155,7 +181,14 @@ async fn run<A: Adapter>(
             source,
         })?;
     let addr = listener.local_addr().unwrap_or(config.listen);
-    info!(%addr, path = %config.path, database = %config.database.display_redacted(), "serving");
+    info!(
+        %addr,
+        path = %config.path,
+        database = %config.database.display_redacted(),
+        instance = %config.instance_name,
+        affinity_cookie = config.affinity_cookie,
+        "serving"
+    );
 
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown(io, metrics, close_adapter))
