@@ -6,7 +6,8 @@ once per database backend.  What each test guards:
 * the nginx template renders the way the nginx image's envsubst renders it,
   and ``nginx -t`` accepts the result;
 * deploy/compose.yaml has the expected services, mounts only files that
-  exist, fills every placeholder of the nginx template, and gives the
+  exist, fills every placeholder of the nginx template, pins each instance
+  by its instance name to its own upstream address, and gives the
   v6-socketio services only environment variables and flags that
   ``v6-socketio serve`` accepts, with values it accepts;
 * the shared vantage6 configuration file is accepted by the binary's loader
@@ -222,19 +223,28 @@ def render_template(**values) -> str:
 def test_nginx_template_renders_and_nginx_accepts_it(tmp_path):
     template = NGINX_TEMPLATE.read_text()
     assert placeholders(template) == {
-        "NGINX_LISTEN", "V6_SOCKETIO_SERVERS", "VANTAGE6_API_SERVERS", "MAX_BODY_SIZE"
+        "NGINX_LISTEN", "NGINX_RESOLVER", "V6_SOCKETIO_SERVERS", "V6_SOCKETIO_PINS",
+        "VANTAGE6_API_SERVERS", "MAX_BODY_SIZE",
     }, "the template's placeholders changed: update compose.yaml, the e2e harness and the README"
     rendered = render_template(
         NGINX_LISTEN=f"127.0.0.1:{free_port()}",
+        NGINX_RESOLVER="127.0.0.1",
         V6_SOCKETIO_SERVERS="server 127.0.0.1:7602; server 127.0.0.1:7603;",
+        V6_SOCKETIO_PINS="host-a:7602 127.0.0.1:7602;\n    host-a:7603 127.0.0.1:7603;",
         VANTAGE6_API_SERVERS="server 127.0.0.1:5000;",
         MAX_BODY_SIZE="100m",
     )
     assert not placeholders(rendered), f"placeholders left unfilled: {placeholders(rendered)}"
     # nginx's own variables survive the substitution, as with envsubst.
-    for var in ("http_authorization", "http_upgrade", "v6_connection_upgrade", "host"):
+    for var in ("http_authorization", "http_upgrade", "v6_connection_upgrade", "host",
+                "cookie_v6_socketio_instance", "arg_sid"):
         assert f"${var}" in rendered, f"${var} lost in rendering"
+    # Session affinity: new sessions hashed on Authorization, the requests of
+    # a session (with ?sid=) by the cookie the instances set (src/affinity.rs).
     assert "hash $http_authorization consistent;" in rendered, "session affinity is gone"
+    cookie = re.search(r'pub const COOKIE_NAME: &str = "([a-z0-9_]+)";',
+                       (REPO / "src" / "affinity.rs").read_text()).group(1)
+    assert f"$cookie_{cookie} " in rendered, f"the template does not route by the cookie {cookie}"
 
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if nginx is None:
@@ -295,6 +305,36 @@ def test_compose_upstreams_are_the_compose_services(compose, shared_config):
     api = servers(env["VANTAGE6_API_SERVERS"])
     uwsgi_port = int(re.search(r"--http :(\d+)", " ".join(service_command(services["vantage6-server"]))).group(1))
     assert api == [("vantage6-server", uwsgi_port)]
+
+
+def test_compose_pins_each_instance_by_its_name_to_its_own_address(compose, shared_config):
+    """V6_SOCKETIO_PINS maps each cookie value (an instance's instance_name)
+    to that instance's entry of V6_SOCKETIO_SERVERS, and nothing else."""
+    services = compose["services"]
+    env = service_env(services["nginx"])
+    servers = re.findall(r"server\s+([A-Za-z0-9_.-]+:\d+)[^;]*;", env["V6_SOCKETIO_SERVERS"])
+    pins = [line.strip() for line in env["V6_SOCKETIO_PINS"].split(";") if line.strip()]
+    pinned = {}
+    for pin in pins:
+        fields = pin.split()
+        assert len(fields) == 2, f"V6_SOCKETIO_PINS entry {pin!r} is not `INSTANCE_NAME host:port;`"
+        name, addr = fields
+        assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", name), f"{name!r} cannot be an instance name"
+        assert name not in pinned, f"{name} is pinned twice"
+        pinned[name] = addr
+    own_default = shared_config.get("v6_socketio", {}).get("instance_name")
+    names = {}
+    for service in V6_SOCKETIO_SERVICES:
+        name = service_env(services[service]).get("V6_SOCKETIO_INSTANCE_NAME", own_default)
+        assert name, f"{service} has no instance name: nginx cannot pin its sessions"
+        assert name not in names, f"{service} and {names.get(name)} share the instance name {name}"
+        names[name] = service
+    assert pinned.keys() == names.keys(), (
+        f"pin names {sorted(pinned)} are not the instance names {sorted(names)} of the v6-socketio services"
+    )
+    for name, addr in pinned.items():
+        assert addr in servers, f"{name} is pinned to {addr}, which is not an upstream server {servers}"
+        assert addr.split(":")[0] == names[name], f"{name} ({names[name]}) is pinned to another instance: {addr}"
 
 
 # ---------------------------------------------------------------------------
@@ -616,8 +656,11 @@ def test_systemd_exec_start_is_accepted(binary, serve_options):
     assert argv[0] == "/usr/local/bin/v6-socketio", argv
     assert_serve_args_known(argv[1:], serve_options, "ExecStart")
     assert "%i" in argv and argv[argv.index("%i") - 1] == "--port", "the instance name must be the port"
-    # The same arguments with this repository's config and a free port.
-    args = [{"%i": "0"}.get(a, a) for a in argv[1:]]
+    # Every instance is called <host>:<port>, the key of its nginx pin.
+    assert "--instance-name" in argv and argv[argv.index("--instance-name") + 1] == "%H:%i", argv
+    # The same arguments with this repository's config and a free port
+    # (systemd's specifiers: %i the unit's instance, %H the host name).
+    args = [a.replace("%i", "0").replace("%H", socket.gethostname()) for a in argv[1:]]
     args[args.index("--config") + 1] = str(SHARED_CONFIG)
     assert_config_accepted(binary, args, None, "systemd ExecStart")
     for line in settings.get("Environment", []):
