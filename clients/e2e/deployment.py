@@ -17,6 +17,7 @@ from harness import (
     Vantage6Server,
     free_port,
     server_binary,
+    wait_until,
     write_config,
 )
 from rest import Admin, Api, Collaboration, UserAccount
@@ -118,6 +119,10 @@ class Deployment:
         ui = UiListener(self.url, api.token, label)
         ui.wait_connected()
         ui.api = api
+        # connected once its own join message (one collaboration) is in
+        own_join = f"User <{user.username}> joined room <"
+        wait_until(lambda: any(e == "message" and str(d).startswith(own_join)
+                               for e, d in ui.since(0)), what=f"{label} joined its room")
         return ui
 
     def world(self) -> "World":

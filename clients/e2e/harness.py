@@ -216,7 +216,7 @@ class SocketioInstance(Process):
         env.pop("RUST_BACKTRACE", None)
         # the instance name is what the nginx pin map knows it by
         super().__init__(name, [str(server_binary()), "serve", "--config", str(config),
-                                "--port", str(port)],
+                                "--port", str(port), "--instance-name", f"127.0.0.1:{port}"],
                          workdir, env)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"

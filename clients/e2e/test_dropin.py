@@ -219,7 +219,7 @@ def test_expired_token_recovered_by_the_node_handler(world, deployment):
 def test_forged_token_recovered_by_the_node_handler(world, deployment):
     node = deployment.extra_node(world.a, "forged")
     try:
-        forged = _token_like(node.client.token, "not-the-server-secret")
+        forged = _token_like(node.client.token, "not-the-server-secret-but-just-as-long-0123456789")
         marks = Expect.mark([node])
         _reconnect_with(node, forged)
         # on_invalid_token: disconnect, authenticate with the API key, reconnect
