@@ -265,10 +265,11 @@ class Nginx(Process):
     (`X-Upstream-Addr`), so a test can tell which instance a client's
     Authorization header is pinned to."""
 
-    def __init__(self, workdir: Path, port: int, socketio_addrs: list[str], api_addrs: list[str]):
+    def __init__(self, workdir: Path, port: int, socketio_addrs: list[str], api_addrs: list[str],
+                 name: str = "nginx"):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        ngx = workdir / "nginx"
+        ngx = workdir / name
         for sub in ("logs", "tmp"):
             (ngx / sub).mkdir(parents=True, exist_ok=True)
         site = render_nginx_site(listen=f"127.0.0.1:{port}", socketio_addrs=socketio_addrs,
@@ -297,7 +298,7 @@ http {{
 """
         )
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        super().__init__("nginx", [nginx, "-p", str(ngx), "-c", str(ngx / "nginx.conf")], workdir)
+        super().__init__(name, [nginx, "-p", str(ngx), "-c", str(ngx / "nginx.conf")], workdir)
 
     def start(self, timeout: float = 15):
         super().start()

@@ -137,3 +137,59 @@ def test_mixed_fleet_with_vantage6_flask_socketio(world, deployment):
     finally:
         for c in clients:
             c.close()
+
+
+def test_migration_upstream_with_flask_socketio_and_v6_socketio(world, deployment, tmp_path):
+    """README "Migrating", step 3: one /socket.io/ upstream holding vantage6's
+    own server and a v6-socketio instance, behind the same template. Nodes as
+    vantage6 ships them (polling, then websocket) land on either and get the
+    same events; vantage6 sets no instance cookie, so a session it holds
+    relies on the Authorization hash for its handshake and upgrade."""
+    from harness import Nginx, free_port
+
+    flask_addr = f"127.0.0.1:{deployment.vantage6.port}"
+    v6_addr = deployment.instances[0].addr
+    nginx = Nginx(tmp_path, free_port(), [flask_addr, v6_addr],
+                  [f"127.0.0.1:{deployment.vantage6.port}"], name="nginx-migration")
+    nginx.start()
+    admin = deployment.admin
+    orgs = [admin.organization("org-mig") for _ in range(2)]
+    collab = admin.collaboration(orgs, "collab-mig")
+    nodes = []
+    try:
+        for org, target, label in ((orgs[0], flask_addr, "on-flask"), (orgs[1], v6_addr, "on-v6")):
+            account = admin.node(collab, org)
+            node = StubNodeWorker(account, nginx.url, label=label)
+            for _ in range(60):
+                node.authenticate()
+                if nginx.upstream_of(node.authorization) == target:
+                    break
+            else:
+                raise AssertionError(f"could not place {label} on {target}")
+            node.connect_to_socket()
+            node.events.wait_for(lambda evs: ("sync", None) in evs, what=f"{label} sync")
+            nodes.append(node)
+        on_flask, on_v6 = nodes
+        time.sleep(SETTLE)
+        assert on_flask.socketIO.transport() == on_v6.socketIO.transport() == "websocket"
+        user = admin.user(orgs[0])
+        api = Api.login(f"{nginx.url}/api", user.username, user.password)
+        marks = Expect.mark([*world.everyone, *nodes])
+        task = create_task(api, collab, orgs)
+        Expect.exactly(marks, {n: [("new_task", {"id": task["id"], "parent_id": None})]
+                               for n in nodes})
+        wait_until(lambda: all(n.running for n in nodes), what="runs queued")
+        for sender in nodes:
+            run = sender.running[0]
+            marks = Expect.mark([*world.everyone, *nodes])
+            sender.status_change(run, "completed")
+            relayed = ("algorithm_status_change", {
+                "status": "completed", "run_id": run["id"], "task_id": task["id"],
+                "job_id": task["job_id"], "collaboration_id": collab.id,
+                "node_id": sender.account.id, "organization_id": sender.account.organization_id,
+                "parent_id": None})
+            Expect.exactly(marks, {n: [relayed] for n in nodes})
+    finally:
+        for n in nodes:
+            n.close()
+        nginx.stop()
