@@ -190,11 +190,26 @@ def _token_like(token: str, secret: str, **changes) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def _reconnect_with(node: StubNodeWorker, bad_token: str):
+def _recover_from(world, node: StubNodeWorker, bad_token: str, signal_event: str):
+    """Reconnects `node` with `bad_token` and checks, recipient by recipient,
+    the whole recovery its real handler performs: the rejected connection
+    gets `signal_event` and announces nothing; the handler's new connection
+    is announced once, like any connect."""
     node.disconnect()
     wait_until(lambda: not node.connected, what="old socket closed")
+    time.sleep(SETTLE)  # its departure announced
+    marks = Expect.mark([*world.everyone, node])
     node.client._access_token = bad_token
     node.connect_to_socket()
+    node.events.wait_for(lambda evs: ("sync", None) in evs[marks[node]:], timeout=30,
+                         what=f"sync after {signal_event}")
+    Expect.exactly(marks, {
+        node: [(signal_event, None), *own_connect_events(node, world.a)],
+        **{c: a_room_events_for_connect(node, world.a) for c in [*world.nodes_a, world.user_a]},
+    })
+    events = [e for e, _ in node.events.since(marks[node])]
+    assert events.index(signal_event) < events.index("sync")
+    assert node.client.token != bad_token
 
 
 def test_expired_token_recovered_by_the_node_handler(world, deployment):
@@ -203,17 +218,10 @@ def test_expired_token_recovered_by_the_node_handler(world, deployment):
         past = int(time.time()) - 3600
         expired = _token_like(node.client.token, deployment.secret,
                               iat=past - 60, nbf=past - 60, exp=past)
-        marks = Expect.mark([node])
-        _reconnect_with(node, expired)
         # on_expired_token: disconnect, refresh the token through the REST
-        # API, reconnect, sync
-        node.events.wait_for(lambda evs: ("sync", None) in evs[marks[node]:], timeout=30,
-                             what="sync after the token refresh")
-        assert node.client.token != expired
+        # API (the refresh token is still valid), reconnect, sync
+        _recover_from(world, node, expired, "expired_token")
         assert jwt.decode(node.client.token, options={"verify_signature": False})["exp"] > time.time()
-        events = [e for e, _ in node.events.since(marks[node])]
-        assert events.index("expired_token") < events.index("sync")
-        assert "invalid_token" not in events
         _assert_delivers_again(world, node)
     finally:
         node.close()
@@ -223,15 +231,8 @@ def test_forged_token_recovered_by_the_node_handler(world, deployment):
     node = deployment.extra_node(world.a, "forged")
     try:
         forged = _token_like(node.client.token, "not-the-server-secret-but-just-as-long-0123456789")
-        marks = Expect.mark([node])
-        _reconnect_with(node, forged)
         # on_invalid_token: disconnect, authenticate with the API key, reconnect
-        node.events.wait_for(lambda evs: ("sync", None) in evs[marks[node]:], timeout=30,
-                             what="sync after re-authentication")
-        assert node.client.token != forged
-        events = [e for e, _ in node.events.since(marks[node])]
-        assert events.index("invalid_token") < events.index("sync")
-        assert "expired_token" not in events
+        _recover_from(world, node, forged, "invalid_token")
         _assert_delivers_again(world, node)
     finally:
         node.close()
