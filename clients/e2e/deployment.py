@@ -10,6 +10,7 @@ from pathlib import Path
 from clients import StubNodeWorker, UiListener, canon
 from harness import (
     DEFAULT_TIMEOUT,
+    Broker,
     Database,
     Nginx,
     SocketioInstance,
@@ -30,8 +31,9 @@ class Deployment:
         self.workdir = workdir
         self.secret = secret
         self.db = Database(backend, workdir)
+        self.broker = Broker()
         self.api_port = free_port()
-        self.config = write_config(workdir / "vantage6-server.yaml", db=self.db,
+        self.config = write_config(workdir / "vantage6-server.yaml", db=self.db, broker=self.broker,
                                    api_port=self.api_port, secret=secret)
         self.vantage6 = Vantage6Server(workdir, self.config, self.api_port)
         self.instances = [
@@ -64,6 +66,7 @@ class Deployment:
             self.db.drop()
         except Exception as exc:  # leave the database behind, say so
             print(f"could not drop {self.db.name}: {exc}")
+        self.broker.drop()
 
     def emit(self, room: str, event: str, data) -> None:
         """Publish like vantage6's REST API: `v6-socketio emit` on the shared

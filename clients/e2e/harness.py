@@ -94,7 +94,34 @@ class Database:
         conn.close()
 
 
-def write_config(path: Path, *, db: Database, api_port: int, secret: str) -> Path:
+class Broker:
+    """The RabbitMQ every process of one deployment uses.
+
+    vantage6's Flask-SocketIO always uses the exchange `flask-socketio`, so a
+    deployment gets a virtual host of its own (made with rabbitmqctl when it
+    is on this machine) and never sees another test run's events. With
+    V6_TEST_AMQP_URL set, that URL is used as it is."""
+
+    def __init__(self):
+        self.vhost = None
+        self.uri = AMQP_URI
+        ctl = shutil.which("rabbitmqctl") or ("/usr/sbin/rabbitmqctl" if Path("/usr/sbin/rabbitmqctl").exists() else None)
+        if "V6_TEST_AMQP_URL" in os.environ or ctl is None:
+            return
+        vhost = "v6e2e-" + uuid.uuid4().hex[:12]
+        subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, timeout=60, capture_output=True)
+        subprocess.run([ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                       check=True, timeout=60, capture_output=True)
+        self.ctl, self.vhost = ctl, vhost
+        self.uri = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+
+    def drop(self):
+        if self.vhost:
+            subprocess.run([self.ctl, "-q", "delete_vhost", self.vhost], timeout=60,
+                           capture_output=True)
+
+
+def write_config(path: Path, *, db: Database, broker: Broker, api_port: int, secret: str) -> Path:
     """One vantage6 server configuration shared by vantage6 and every
     v6-socketio instance (each instance gets its port from --port)."""
     config = {
@@ -115,7 +142,7 @@ def write_config(path: Path, *, db: Database, api_port: int, secret: str) -> Pat
             "datefmt": "%Y-%m-%d %H:%M:%S",
             "loggers": [{"name": "urllib3", "level": "warning"}],
         },
-        "rabbitmq": {"uri": AMQP_URI},
+        "rabbitmq": {"uri": broker.uri},
         "v6_socketio": {"ip": "127.0.0.1", "sweep_interval": 60},
     }
     # JSON is YAML: no YAML writer needed in this virtualenv's harness.
