@@ -7,6 +7,7 @@
 //! RabbitMQ holds it shared) and restarts the broker when dropped, even if the test fails.
 //! Skipped when `rabbitmqctl` is not usable.
 
+mod common;
 mod process_cluster;
 mod rabbit;
 

@@ -6,6 +6,7 @@
 //! [`Cluster::fence`]) collects what each client received, and the test compares it exactly:
 //! a missing, wrong or extra delivery fails.
 
+mod common;
 mod process_cluster;
 mod rabbit;
 

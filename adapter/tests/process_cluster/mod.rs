@@ -31,6 +31,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+pub use crate::common::eventually;
 use crate::rabbit::{self, BrokerCleanup};
 
 /// The namespace the nodes serve.
@@ -222,22 +223,6 @@ impl Cluster {
             out.push(c.until_fence(n).await);
         }
         out
-    }
-}
-
-/// Polls `check` until it holds, at most [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -324,28 +324,19 @@ async fn run_op(socket: &SocketRef<A>, io: &Io, req: &Value) -> Result<Value, St
                 .map_err(|e| e.to_string())?;
             let mut out = Vec::new();
             for s in sockets {
-                let mut rooms: Vec<String> = s
-                    .rooms()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .map(|r| r.to_string())
-                    .collect();
-                rooms.sort();
+                let rooms = sorted_rooms(s.rooms().await.map_err(|e| e.to_string())?);
                 out.push(json!({"sid": s.data().id.to_string(), "rooms": rooms}));
             }
             out.sort_by_key(|v| v["sid"].as_str().unwrap_or_default().to_owned());
             Ok(Value::Array(out))
         }
         "rooms" => {
-            let mut rooms: Vec<String> = operators(socket, io, req)
-                .rooms()
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|r| r.to_string())
-                .collect();
-            rooms.sort();
+            let rooms = sorted_rooms(
+                operators(socket, io, req)
+                    .rooms()
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
             Ok(json!(rooms))
         }
         "room_op" => {
@@ -394,14 +385,7 @@ async fn run_op(socket: &SocketRef<A>, io: &Io, req: &Value) -> Result<Value, St
                 "leave" => remote.leave(rooms).await.map_err(|e| e.to_string())?,
                 "disconnect" => remote.disconnect().await.map_err(|e| e.to_string())?,
                 "rooms" => {
-                    let mut rooms: Vec<String> = remote
-                        .rooms()
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .into_iter()
-                        .map(|r| r.to_string())
-                        .collect();
-                    rooms.sort();
+                    let rooms = sorted_rooms(remote.rooms().await.map_err(|e| e.to_string())?);
                     return Ok(json!(rooms));
                 }
                 other => return Err(format!("unknown remote action {other:?}")),
@@ -419,4 +403,11 @@ async fn run_op(socket: &SocketRef<A>, io: &Io, req: &Value) -> Result<Value, St
         }
         other => Err(format!("unknown op {other:?}")),
     }
+}
+
+/// Room names, sorted, as the tests compare them.
+fn sorted_rooms(rooms: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
+    let mut rooms: Vec<String> = rooms.into_iter().map(|r| r.to_string()).collect();
+    rooms.sort();
+    rooms
 }

@@ -96,43 +96,54 @@ impl Drop for BrokerCleanup {
 
 /// Whether exchange `name` exists (a passive declaration).
 pub async fn exchange_exists(name: &str) -> bool {
-    let conn = Connection::connect(&uri(), ConnectionProperties::default())
-        .await
-        .expect("connect");
-    let channel = conn.create_channel().await.expect("channel");
-    let res = channel
-        .exchange_declare(
-            name.into(),
-            lapin::ExchangeKind::Fanout,
-            lapin::options::ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await;
-    let _ = conn.close(200, "bye".into()).await;
-    res.is_ok()
+    passive_declare(|channel| async move {
+        channel
+            .exchange_declare(
+                name.into(),
+                lapin::ExchangeKind::Fanout,
+                lapin::options::ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+    })
+    .await
 }
 
 /// Whether queue `name` exists (a passive declaration).
 pub async fn queue_exists(name: &str) -> bool {
+    passive_declare(|channel| async move {
+        channel
+            .queue_declare(
+                name.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .map(|_| ())
+    })
+    .await
+}
+
+/// Runs one passive declaration on a connection of its own (a failed one
+/// closes the channel) and says whether it succeeded.
+async fn passive_declare<F, Fut>(declare: F) -> bool
+where
+    F: FnOnce(lapin::Channel) -> Fut,
+    Fut: std::future::Future<Output = lapin::Result<()>>,
+{
     let conn = Connection::connect(&uri(), ConnectionProperties::default())
         .await
         .expect("connect");
     let channel = conn.create_channel().await.expect("channel");
-    let res = channel
-        .queue_declare(
-            name.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await;
+    let ok = declare(channel).await.is_ok();
     let _ = conn.close(200, "bye".into()).await;
-    res.is_ok()
+    ok
 }
 
 /// An advisory lock on `$TMPDIR/socketioxide-amqp-rabbitmq.lock`: tests that use the broker take
