@@ -30,7 +30,6 @@ EOF on stdin stops the server; its queue is deleted.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import socketserver
@@ -42,27 +41,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import kombu
 import socketio
 
+from jsonbytes import decode, encode
+
 _out_lock = threading.Lock()
-
-
-def encode(value):
-    if isinstance(value, (bytes, bytearray)):
-        return {"$bytes": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, dict):
-        return {k: encode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [encode(v) for v in value]
-    return value
-
-
-def decode(value):
-    if isinstance(value, dict):
-        if set(value) == {"$bytes"}:
-            return base64.b64decode(value["$bytes"])
-        return {k: decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    return value
 
 
 def out(obj):

@@ -27,7 +27,8 @@ from vantage6.common.client.node_client import NodeClient
 from vantage6.common.encryption import DummyCryptor
 from vantage6.node.socket import NodeTaskNamespace
 
-from harness import DEFAULT_TIMEOUT, ROOT, LineReader
+from harness import DEFAULT_TIMEOUT, ROOT, wait_until
+from lineproc import LineProcess, wait_on
 from rest import NodeAccount
 
 log = logging.getLogger("e2e.clients")
@@ -72,19 +73,11 @@ class EventLog:
             return [e for e in self._events[mark:] if include_local or e[0] not in LOCAL_EVENTS]
 
     def wait_for(self, predicate, timeout: float = DEFAULT_TIMEOUT, what: str = ""):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                value = predicate(list(self._events))
-                if value:
-                    return value
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"{self.label}: timed out after {timeout}s waiting for {what}; "
-                        f"received {self._events}"
-                    )
-                self._cond.wait(min(remaining, 0.2))
+        return wait_on(
+            self._cond, lambda: predicate(list(self._events)), timeout,
+            lambda: f"{self.label}: timed out after {timeout}s waiting for {what}; "
+            f"received {self._events}",
+        )
 
 
 class StubNodeWorker:
@@ -201,6 +194,13 @@ class StubNodeWorker:
         self.connect_to_socket()
         return self
 
+    def queued_run(self, task_id: int, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """This node's run of task `task_id`, once its `new_task` handler (or
+        a sync) has fetched it from the server."""
+        return wait_until(
+            lambda: next((r for r in self.queue if r["task"]["id"] == task_id), None),
+            timeout, what=f"{self.label} queued its run of task {task_id}")
+
     @property
     def authorization(self) -> str:
         return self.client.headers["Authorization"]
@@ -248,10 +248,10 @@ class UiListener:
         self._history: list[tuple[str, object]] = []
         self.reader = self._spawn()
 
-    def _spawn(self) -> LineReader:
+    def _spawn(self) -> LineProcess:
         script = ROOT / "clients" / "js" / "client.js"
-        return LineReader(["node", str(script), "--url", self.server_url, "--token", self.token,
-                           "--transport", self.transport], cwd=Path(script).parent, label=self.label)
+        return LineProcess(["node", str(script), "--url", self.server_url, "--token", self.token,
+                            "--transport", self.transport], cwd=Path(script).parent, label=self.label)
 
     @property
     def alive(self) -> bool:
@@ -286,14 +286,7 @@ class UiListener:
         return self._events()[mark:]
 
     def wait_connected(self, timeout: float = DEFAULT_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        with self.reader.cond:
-            while not any(o.get("event") == "connect" for o in self.reader.lines):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"{self.label}: not connected: {self.reader.lines} "
-                                         f"{self.reader.stderr[-10:]}")
-                self.reader.cond.wait(min(remaining, 0.2))
+        self.reader.wait_line(lambda o: o.get("event") == "connect", timeout, what="connect")
 
     def close(self):
         self.reader.stop()

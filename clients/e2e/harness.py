@@ -16,7 +16,6 @@ import socket
 import string
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -349,44 +348,3 @@ http {{
                 headers={"Authorization": authorization}, data="1", timeout=5,
             )
         return upstream
-
-
-class LineReader:
-    """Collects a child's stdout JSON lines (used for the UI listener)."""
-
-    def __init__(self, argv: list[str], cwd: Path, label: str):
-        self.label = label
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.PIPE, text=True, bufsize=1)
-        self.lines: list[dict] = []
-        self.stderr: list[str] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read_out, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
-
-    def _read_out(self):
-        for line in self.proc.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                obj = {"raw": line}
-            with self.cond:
-                self.lines.append(obj)
-                self.cond.notify_all()
-
-    def _read_err(self):
-        for line in self.proc.stderr:
-            self.stderr.append(line.rstrip())
-
-    def stop(self):
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)

@@ -69,8 +69,7 @@ def test_task_creation_reaches_every_node_of_the_collaboration(world, deployment
     Expect.exactly(marks, {c: [new_task] for c in [*world.nodes_a, world.user_a]})
     # the real on_new_task fetched each node's open run through the REST API
     for node in world.nodes_a:
-        wait_until(lambda: any(r["task"]["id"] == task["id"] for r in node.queue),
-                   what=f"{node.label} queued the run of task {task['id']}")
+        node.queued_run(task["id"])
         assert {r["organization"]["id"] for r in node.queue if r["task"]["id"] == task["id"]} == {
             node.account.organization_id}
 
@@ -78,8 +77,7 @@ def test_task_creation_reaches_every_node_of_the_collaboration(world, deployment
 def test_kill_containers(world, deployment):
     task = _task_for(world, world.a, world.orgs_a)
     for node in world.nodes_a:
-        wait_until(lambda: any(r["task"]["id"] == task["id"] for r in node.queue),
-                   what=f"{node.label} queued its run")
+        node.queued_run(task["id"])
     runs = {r["organization"]["id"]: r for r in runs_of_task(world.user_a.api, task["id"])}
     marks = Expect.mark(world.everyone)
     world.user_a.api.post("kill/task", {"id": task["id"]})
@@ -111,8 +109,7 @@ def test_kill_node_tasks(world, deployment):
     target = world.nodes_a[2]
     task = _task_for(world, world.a, world.orgs_a)
     for node in world.nodes_a:
-        wait_until(lambda: any(r["task"]["id"] == task["id"] for r in node.queue),
-                   what=f"{node.label} queued its run")
+        node.queued_run(task["id"])
     running = list(target.running)  # this task's run and any earlier still running
     assert task["id"] in [r["task"]["id"] for r in running]
     others_killed = [list(n.killed_runs) for n in world.nodes_a[:2]]
@@ -140,8 +137,7 @@ def test_kill_node_tasks(world, deployment):
 def test_algorithm_status_change_relayed_with_job_id(world, deployment):
     task = _task_for(world, world.a, world.orgs_a)
     sender = world.nodes_a[0]
-    wait_until(lambda: any(r["task"]["id"] == task["id"] for r in sender.queue), what="run queued")
-    run = next(r for r in sender.queue if r["task"]["id"] == task["id"])
+    run = sender.queued_run(task["id"])
     marks = Expect.mark(world.everyone)
     sender.status_change(run, "active")
     relayed = ("algorithm_status_change", {
@@ -156,8 +152,7 @@ def test_algorithm_status_change_relayed_with_job_id(world, deployment):
 def test_algorithm_log(world, deployment):
     task = _task_for(world, world.a, world.orgs_a)
     sender = world.nodes_a[1]
-    wait_until(lambda: any(r["task"]["id"] == task["id"] for r in sender.queue), what="run queued")
-    run = next(r for r in sender.queue if r["task"]["id"] == task["id"])
+    run = sender.queued_run(task["id"])
     marks = Expect.mark(world.everyone)
     lines = [f"step {i}: ok" for i in range(5)]
     for line in lines:
@@ -265,9 +260,7 @@ def test_transports(world, deployment, transport):
     task = _task_for(world, world.a, world.orgs_a)
     new_task = ("new_task", {"id": task["id"], "parent_id": None})
     Expect.exactly(marks, {c: [new_task] for c in [*nodes, world.user_a]})
-    wait_until(lambda: all(any(r["task"]["id"] == task["id"] for r in n.queue) for n in nodes),
-               what="runs queued")
-    run = next(r for r in nodes[1].queue if r["task"]["id"] == task["id"])
+    run = [n.queued_run(task["id"]) for n in nodes][1]  # every node queued; node 1 reports
     marks = Expect.mark(world.everyone)
     nodes[1].status_change(run, "completed")
     relayed = ("algorithm_status_change", {

@@ -92,13 +92,11 @@ def test_mixed_fleet_with_vantage6_flask_socketio(world, deployment):
         task = create_task(api, m, orgs)
         Expect.exactly(marks, {c: [("new_task", {"id": task["id"], "parent_id": None})]
                                for c in members})
-        for n in (f0, f1, r0, r1):
-            wait_until(lambda n=n: any(r["task"]["id"] == task["id"] for r in n.running),
-                       what=f"{n.label} queued its run")
+        runs = {n: n.queued_run(task["id"]) for n in (f0, f1, r0, r1)}
 
         # algorithm_status_change handled by vantage6's Flask handler, relayed by v6-socketio
         for sender in (f0, r0):
-            run = next(r for r in sender.running if r["task"]["id"] == task["id"])
+            run = runs[sender]
             marks = Expect.mark([*world.everyone, *members])
             sender.status_change(run, "active")
             relayed = ("algorithm_status_change", {
@@ -108,7 +106,7 @@ def test_mixed_fleet_with_vantage6_flask_socketio(world, deployment):
             Expect.exactly(marks, {c: [relayed] for c in members})
 
         # algorithm_log from a Flask-served node reaches everyone, stored once
-        run = next(r for r in f1.running if r["task"]["id"] == task["id"])
+        run = runs[f1]
         marks = Expect.mark([*world.everyone, *members])
         f1.emit("algorithm_log", {"run_id": run["id"], "task_id": task["id"],
                                   "collaboration_id": m.id, "log": "from flask"})

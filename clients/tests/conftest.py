@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # clients/: lineproc, jsonbytes
 
 import support  # noqa: E402
 from support import (  # noqa: E402

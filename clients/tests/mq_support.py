@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import json
@@ -28,7 +27,9 @@ from pathlib import Path
 import kombu
 
 import support
-from support import CLIENTS, DEFAULT_TIMEOUT, REPO, LineProcess, Recorder, free_port
+from jsonbytes import decode, encode
+from lineproc import LineProcess
+from support import CLIENTS, DEFAULT_TIMEOUT, REPO, Recorder, free_port
 
 AMQP_URL = os.environ.get("V6_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 VENV_515 = CLIENTS / ".venv" / "bin" / "python"
@@ -128,19 +129,8 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-# JSON with bytes, as mq_server.py writes and reads it
-def b(raw: bytes) -> dict:
-    return {"$bytes": base64.b64encode(raw).decode()}
-
-
-def decode(value):
-    if isinstance(value, dict):
-        if set(value) == {"$bytes"}:
-            return base64.b64decode(value["$bytes"])
-        return {k: decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    return value
+# JSON with bytes, as mq_server.py writes and reads it: b(raw) for an argument
+b = encode
 
 
 # ---------------------------------------------------------------------------

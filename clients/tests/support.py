@@ -54,13 +54,14 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 
+from lineproc import DEFAULT_TIMEOUT, wait_on  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS = REPO / "clients"
 NS = "/tasks"
 
 # default quiet period used to assert that no further events arrive
 SETTLE = float(os.environ.get("V6_TEST_SETTLE", "0.3"))
-DEFAULT_TIMEOUT = float(os.environ.get("V6_TEST_TIMEOUT", "8"))
 
 
 # ---------------------------------------------------------------------------
@@ -740,19 +741,11 @@ class Recorder:
 
     def wait_for(self, predicate, timeout: float = DEFAULT_TIMEOUT, what: str = ""):
         """Wait until ``predicate(events)`` is truthy; return its value."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                value = predicate(list(self.events))
-                if value:
-                    return value
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"{self.label}: timed out after {timeout}s waiting for {what or predicate}; "
-                        f"events so far: {pretty(self.events)}"
-                    )
-                self.cond.wait(remaining)
+        return wait_on(
+            self.cond, lambda: predicate(list(self.events)), timeout,
+            lambda: f"{self.label}: timed out after {timeout}s waiting for {what or predicate}; "
+            f"events so far: {pretty(self.events)}",
+        )
 
     def wait_count(self, n: int, timeout: float = DEFAULT_TIMEOUT):
         return self.wait_for(lambda evs: len(evs) >= n, timeout, what=f"{n} events")
@@ -831,91 +824,6 @@ def left_msg(name: str, room: str):
 # ---------------------------------------------------------------------------
 # subprocess clients (node simulator in another venv, JS client)
 # ---------------------------------------------------------------------------
-class LineProcess:
-    """A subprocess that prints JSON lines; collects them thread-safely."""
-
-    def __init__(self, argv, cwd=None, env=None, stdin=True, label=""):
-        self.label = label
-        self.argv = argv
-        self.proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, text=True, bufsize=1,
-        )
-        self.lines: list[dict] = []
-        self.stderr: list[str] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read_out, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
-
-    def _read_out(self):
-        for line in self.proc.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                obj = {"raw": line}
-            with self.cond:
-                self.lines.append(obj)
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    def _read_err(self):
-        for line in self.proc.stderr:
-            self.stderr.append(line.rstrip())
-
-    def send(self, obj: dict):
-        self.proc.stdin.write(json.dumps(obj) + "\n")
-        self.proc.stdin.flush()
-
-    def events(self, include_local=False) -> list[tuple[str, object]]:
-        with self.cond:
-            return [
-                (o["event"], o.get("data")) for o in self.lines
-                if "event" in o and (include_local or not o.get("local"))
-                and o["event"] not in (() if include_local else ("connect", "disconnect", "upgrade", "connect_error"))
-            ]
-
-    def sent(self) -> list[tuple[str, object]]:
-        with self.cond:
-            return [(o["sent"], o.get("data")) for o in self.lines if "sent" in o]
-
-    def wait_for(self, predicate, timeout: float = DEFAULT_TIMEOUT, what: str = ""):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                value = predicate(list(self.lines))
-                if value:
-                    return value
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"{self.label}: timed out after {timeout}s waiting for {what}; "
-                        f"stdout: {self.lines}\nstderr tail:\n" + "\n".join(self.stderr[-30:])
-                    )
-                self.cond.wait(min(remaining, 0.2))
-
-    def wait_line(self, pred, timeout=DEFAULT_TIMEOUT, what=""):
-        return self.wait_for(lambda ls: next((l for l in ls if pred(l)), None), timeout, what)
-
-    def stop(self, timeout=5):
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(3)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(3)
-        return self.proc.returncode
-
-
 def quiesce(*recorders: Recorder, settle: float = SETTLE):
     """Let in-flight events arrive, then forget them."""
     time.sleep(settle)

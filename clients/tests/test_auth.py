@@ -6,8 +6,6 @@ is ignored without hurting the server.
 """
 from __future__ import annotations
 
-import pytest
-
 from support import (
     expect_exact,
     expect_silence,

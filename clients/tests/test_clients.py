@@ -3,18 +3,15 @@ python-socketio 5.15.0 (this venv) and 5.18.1 (clients/.venv-sio518), and the
 JavaScript socket.io-client 4.8 as the vantage6 UI uses it."""
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from lineproc import LineProcess
 from support import (
     CLIENTS,
-    LineProcess,
     expect_exact,
     join_msg,
     left_msg,

@@ -84,6 +84,21 @@ FLEETS = {
 FIRST_BACKEND = next(b for b in os.environ.get("V6_TEST_BACKENDS", "sqlite,postgres").split(",") if b)
 
 
+def start_all(processes, cleanup):
+    """Starts `processes` in order; if one fails, stops those that started,
+    runs `cleanup` and fails the test."""
+    started = []
+    try:
+        for p in processes:
+            p.start()
+            started.append(p)
+    except Exception as exc:
+        for p in started:
+            p.stop()
+        cleanup()
+        pytest.fail(f"mixed fleet did not start: {exc}")
+
+
 @pytest.fixture(scope="module", params=list(FLEETS))
 def v6fleet(request, broker, db, jwt_secret, tmp_path_factory):
     """(version, format, v6-socketio serve, python server P, python reference server Q)."""
@@ -97,16 +112,7 @@ def v6fleet(request, broker, db, jwt_secret, tmp_path_factory):
     })
     py = PyServer(python, label=f"py-{version}")
     ref = PyServer(python, label=f"py-{version}-reference")
-    started = []
-    try:
-        for s in (v6, py, ref):
-            s.start()
-            started.append(s)
-    except Exception as exc:
-        for s in started:
-            s.stop()
-        mq_support.stop_serve(v6)
-        pytest.fail(f"mixed fleet did not start: {exc}")
+    start_all((v6, py, ref), cleanup=lambda: mq_support.stop_serve(v6))
     assert py.version == version and ref.version == version, (py.version, ref.version)
     yield version, fmt, v6, py, ref
     py.stop()
@@ -356,16 +362,7 @@ def test_v6_instance_dropped_no_python_message_as_invalid(v6fleet):
 def start_fleet(exchange, rust, py):
     """Starts the Rust node and the python server; on failure stops what
     started, deletes the exchange and fails the test."""
-    started = []
-    try:
-        for s in (rust, py):
-            s.start()
-            started.append(s)
-    except Exception as exc:
-        for s in started:
-            s.stop()
-        mq_support.delete_exchange(exchange)
-        pytest.fail(f"mixed fleet did not start: {exc}")
+    start_all((rust, py), cleanup=lambda: mq_support.delete_exchange(exchange))
 
 
 def stop_fleet(exchange, rust, py):
