@@ -1,4 +1,4 @@
-"""Child processes that speak JSON lines, and waiting on a condition.
+"""Child processes that speak JSON lines, and waiting (polling, or on a condition).
 
 Shared by the compatibility suite (clients/tests) and the end-to-end suite
 (clients/e2e), which run in different virtualenvs: standard library only.
@@ -14,6 +14,18 @@ import time
 
 #: Longest wait for an expected event (V6_TEST_TIMEOUT, seconds).
 DEFAULT_TIMEOUT = float(os.environ.get("V6_TEST_TIMEOUT", "8"))
+
+
+def wait_until(predicate, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02, what: str = ""):
+    """Polls `predicate` until it returns something truthy; returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
 
 
 def wait_on(cond: threading.Condition, check, timeout: float, describe):

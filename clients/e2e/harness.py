@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+import lineproc
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,15 +37,8 @@ def free_port() -> int:
 
 
 def wait_until(predicate, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.05, what: str = ""):
-    """Polls `predicate` until it returns something truthy; returns it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+    """lineproc.wait_until with this suite's longer default timeout."""
+    return lineproc.wait_until(predicate, timeout, interval, what)
 
 
 def server_binary() -> Path:

@@ -54,7 +54,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 
-from lineproc import DEFAULT_TIMEOUT, wait_on  # noqa: E402
+from lineproc import DEFAULT_TIMEOUT, wait_on, wait_until  # noqa: E402,F401  (wait_until: for the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS = REPO / "clients"
@@ -81,18 +81,6 @@ def http_get(url: str, headers: dict | None = None, timeout: float = 5.0):
             return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
-
-
-def wait_until(predicate, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02, what: str = ""):
-    """Poll ``predicate`` until it returns a truthy value; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def utcnow_naive() -> dt.datetime:
