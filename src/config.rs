@@ -13,6 +13,7 @@ use std::{
 };
 
 use serde::Deserialize;
+use socketioxide_amqp::{BrokerUri, UriError};
 
 use crate::{
     affinity::{is_valid_instance_name, InstanceName, MAX_INSTANCE_NAME_LEN},
@@ -70,6 +71,14 @@ pub enum ConfigError {
     /// `uri` could not be understood.
     #[error("invalid setting `uri`: {0}")]
     DatabaseUrl(#[from] DatabaseUrlError),
+    /// `rabbitmq.uri` (or the legacy `rabbitmq_uri`) cannot be read as kombu reads it.
+    #[error("invalid setting `{name}`: {source}")]
+    RabbitMqUri {
+        /// The setting.
+        name: &'static str,
+        /// Why (the URI shown without its password).
+        source: UriError,
+    },
     /// `rabbitmq.uri` and the legacy `rabbitmq_uri` disagree.
     #[error(
         "conflicting settings `rabbitmq.uri` ({nested}) and legacy `rabbitmq_uri` ({legacy}): \
@@ -122,7 +131,7 @@ pub struct Config {
     /// The vantage6 database (`uri`).
     pub database: DatabaseUrl,
     /// RabbitMQ URI for cross-instance delivery (`rabbitmq.uri` or legacy `rabbitmq_uri`).
-    pub rabbitmq_uri: Option<String>,
+    pub rabbitmq_uri: Option<BrokerUri>,
     /// `cors_allowed_origins`.
     pub cors_allowed_origins: CorsOrigins,
     /// Where to listen.
@@ -308,14 +317,14 @@ impl Config {
                     legacy: redact_uri(&l),
                 })
             }
-            (Some(n), _) => Some(n),
+            (Some(n), _) => Some(parse_broker_uri("rabbitmq.uri", &n)?),
             (None, Some(l)) => {
                 warnings.0.push(format!(
                     "legacy top-level `rabbitmq_uri` ({}) is used; vantage6 4.x ignores this key, \
                      so its own instances do not scale over RabbitMQ: move it to `rabbitmq: {{uri: ...}}`",
                     redact_uri(&l)
                 ));
-                Some(l)
+                Some(parse_broker_uri("rabbitmq_uri", &l)?)
             }
             (None, None) => None,
         };
@@ -479,6 +488,11 @@ fn normalize_path(path: String) -> Result<String, ConfigError> {
         });
     }
     Ok(format!("/{trimmed}/"))
+}
+
+/// `rabbitmq.uri` with kombu's rules, as vantage6's REST API and Flask-SocketIO read it.
+fn parse_broker_uri(name: &'static str, uri: &str) -> Result<BrokerUri, ConfigError> {
+    BrokerUri::parse(uri).map_err(|source| ConfigError::RabbitMqUri { name, source })
 }
 
 /// Hides the password of a URI for logs and error messages.

@@ -2,7 +2,7 @@
 //! RabbitMQ, the way vantage6's REST API does, without running a server.
 
 use serde_json::Value;
-use socketioxide_amqp::{AmqpConfig, AmqpDriver, Emitter};
+use socketioxide_amqp::{AmqpConfig, AmqpDriver, BrokerUri, Emitter};
 
 use crate::config::MessageQueueFormat;
 
@@ -20,8 +20,8 @@ pub enum EmitError {
 /// One event to publish.
 #[derive(Debug, Clone)]
 pub struct EmitRequest {
-    /// RabbitMQ URI.
-    pub rabbitmq_uri: String,
+    /// RabbitMQ, read with kombu's rules.
+    pub rabbitmq_uri: BrokerUri,
     /// Exchange shared with the servers (`flask-socketio` for vantage6).
     pub exchange: String,
     /// Namespace, e.g. `/tasks`.

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use socketioxide_amqp::BrokerUri;
 use tracing_subscriber::{fmt, EnvFilter};
 use v6_socketio::{
     config::{Config, LogFormat, MessageQueueFormat, ServeOverrides},
@@ -53,7 +54,8 @@ enum Command {
             required_unless_present = "rabbitmq_uri"
         )]
         config: Option<PathBuf>,
-        /// RabbitMQ URI (instead of --config), e.g. amqp://guest:guest@127.0.0.1:5672/%2f
+        /// RabbitMQ URI (instead of --config), read as vantage6 (kombu) reads it, e.g.
+        /// amqp://guest:guest@127.0.0.1:5672/ (virtual host /)
         #[arg(long, env = "V6_SOCKETIO_RABBITMQ_URI")]
         rabbitmq_uri: Option<String>,
         /// Exchange the servers share (Flask-SocketIO's default channel).
@@ -150,7 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let rabbitmq_uri = match (rabbitmq_uri, &file) {
-                (Some(uri), _) => uri,
+                (Some(uri), _) => BrokerUri::parse(&uri).context("invalid --rabbitmq-uri")?,
                 (None, Some(file)) => file
                     .rabbitmq_uri
                     .clone()

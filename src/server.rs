@@ -85,7 +85,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
         Some(uri) => {
             let broker_err = |source| ServeError::Broker {
-                uri: crate::config::redact_uri(&uri),
+                uri: uri.redacted().to_owned(),
                 source,
             };
             let ctr = AmqpAdapterCtr::connect_with_config(
@@ -95,7 +95,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             )
             .await
             .map_err(broker_err)?;
-            info!(uri = %crate::config::redact_uri(&uri), host_id = ctr.host_id(), "sharing rooms over RabbitMQ");
+            info!(uri = %uri, vhost = uri.vhost(), host_id = ctr.host_id(), "sharing rooms over RabbitMQ");
             let metrics = Metrics::with_collectors(vec![Box::new(BrokerCollector(ctr.clone()))]);
             let broker = ctr.clone();
             let readiness = http::Readiness {

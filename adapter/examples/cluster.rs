@@ -61,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let exchange = std::env::var("EXCHANGE").unwrap_or_else(|_| "flask-socketio".to_owned());
 
     let ctr = AmqpAdapterCtr::connect_with_config(
-        AmqpConfig::new(uri).with_exchange(exchange),
+        AmqpConfig::new(uri.parse()?).with_exchange(exchange),
         AdapterConfig::default(),
     )
     .await?;

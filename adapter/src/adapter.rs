@@ -59,6 +59,7 @@ use tracing::Instrument;
 
 use crate::{
     broker::{AmqpConfig, AmqpDriver, BrokerError, Driver, MessageStream},
+    uri::{BrokerUri, UriError},
     wire::{
         self, CallbackRef, DataFormat, Emit, Heartbeat, HeartbeatKind, Message, Reply, Request,
         RequestOp, Response, Targets, WireError, WireValue,
@@ -74,6 +75,9 @@ pub enum Error {
     /// A message could not be encoded.
     #[error("wire error: {0}")]
     Wire(#[from] WireError),
+    /// The broker URI cannot be used.
+    #[error("invalid broker URI: {0}")]
+    Uri(#[from] UriError),
     /// The packet cannot be sent to other servers.
     #[error("unsupported packet: {0}")]
     Unsupported(&'static str),
@@ -262,8 +266,10 @@ impl<D> std::fmt::Debug for AmqpAdapterCtr<D> {
 }
 
 impl AmqpAdapterCtr<AmqpDriver> {
-    /// Connects to RabbitMQ at `uri` with the default settings (exchange `flask-socketio`).
-    pub async fn connect(uri: impl Into<String>) -> Result<Self, Error> {
+    /// Connects to RabbitMQ at `uri` (read with kombu's rules, see [`BrokerUri`]) with the
+    /// default settings (exchange `flask-socketio`).
+    pub async fn connect(uri: &str) -> Result<Self, Error> {
+        let uri = BrokerUri::parse(uri)?;
         Self::connect_with_config(AmqpConfig::new(uri), AdapterConfig::default()).await
     }
 

@@ -9,7 +9,7 @@
 //! use socketioxide_amqp::{AmqpConfig, Emitter};
 //!
 //! # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
-//! let emitter = Emitter::connect(AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")).await?;
+//! let emitter = Emitter::connect(AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/".parse()?)).await?;
 //! // To every client of `/tasks` in room `collaboration_7`.
 //! emitter
 //!     .of("/tasks")

@@ -35,6 +35,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Broker URIs are read the way kombu (and so every Python process on the exchange) reads them,
+//! not by the AMQP URI specification: `amqp://host:5672/` is the virtual host `/`, as for
+//! Flask-SocketIO; see [`BrokerUri`] for the rules.
+//!
 //! Settings: [`AmqpConfig`] (URI, exchange, queue, reconnect, publisher confirms) and
 //! [`AdapterConfig`] (timeouts, heartbeats, python data format), with
 //! [`AmqpAdapterCtr::connect_with_config`].
@@ -89,9 +93,11 @@
 pub mod adapter;
 pub mod broker;
 pub mod emitter;
+pub mod uri;
 pub mod wire;
 
 pub use adapter::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, CustomAmqpAdapter, Error, Metrics};
 pub use broker::{AmqpConfig, AmqpDriver};
 pub use emitter::Emitter;
+pub use uri::{BrokerUri, UriError};
 pub use wire::DataFormat;

@@ -33,7 +33,7 @@ async fn amqp_server(
     Io<AmqpDriver>,
     socketioxide_amqp::AmqpAdapterCtr<AmqpDriver>,
 ) {
-    let config = AmqpConfig::new(uri())
+    let config = AmqpConfig::new(uri().parse().unwrap())
         .with_exchange(cleanup.exchange())
         .with_queue_expires(Some(Duration::from_secs(10)));
     let driver = AmqpDriver::connect(config).await.expect("connect");
@@ -270,7 +270,7 @@ async fn python_peer_interop_over_rabbitmq() {
     );
 
     // The emitter publishes what python would.
-    let emitter = Emitter::connect(AmqpConfig::new(uri()).with_exchange(exchange))
+    let emitter = Emitter::connect(AmqpConfig::new(uri().parse().unwrap()).with_exchange(exchange))
         .await
         .unwrap();
     emitter

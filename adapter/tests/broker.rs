@@ -17,7 +17,7 @@ use rabbit::{BrokerCleanup, BrokerLock};
 use socketioxide_amqp::broker::{AmqpConfig, AmqpDriver, BrokerError, Driver};
 
 fn config(exchange: &str) -> AmqpConfig {
-    AmqpConfig::new(rabbit::uri())
+    AmqpConfig::new(rabbit::uri().parse().unwrap())
         .with_exchange(exchange)
         .with_queue_expires(Some(Duration::from_secs(10)))
 }
@@ -68,7 +68,7 @@ async fn fanout_reaches_every_queue_and_direct_reaches_one() {
 async fn wrong_credentials_fail_at_connect() {
     // Refused before anything is declared.
     let mut cfg = config(&rabbit::unique_exchange("creds"));
-    cfg.uri = "amqp://nobody:wrong@127.0.0.1:5672/%2f".to_owned();
+    cfg.uri = "amqp://nobody:wrong@127.0.0.1:5672/%2f".parse().unwrap();
     assert!(AmqpDriver::connect(cfg).await.is_err());
 }
 
@@ -208,11 +208,15 @@ async fn a_publish_timeout_replaces_a_silently_dead_connection() {
     let (head, rest) = uri.split_once('@').expect("credentials in AMQP_URL");
     let (upstream, vhost) = rest.split_once('/').unwrap_or((rest, ""));
     let proxy = FreezingProxy::start(upstream.to_owned()).await;
-    let cfg = AmqpConfig::new(format!("{head}@127.0.0.1:{}/{vhost}", proxy.port))
-        .with_exchange(cleanup.exchange())
-        .with_queue_expires(Some(Duration::from_secs(10)))
-        .with_publish_timeout(Duration::from_millis(300))
-        .with_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
+    let cfg = AmqpConfig::new(
+        format!("{head}@127.0.0.1:{}/{vhost}", proxy.port)
+            .parse()
+            .unwrap(),
+    )
+    .with_exchange(cleanup.exchange())
+    .with_queue_expires(Some(Duration::from_secs(10)))
+    .with_publish_timeout(Duration::from_millis(300))
+    .with_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
     let a = AmqpDriver::connect_publisher(cfg).await.unwrap();
     // A direct consumer on the same exchange sees what `a` manages to publish.
     let b = AmqpDriver::connect(config(cleanup.exchange()))

@@ -56,14 +56,15 @@ use lapin::{
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::{BrokerError, Driver, MessageStream};
+use crate::BrokerUri;
 
 const NO_GEN: u64 = u64::MAX;
 
 /// Configuration of the RabbitMQ connection and topology.
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
-    /// The broker URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
-    pub uri: String,
+    /// The broker, read with kombu's rules (see [`BrokerUri`]).
+    pub uri: BrokerUri,
     /// The fanout exchange shared with the other instances (default `flask-socketio`, the
     /// Flask-SocketIO default; plain python-socketio uses `socketio`).
     pub exchange: String,
@@ -93,10 +94,19 @@ pub struct AmqpConfig {
 }
 
 impl AmqpConfig {
-    /// A configuration with the defaults and the given broker URI.
-    pub fn new(uri: impl Into<String>) -> Self {
+    /// A configuration with the defaults and the given broker. A `connect_timeout` option in
+    /// the URI sets [`connect_timeout`](Self::connect_timeout).
+    ///
+    /// ```
+    /// use socketioxide_amqp::AmqpConfig;
+    /// let config = AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/".parse()?);
+    /// assert_eq!(config.uri.vhost(), "/");
+    /// # Ok::<(), socketioxide_amqp::UriError>(())
+    /// ```
+    pub fn new(uri: BrokerUri) -> Self {
+        let connect_timeout = uri.connect_timeout().unwrap_or(Duration::from_secs(10));
         Self {
-            uri: uri.into(),
+            uri,
             exchange: "flask-socketio".to_owned(),
             queue_name: None,
             queue_expires: Some(Duration::from_secs(300)),
@@ -106,7 +116,7 @@ impl AmqpConfig {
             reconnect_max: Duration::from_secs(10),
             buffer: 1024,
             publish_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout,
         }
     }
     /// Sets the exchange name.
@@ -384,7 +394,13 @@ async fn try_open_session(
         )
         .into(),
     );
-    let conn = Connection::connect(&config.uri, props).await?;
+    let conn = Connection::connect_uri_with_config(
+        config.uri.amqp().clone(),
+        props,
+        config.uri.tls_config().clone(),
+        lapin::runtime::default_runtime()?,
+    )
+    .await?;
     let channel = conn.create_channel().await?;
     if config.publisher_confirms {
         channel
@@ -594,8 +610,12 @@ mod tests {
                 held.push(sock);
             }
         });
-        let config = AmqpConfig::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
-            .with_connect_timeout(Duration::from_millis(200));
+        let config = AmqpConfig::new(
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+                .parse()
+                .unwrap(),
+        )
+        .with_connect_timeout(Duration::from_millis(200));
         let started = std::time::Instant::now();
         let res = AmqpDriver::connect(config.clone()).await;
         assert!(matches!(res, Err(BrokerError::ConnectTimeout)), "{res:?}");

@@ -57,7 +57,7 @@ pub fn main() {
 }
 
 async fn serve(uri: String, exchange: String) {
-    let amqp = AmqpConfig::new(uri)
+    let amqp = AmqpConfig::new(uri.parse().expect("broker URI"))
         .with_exchange(exchange)
         .with_queue_expires(Some(Duration::from_secs(60)))
         .with_publish_timeout(Duration::from_secs(2))
