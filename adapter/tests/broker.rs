@@ -245,3 +245,78 @@ async fn a_publish_timeout_replaces_a_silently_dead_connection() {
     assert_eq!(recv(&mut sb).await, b"after");
     b.close().await;
 }
+
+/// A queue's flags as `rabbitmqctl list_queues` reports them.
+#[derive(Debug, PartialEq)]
+struct QueueFlags {
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    arguments: serde_json::Value,
+}
+
+fn listed_queue(name: &str) -> Option<QueueFlags> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--formatter", "json", "-p", "/"])
+        .args(["name", "durable", "exclusive", "auto_delete", "arguments"])
+        .output()
+        .expect("rabbitmqctl is needed for this test");
+    assert!(out.status.success(), "rabbitmqctl list_queues failed");
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON list");
+    let q = list.into_iter().find(|q| q["name"] == name)?;
+    Some(QueueFlags {
+        durable: q["durable"] == true,
+        exclusive: q["exclusive"] == true,
+        auto_delete: q["auto_delete"] == true,
+        arguments: arguments_by_name(&q["arguments"]),
+    })
+}
+
+/// `{"name": value}` whether rabbitmqctl lists arguments as an object or, as 3.x does, as
+/// `[name, type, value]` triples.
+fn arguments_by_name(listed: &serde_json::Value) -> serde_json::Value {
+    match listed {
+        serde_json::Value::Array(triples) => triples
+            .iter()
+            .filter_map(|t| Some((t.get(0)?.as_str()?.to_owned(), t.get(2)?.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        other => other.clone(),
+    }
+}
+
+/// RabbitMQ 4.3 refuses, by default, a classic queue that is neither durable nor exclusive
+/// (deprecated feature `transient_nonexcl_queues`, error 541).
+fn permitted_by_rabbitmq_4_3_defaults(q: &QueueFlags) -> bool {
+    q.durable || q.exclusive
+}
+
+#[tokio::test]
+async fn own_queue_flags_are_a_combination_rabbitmq_4_3_accepts() {
+    let _lock = BrokerLock::shared();
+    let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("flags"));
+    let driver = AmqpDriver::connect(config(cleanup.exchange()))
+        .await
+        .unwrap();
+    let name = driver.queue_name().to_owned();
+    cleanup.queue(name.clone());
+    let flags = listed_queue(&name).expect("the own queue is listed");
+    println!("own queue {name}: {flags:?}");
+    assert_eq!(
+        flags,
+        QueueFlags {
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: serde_json::json!({"x-expires": 10_000}),
+        }
+    );
+    assert!(permitted_by_rabbitmq_4_3_defaults(&flags));
+    // What the old declaration was, and what 4.3 refuses.
+    assert!(!permitted_by_rabbitmq_4_3_defaults(&QueueFlags {
+        durable: false,
+        ..flags
+    }));
+    driver.close().await;
+    assert_eq!(listed_queue(&name), None, "a graceful close deletes it");
+}

@@ -6,14 +6,25 @@
 //!   auto_delete=false, internal=false, no arguments: exactly what python-socketio's
 //!   `KombuManager` and `AsyncAioPikaManager` declare. Any other flag makes RabbitMQ refuse the
 //!   declaration (406 PRECONDITION_FAILED) when a Python server declared it first, or the reverse.
-//! * Own queue: `socketioxide-amqp.<uuid4>` (or a configured name), durable=false,
+//! * Own queue: `socketioxide-amqp.<uuid4>` (or a configured name), **durable=true**,
 //!   exclusive=false, auto_delete=false, `x-expires` = 5 minutes by default (like Python's queues),
 //!   bound to the exchange with routing key `""`.
 //!
-//!   The queue is deliberately **not** exclusive: an exclusive queue dies with its connection, so
-//!   everything published during a client-side network blip would be lost. A named queue with
-//!   `x-expires` survives the blip; the reconnect loop redeclares it under the same name and the
-//!   buffered messages are delivered. A crashed instance leaves its queue behind for `x-expires`.
+//!   Why this combination:
+//!   * not exclusive: an exclusive queue dies with its connection, so everything published during
+//!     a client-side network blip would be lost. A named queue survives the blip; the reconnect
+//!     loop redeclares it under the same name and the buffered messages are delivered;
+//!   * durable: RabbitMQ 4.3 refuses non-durable, non-exclusive queues by default (deprecated
+//!     feature `transient_nonexcl_queues`, error 541 `INTERNAL_ERROR`), and 4.x will remove them.
+//!     Durable also keeps the queue and its messages (published persistent, `delivery_mode=2`)
+//!     across a broker restart, so a restart loses no more than a blip does;
+//!   * not auto-delete: an auto-delete queue is deleted when its last consumer goes, which a
+//!     reconnect is, so it would lose what a blip buffered;
+//!   * `x-expires`: a queue nobody consumes is deleted by the broker after the expiry, so a
+//!     crashed instance's queue disappears by itself (a graceful stop deletes it at once).
+//!
+//!   A queue name given in the configuration must not have been declared with other flags
+//!   (RabbitMQ answers 406 `PRECONDITION_FAILED`), e.g. by an older version of this crate.
 //! * Direct messages (replies to one instance) go through the default exchange (`""`) with the
 //!   destination queue name as routing key, so they reach that instance only.
 //!
@@ -434,7 +445,7 @@ async fn try_open_session(
                 queue.into(),
                 QueueDeclareOptions {
                     passive: false,
-                    durable: false,
+                    durable: true,
                     exclusive: false,
                     auto_delete: false,
                     nowait: false,
