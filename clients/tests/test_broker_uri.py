@@ -261,7 +261,8 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("uri,needle", BAD, ids=[b[1].split()[0].strip("`") for b in BAD])
+@pytest.mark.parametrize("uri,needle", BAD, ids=["bad-port", "redis-scheme", "bad-heartbeat",
+                                                  "unknown-option", "failover-list", "no-scheme"])
 def test_bad_uris_are_one_line_errors_without_the_password(uri, needle, setting, tmp_path):
     db, _world, _tokens, secret = setting
     server = ServerProcess(tmp_path, db, secret, name="uri-bad", extra={"rabbitmq": {"uri": uri}})
