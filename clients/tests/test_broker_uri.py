@@ -174,6 +174,17 @@ def queues_in(vhost: str) -> set[str]:
     return {line.strip() for line in out.splitlines() if line.strip()}
 
 
+def connection_of(queue: str) -> dict:
+    """The broker's view of the connection that consumes ``queue`` (named after it)."""
+    listed = json.loads(ctl("list_connections", "--formatter", "json", "name", "vhost", "timeout",
+                            "client_properties").stdout)
+    for conn in listed:
+        props = {p[0]: p[2] for p in conn["client_properties"]}
+        if queue in str(props.get("connection_name", "")):
+            return conn
+    raise AssertionError(f"no connection named after {queue}: {listed}")
+
+
 def emit_cli(*source: str, room: str, payload: dict) -> subprocess.CompletedProcess:
     cmd = [str(server_binary()), "emit", *source, "--room", room, "--event", "new_task",
            "--data", json.dumps(payload)]
@@ -195,6 +206,10 @@ def test_serve_and_emit_reach_the_vhost_kombu_reads(form_id, template, vhost, ko
         assert queue, f"no queue in the log:\n{server.log_tail()}"
         assert queue in queues_in(vhost) - before, (
             f"{uri}: queue {queue} is not in virtual host {vhost!r}")
+        conn = connection_of(queue)
+        heartbeat = int(template.split("heartbeat=")[1].split("&")[0]) if "heartbeat=" in template \
+            else 60  # the broker's proposal
+        assert (conn["vhost"], conn["timeout"]) == (vhost, heartbeat), conn
         node.connect()
         room = f"collaboration_{world.c1.id}"
         expect_exact({node: [("sync", None)] + [join_msg("Node", world.node_a1.name, r)
