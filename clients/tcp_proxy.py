@@ -27,7 +27,6 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
-        self.accepted = 0
 
     # --- control ---------------------------------------------------------
     def start(self) -> "TcpProxy":
@@ -44,8 +43,8 @@ class TcpProxy:
         return self
 
     def stop(self) -> None:
-        """Refuse new connections and cut the open ones (RST, as when the
-        database host goes away)."""
+        """Refuse new connections and cut the open ones at once (as when the
+        database server goes away)."""
         with self._lock:
             ls, self._listener = self._listener, None
             conns, self._conns = self._conns, set()
@@ -59,11 +58,6 @@ class TcpProxy:
     @property
     def running(self) -> bool:
         return self._listener is not None
-
-    @property
-    def open_connections(self) -> int:
-        with self._lock:
-            return len(self._conns) // 2
 
     # --- plumbing --------------------------------------------------------
     def _accept_loop(self, ls: socket.socket) -> None:
@@ -84,7 +78,6 @@ class TcpProxy:
                     _abort(upstream)
                     return
                 self._conns.update((client, upstream))
-                self.accepted += 1
             pumps_left = [2]
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst, client, upstream, pumps_left),

@@ -110,7 +110,7 @@ def test_clients_connecting_during_outage_get_their_connect_sequence_after_it(wo
                    what="the queued node_info_update stored")
         assert metric(server, "v6_socketio_identifications_waiting") == 0
         print(f"\n[database outage, compatibility suite] database back -> node's connect "
-              f"sequence complete: {recovered:.2f} s")
+              f"sequence complete: {recovered:.2f} s (bound {RECOVERY_BOUND:.0f} s)")
     finally:
         if not proxy.running:
             proxy.start()

@@ -242,9 +242,9 @@ enum Undecided {
 /// an Engine.IO CLOSE packet makes `engineio.Client` disconnect as if asked
 /// to, with the same result; `NodeTaskNamespace.on_disconnect` only logs.
 /// Only a transport dropped without a CLOSE makes it reconnect, after
-/// python-socketio's randomised 0.5–1.5 s delay (1.4 s measured) and then
-/// a new identification; socketioxide has no way to drop it so, and it
-/// would be slower: retried here, the node is back in its rooms 0.1–0.4 s
+/// python-socketio's randomised 0.5–1.5 s delay (0.6–1.4 s measured) and
+/// then a new identification; socketioxide has no way to drop it so, and it
+/// would be slower: retried here, the node is back in its rooms 0.1–0.3 s
 /// after the database (`clients/e2e/test_database_outage.py`).
 async fn identify_until_decided<A: Adapter>(
     s: &SocketRef<A>,
