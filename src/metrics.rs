@@ -328,6 +328,25 @@ mod tests {
     }
 
     #[test]
+    fn counts_identification_retries_and_waiting_sockets() {
+        let m = Metrics::new();
+        m.identification_retry();
+        m.identification_retry();
+        m.identification_waiting(1);
+        m.identification_waiting(1);
+        m.identification_waiting(-1);
+        let text = m.render();
+        assert!(
+            text.contains("v6_socketio_identification_retries_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("v6_socketio_identifications_waiting 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn rejects_unknown_and_mistyped() {
         let m = Metrics::new();
         assert_eq!(

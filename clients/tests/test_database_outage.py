@@ -6,6 +6,8 @@ whose identification cannot be decided is kept connected, its
 identification retried, and once the database answers it gets the normal
 connect sequence; a client that leaves meanwhile is given up (README,
 "Database outages"). PostgreSQL only: a SQLite file cannot be cut off.
+The last test (both backends, the session server) checks that a permanent
+failure, an inconsistent row, is decided at once and not retried.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 
 from support import (
     DEFAULT_TIMEOUT,
+    Ent,
     Recorder,
     ServerProcess,
     Unordered,
@@ -148,3 +151,31 @@ def test_client_leaving_during_outage_is_given_up(world, db, tokens, cut):
             proxy.start()
         established.disconnect()
         node.disconnect()
+
+
+def test_inconsistent_row_is_decided_not_retried(world, db, srv, tokens, clients):
+    """A node row without its collaboration (vantage6 never leaves one so) is
+    not a transient failure: counted once, not retried; the client stays
+    connected and unidentified, as any rejected client."""
+    from vantage6.server import db as v6db
+
+    with db.session() as s:
+        broken = v6db.Node(name=db.unique("node-broken"), organization_id=world.org_a.id,
+                           status="offline")
+        s.add(broken)
+        s.flush()
+        broken_id = broken.id
+
+    def counts():
+        return (metric(srv, "v6_socketio_unidentified_connections_total",
+                       reason="inconsistent_database"),
+                metric(srv, "v6_socketio_identification_retries_total"))
+
+    inconsistent, retries = counts()
+    rec = clients(tokens.access(Ent(broken_id, "broken")), label="broken")
+    wait_until(lambda: counts()[0] == inconsistent + 1, DEFAULT_TIMEOUT, 0.1,
+               what="the inconsistent row counted")
+    expect_silence(rec, settle=1.0)
+    assert counts() == (inconsistent + 1, retries)
+    assert rec.connected
+    assert metric(srv, "v6_socketio_identifications_waiting") == 0

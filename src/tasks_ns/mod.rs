@@ -208,7 +208,8 @@ enum Identification {
     /// Not a client we accept; it has been told what vantage6 tells it and
     /// the reason counted.
     Rejected,
-    /// The database did not answer: nothing is decided yet.
+    /// The database did not answer (or the driver failed): nothing is
+    /// decided yet.
     Undecided(Undecided),
 }
 
@@ -310,6 +311,12 @@ async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Identific
             };
             warn!(sid = %s.id, auth_id, ?unknown, "token subject is not a node or user");
             ctx.metrics().unidentified(reason);
+            return Identification::Rejected;
+        }
+        // rows vantage6 never leaves so: no retry will change that
+        Err(Undecided::Store(e @ StoreError::Inconsistent(_))) => {
+            ctx.db_failed("identify client", &e);
+            ctx.metrics().unidentified("inconsistent_database");
             return Identification::Rejected;
         }
         Err(why) => return Identification::Undecided(why),
