@@ -93,6 +93,8 @@ struct Inner {
     unidentified: Family<ReasonLabels, Counter>,
     ignored: Family<ReasonLabels, Counter>,
     db_errors: Counter,
+    identification_retries: Counter,
+    identifications_waiting: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -166,6 +168,18 @@ impl Metrics {
             "Database operations that failed",
             db_errors.clone(),
         );
+        let identification_retries = Counter::default();
+        registry.register(
+            "v6_socketio_identification_retries",
+            "Identification attempts that failed on the database and were retried",
+            identification_retries.clone(),
+        );
+        let identifications_waiting = Gauge::default();
+        registry.register(
+            "v6_socketio_identifications_waiting",
+            "Connected sockets whose identification waits for the database",
+            identifications_waiting.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -176,6 +190,8 @@ impl Metrics {
                 unidentified,
                 ignored,
                 db_errors,
+                identification_retries,
+                identifications_waiting,
             }),
         }
     }
@@ -261,6 +277,18 @@ impl Metrics {
         self.inner.db_errors.inc();
     }
 
+    /// Counts an identification attempt that failed on the database and
+    /// will be retried.
+    pub fn identification_retry(&self) {
+        self.inner.identification_retries.inc();
+    }
+
+    /// A socket's identification started (`+1`) or stopped (`-1`) waiting
+    /// for the database.
+    pub fn identification_waiting(&self, delta: i64) {
+        self.inner.identifications_waiting.inc_by(delta);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -296,6 +324,25 @@ mod tests {
         assert!(text.contains(r#"cpu_percent{node_id="7",os="Linux",platform="x86_64"} 12.5"#));
         assert!(
             text.contains(r#"gpu_load{node_id="7",os="Linux",platform="x86_64",gpu_id="1"} 0.75"#)
+        );
+    }
+
+    #[test]
+    fn counts_identification_retries_and_waiting_sockets() {
+        let m = Metrics::new();
+        m.identification_retry();
+        m.identification_retry();
+        m.identification_waiting(1);
+        m.identification_waiting(1);
+        m.identification_waiting(-1);
+        let text = m.render();
+        assert!(
+            text.contains("v6_socketio_identification_retries_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("v6_socketio_identifications_waiting 1"),
+            "{text}"
         );
     }
 

@@ -10,7 +10,7 @@
 //! identified waits for the identification, two `algorithm_log` lines are
 //! appended in order, and a disconnect never races the connect.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use serde_json::{json, Map, Value};
 use socketioxide::{
@@ -170,16 +170,9 @@ async fn handle_event<A: Adapter>(
 /// send a node its `sync`, announce it and join its rooms.
 async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
     info!(sid = %s.id, "client connected");
-    let Some(identity) = identify(s, ctx).await else {
+    let Some(identity) = identify_until_decided(s, ctx).await else {
         return Session::Unidentified;
     };
-    if let Err(e) = ctx
-        .store()
-        .set_status(identity.id(), AuthStatus::Online)
-        .await
-    {
-        ctx.db_failed("set status online", &e);
-    }
     info!(sid = %s.id, kind = identity.kind(), name = identity.name(), "client identified");
 
     let rooms = rooms::rooms_for(&identity);
@@ -198,9 +191,105 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
     Session::Identified { identity, rooms }
 }
 
-/// Verifies the token and looks up its subject; on failure tells the client
-/// what vantage6 tells it and counts the reason.
-async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Option<Identity> {
+/// Pause after the first identification attempt that failed on the database.
+const RETRY_DELAY_MIN: Duration = Duration::from_millis(250);
+/// Longest pause between two identification attempts.
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
+/// How long one identification attempt may wait for the database (the
+/// pool's own acquire timeout is 10 s): while the database is unreachable
+/// sqlx keeps trying to connect within an attempt, and a new attempt starts
+/// at most [`RETRY_DELAY_MAX`] after a hung one was given up.
+const IDENTIFY_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one identification attempt decided.
+enum Identification {
+    /// A node or user, marked online.
+    Identified(Identity),
+    /// Not a client we accept; it has been told what vantage6 tells it and
+    /// the reason counted.
+    Rejected,
+    /// The database did not answer (or the driver failed): nothing is
+    /// decided yet.
+    Undecided(Undecided),
+}
+
+/// Why an identification attempt decided nothing.
+#[derive(Debug, thiserror::Error)]
+enum Undecided {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no answer from the database within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// Identification that waits out a database outage.
+///
+/// A client whose identification failed on the database used to be
+/// counted unidentified and kept: no `sync`, no rooms, its pings ignored,
+/// for good. Now the socket is kept and the attempt repeated, with a pause
+/// growing from [`RETRY_DELAY_MIN`] to [`RETRY_DELAY_MAX`], until the
+/// database answers; then the client gets the normal connect sequence
+/// (`sync`, announcements, rooms), and the events it sent meanwhile, which
+/// waited in its queue, are handled after it. Each attempt verifies the
+/// token again (it may expire during a long outage); the retries stop when
+/// the client disconnects. Counted in
+/// `v6_socketio_identification_retries_total`; the sockets waiting right
+/// now in `v6_socketio_identifications_waiting`.
+///
+/// Why not disconnect it instead: vantage6-node 4.15.2 (python-socketio
+/// 5.15) does not come back from a server-initiated disconnect. After a
+/// namespace DISCONNECT, `Client._handle_disconnect` closes the Engine.IO
+/// connection itself, so `_handle_eio_disconnect` starts no reconnection;
+/// an Engine.IO CLOSE packet makes `engineio.Client` disconnect as if asked
+/// to, with the same result; `NodeTaskNamespace.on_disconnect` only logs.
+/// Only a transport dropped without a CLOSE makes it reconnect, after
+/// python-socketio's randomised 0.5–1.5 s delay (0.6–1.4 s measured) and
+/// then a new identification; socketioxide has no way to drop it so, and it
+/// would be slower: retried here, the node is back in its rooms 0.1–0.3 s
+/// after the database (`clients/e2e/test_database_outage.py`).
+async fn identify_until_decided<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &TasksContext,
+) -> Option<Identity> {
+    let mut delay = RETRY_DELAY_MIN;
+    let mut failed_attempts = 0u32;
+    let decided = loop {
+        let why = match identify(s, ctx).await {
+            Identification::Identified(identity) => break Some(identity),
+            Identification::Rejected => break None,
+            Identification::Undecided(why) => why,
+        };
+        ctx.metrics().database_error();
+        ctx.metrics().identification_retry();
+        failed_attempts += 1;
+        if failed_attempts == 1 {
+            ctx.metrics().identification_waiting(1);
+            warn!(sid = %s.id, error = %why,
+                "database unavailable: identification is retried until it answers");
+        } else {
+            debug!(sid = %s.id, error = %why, failed_attempts, "identification retried");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RETRY_DELAY_MAX);
+        if !s.connected() {
+            warn!(sid = %s.id, failed_attempts,
+                "client left before the database answered its identification");
+            ctx.metrics().unidentified("database_error");
+            break None;
+        }
+    };
+    if failed_attempts > 0 {
+        ctx.metrics().identification_waiting(-1);
+        if decided.is_some() {
+            info!(sid = %s.id, failed_attempts, "database answered: identification completed");
+        }
+    }
+    decided
+}
+
+/// Verifies the token, looks up its subject and marks it online; a
+/// rejected client is told what vantage6 tells it and the reason counted.
+async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Identification {
     let auth_id = match ctx.inner.verifier.verify_headers(&s.req_parts().headers) {
         Ok(id) => id,
         Err(e) => {
@@ -210,11 +299,11 @@ async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Option<Id
             if let Some(event) = e.client_event() {
                 emit_to_socket(s, event);
             }
-            return None;
+            return Identification::Rejected;
         }
     };
-    match ctx.store().identify(auth_id).await {
-        Ok(Ok(identity)) => Some(identity),
+    let identity = match within_attempt_timeout(ctx.store().identify(auth_id)).await {
+        Ok(Ok(identity)) => identity,
         Ok(Err(unknown)) => {
             let reason = match unknown {
                 Unknown::NoSuchId => "unknown_subject",
@@ -222,13 +311,31 @@ async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Option<Id
             };
             warn!(sid = %s.id, auth_id, ?unknown, "token subject is not a node or user");
             ctx.metrics().unidentified(reason);
-            None
+            return Identification::Rejected;
         }
-        Err(e) => {
+        // rows vantage6 never leaves so: no retry will change that
+        Err(Undecided::Store(e @ StoreError::Inconsistent(_))) => {
             ctx.db_failed("identify client", &e);
-            ctx.metrics().unidentified("database_error");
-            None
+            ctx.metrics().unidentified("inconsistent_database");
+            return Identification::Rejected;
         }
+        Err(why) => return Identification::Undecided(why),
+    };
+    // vantage6 marks the client online before anything else; a node told
+    // `sync` while its status write was lost would look offline.
+    match within_attempt_timeout(ctx.store().set_status(identity.id(), AuthStatus::Online)).await {
+        Ok(()) => Identification::Identified(identity),
+        Err(why) => Identification::Undecided(why),
+    }
+}
+
+/// A store call of the identification, bounded by [`IDENTIFY_ATTEMPT_TIMEOUT`].
+async fn within_attempt_timeout<T>(
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, Undecided> {
+    match tokio::time::timeout(IDENTIFY_ATTEMPT_TIMEOUT, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(Undecided::TimedOut(IDENTIFY_ATTEMPT_TIMEOUT)),
     }
 }
 
