@@ -16,6 +16,12 @@ once per database backend.  What each test guards:
   .dockerignore keeps what the build needs;
 * the systemd unit's ExecStart is accepted by the binary and the unit passes
   ``systemd-analyze verify``.
+* every manifest of deploy/kubernetes/ validates offline against the
+  Kubernetes 1.30 OpenAPI schemas (kubernetes-validate), the kustomization
+  renders, and the Deployment's arguments, environment, ConfigMap file,
+  port, probe paths, grace period, labels and securityContext fit the
+  binary, the Dockerfile and the Service; the routing examples send
+  /socket.io/ to the Service.
 """
 from __future__ import annotations
 
@@ -831,7 +837,8 @@ def test_kubernetes_labels_select_the_pods(k8s_base):
     assert service["spec"]["selector"].items() <= pod_labels.items(), "the Service selects no pod"
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), "the PDB selects no pod"
     for doc in k8s_base.values():
-        assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "v6-socketio", doc["kind"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/component"):
+            assert doc["metadata"]["labels"].get(key) == pod_labels[key], f"{doc['kind']}: label {key}"
     assert deployment["spec"]["replicas"] == 2
     assert pdb["spec"].get("maxUnavailable") == 1 or pdb["spec"].get("minAvailable") == 1
 
