@@ -17,8 +17,8 @@ once per database backend.  What each test guards:
 * the systemd unit's ExecStart is accepted by the binary and the unit passes
   ``systemd-analyze verify``.
 * every manifest of deploy/kubernetes/ validates offline against the
-  Kubernetes 1.30 OpenAPI schemas (kubernetes-validate), the kustomization
-  renders, and the Deployment's arguments, environment, ConfigMap file,
+  Kubernetes 1.30 OpenAPI schemas (kubernetes-validate), the base and the
+  Secret overlay render with ``kubectl kustomize``, and the Deployment's arguments, environment, ConfigMap file,
   port, probe paths, grace period, labels and securityContext fit the
   binary, the Dockerfile and the Service; the routing examples send
   /socket.io/ to the Service.
@@ -710,8 +710,10 @@ def test_systemd_unit_verifies(binary, tmp_path):
 # ---------------------------------------------------------------------------
 # Kubernetes (deploy/kubernetes/)
 # ---------------------------------------------------------------------------
-K8S = DEPLOY / "kubernetes"
-K8S_ROUTING = K8S / "routing"
+K8S_ROOT = DEPLOY / "kubernetes"
+K8S = K8S_ROOT / "base"
+K8S_ROUTING = K8S_ROOT / "routing"
+K8S_SECRET_OVERLAY = K8S_ROOT / "secret-config"
 # The Kubernetes version whose OpenAPI schemas the manifests are checked
 # against (kubernetes-validate ships them; nothing is downloaded).
 K8S_VERSION = "1.30"
@@ -822,7 +824,7 @@ def test_kustomize_renders_the_base_and_the_result_validates():
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"]
     for doc in docs:
-        validate_k8s(doc, "kubectl kustomize deploy/kubernetes")
+        validate_k8s(doc, "kubectl kustomize deploy/kubernetes/base")
         assert doc["metadata"]["namespace"]
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert the_container(deployment)["image"].startswith("registry.example.org/"), "the image was not set"
@@ -1036,3 +1038,39 @@ def test_kubernetes_routing_examples_send_socketio_to_the_service(k8s_base):
         if backend["name"] == name:
             assert rule["timeouts"]["request"] == "0s", "websockets outlive any request timeout"
     assert routes == {path: (name, port["port"]), "/": HQ_SERVICE}, routes
+
+
+def test_kustomize_secret_overlay_mounts_the_file_from_a_secret(tmp_path):
+    """deploy/kubernetes/secret-config/ with a config.yaml (here the
+    ConfigMap's file): no ConfigMap, a Secret holding the file byte for byte,
+    mounted where the base mounted the ConfigMap; all valid."""
+    import base64
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the Secret overlay was not rendered")
+    tree = tmp_path / "kubernetes"
+    shutil.copytree(K8S_ROOT, tree)
+    overlay = tree / K8S_SECRET_OVERLAY.name
+    assert not (overlay / "config.yaml").exists(), "a config.yaml is committed in the overlay"
+    configmap = yaml.safe_load((K8S / "configmap.yaml").read_text())
+    (overlay / "config.yaml").write_text(configmap["data"]["config.yaml"])
+    out = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"kubectl kustomize failed:\n{out.stderr}"
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["Deployment", "PodDisruptionBudget", "Secret", "Service"], kinds
+    for doc in docs:
+        validate_k8s(doc, "kubectl kustomize deploy/kubernetes/secret-config")
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert secret["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert base64.b64decode(secret["data"]["config.yaml"]).decode() == configmap["data"]["config.yaml"]
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    base_volumes = {v["name"]: v for v in pod_spec(yaml.safe_load((K8S / "deployment.yaml").read_text()))["volumes"]}
+    assert volumes.keys() == base_volumes.keys()
+    config_volume = next(n for n, v in base_volumes.items() if "configMap" in v)
+    assert volumes[config_volume]["secret"]["secretName"] == secret["metadata"]["name"], volumes
+    # readable by the pod's group (fsGroup), not by others
+    assert volumes[config_volume]["secret"]["defaultMode"] & 0o007 == 0
+    assert volumes[config_volume]["secret"]["defaultMode"] & 0o040
