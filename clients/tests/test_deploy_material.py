@@ -16,6 +16,12 @@ once per database backend.  What each test guards:
   .dockerignore keeps what the build needs;
 * the systemd unit's ExecStart is accepted by the binary and the unit passes
   ``systemd-analyze verify``.
+* every manifest of deploy/kubernetes/ validates offline against the
+  Kubernetes 1.30 OpenAPI schemas (kubernetes-validate), the base and the
+  Secret overlay render with ``kubectl kustomize``, and the Deployment's arguments, environment, ConfigMap file,
+  port, probe paths, grace period, labels and securityContext fit the
+  binary, the Dockerfile and the Service; the routing examples send
+  /socket.io/ to the Service.
 """
 from __future__ import annotations
 
@@ -699,3 +705,372 @@ def test_systemd_unit_verifies(binary, tmp_path):
         if "v6-socketio" in line and re.search(r"Unknown|Failed|[Ii]nvalid|not executable|bad", line)
     ]
     assert out.returncode == 0 and not problems, f"systemd-analyze verify:\n{out.stdout}{out.stderr}"
+
+
+# ---------------------------------------------------------------------------
+# Kubernetes (deploy/kubernetes/)
+# ---------------------------------------------------------------------------
+K8S_ROOT = DEPLOY / "kubernetes"
+K8S = K8S_ROOT / "base"
+K8S_ROUTING = K8S_ROOT / "routing"
+K8S_SECRET_OVERLAY = K8S_ROOT / "secret-config"
+# The Kubernetes version whose OpenAPI schemas the manifests are checked
+# against (kubernetes-validate ships them; nothing is downloaded).
+K8S_VERSION = "1.30"
+# What vantage6's Helm chart (5.x) names a release's HQ Service and its port
+# in the examples (Service <release>, port hq.port).
+HQ_SERVICE = ("vantage6-hq", 7601)
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def k8s_documents(path: Path) -> list[dict]:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs, f"{path} holds no manifest"
+    return docs
+
+
+@pytest.fixture(scope="module")
+def kustomization() -> dict:
+    return yaml.safe_load((K8S / "kustomization.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def k8s_base(kustomization) -> dict[str, dict]:
+    """The base's resources by kind (one of each)."""
+    found: dict[str, dict] = {}
+    for name in kustomization["resources"]:
+        for doc in k8s_documents(K8S / name):
+            assert doc["kind"] not in found, f"two {doc['kind']} in the base"
+            found[doc["kind"]] = doc
+    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget"} <= found.keys(), sorted(found)
+    return found
+
+
+def pod_spec(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["spec"]
+
+
+def the_container(deployment: dict) -> dict:
+    (container,) = pod_spec(deployment)["containers"]
+    return container
+
+
+def container_env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def port_number(container: dict, port) -> int:
+    """A probe's or Service's port (number or container port name) as a number."""
+    if isinstance(port, int):
+        return port
+    by_name = {p["name"]: p["containerPort"] for p in container["ports"] if "name" in p}
+    assert port in by_name, f"port {port!r} names no container port: {by_name}"
+    return by_name[port]
+
+
+def validate_k8s(doc: dict, where: str):
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        pytest.fail(f"{where}: {doc.get('kind')} {doc['metadata'].get('name')} is not valid "
+                    f"Kubernetes {K8S_VERSION}: {e}")
+
+
+def test_kustomization_lists_every_base_manifest(kustomization):
+    listed = set(kustomization["resources"])
+    present = {p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"}
+    assert listed == present, f"kustomization.yaml lists {sorted(listed)}, the folder holds {sorted(present)}"
+    assert kustomization["kind"] == "Kustomization"
+    images = {i["name"] for i in kustomization.get("images", [])}
+    deployment = next(d for n in listed for d in k8s_documents(K8S / n) if d["kind"] == "Deployment")
+    assert the_container(deployment)["image"] in images, "kustomization.yaml does not set the image"
+
+
+def test_kubernetes_manifests_validate_offline():
+    """Every manifest, base and routing examples, against the OpenAPI schemas
+    of Kubernetes K8S_VERSION. The Gateway API's HTTPRoute is a CRD the
+    schemas do not have: its fields are checked in the routing test below."""
+    import kubernetes_validate
+
+    checked = 0
+    for path in sorted([*K8S.glob("*.yaml"), *K8S_ROUTING.glob("*.yaml")]):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in k8s_documents(path):
+            if doc["apiVersion"].startswith("gateway.networking.k8s.io/"):
+                continue
+            validate_k8s(doc, str(path.relative_to(REPO)))
+            checked += 1
+    assert checked >= 5, f"only {checked} manifests validated"
+    # ... and the validator does reject a broken manifest (a typo'd field, a string port).
+    broken = yaml.safe_load((K8S / "service.yaml").read_text())
+    broken["spec"]["ports"][0]["port"] = "7602"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+    typo = yaml.safe_load((K8S / "deployment.yaml").read_text())
+    typo["spec"]["template"]["spec"]["terminationGracePeriod"] = 30
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(typo, K8S_VERSION, strict=True)
+
+
+def test_kustomize_renders_the_base_and_the_result_validates():
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the kustomization was not rendered (its files were validated)")
+    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"kubectl kustomize failed:\n{out.stderr}"
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"]
+    for doc in docs:
+        validate_k8s(doc, "kubectl kustomize deploy/kubernetes/base")
+        assert doc["metadata"]["namespace"]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert the_container(deployment)["image"].startswith("registry.example.org/"), "the image was not set"
+
+
+def test_kubernetes_labels_select_the_pods(k8s_base):
+    deployment, service, pdb = k8s_base["Deployment"], k8s_base["Service"], k8s_base["PodDisruptionBudget"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels.get("app.kubernetes.io/name") == "v6-socketio"
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items(), "the Deployment does not select its own pods"
+    assert service["spec"]["selector"].items() <= pod_labels.items(), "the Service selects no pod"
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), "the PDB selects no pod"
+    for doc in k8s_base.values():
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/component"):
+            assert doc["metadata"]["labels"].get(key) == pod_labels[key], f"{doc['kind']}: label {key}"
+    assert deployment["spec"]["replicas"] == 2
+    assert pdb["spec"].get("maxUnavailable") == 1 or pdb["spec"].get("minAvailable") == 1
+
+
+def test_kubernetes_service_affinity_and_port(k8s_base, shared_config):
+    service, deployment = k8s_base["Service"], k8s_base["Deployment"]
+    container = the_container(deployment)
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert service["spec"]["sessionAffinity"] == "ClientIP"
+    timeout = service["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"]
+    assert timeout > 60, "the affinity must outlast a node's ping timeout"
+    (port,) = service["spec"]["ports"]
+    assert port["name"] and port["port"] == default_port()
+    listen = int(container_env(container)["V6_SOCKETIO_PORT"]["value"])
+    assert port_number(container, port["targetPort"]) == listen, "the Service sends to another port"
+
+
+def test_kubernetes_container_runs_the_binary_as_configured(k8s_base, binary, serve_options, tmp_path):
+    """Its arguments and environment with the ConfigMap's file: the binary
+    gets past its configuration (to the unreachable database)."""
+    deployment, configmap = k8s_base["Deployment"], k8s_base["ConfigMap"]
+    container = the_container(deployment)
+    assert "command" not in container, "the image's entrypoint is the binary: set args only"
+    args = [str(a) for a in container["args"]]
+    assert_serve_args_known(args, serve_options, "Deployment args")
+    env = container_env(container)
+    for name in env:
+        assert name in serve_options.env or name == "RUST_LOG", f"the binary does not read {name}"
+    # The config file is the ConfigMap's key, at its mount path.
+    config_arg = args[args.index("--config") + 1]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount_dir = str(Path(config_arg).parent)
+    assert mount_dir in mounts and mounts[mount_dir]["readOnly"], f"{config_arg} is not a read-only mount"
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == mounts[mount_dir]["name"])
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    key = Path(config_arg).name
+    assert key in configmap["data"], f"the ConfigMap has no {key}"
+    # The port the container declares is the port the binary listens on.
+    (declared,) = container["ports"]
+    assert declared["containerPort"] == int(env["V6_SOCKETIO_PORT"]["value"])
+    config = tmp_path / key
+    config.write_text(configmap["data"][key])
+    run_env = {name: e["value"] for name, e in env.items() if "value" in e}
+    run_env["V6_SOCKETIO_INSTANCE_NAME"] = "v6-socketio-7d9f8c6b5-x2x7q"
+    run_env["V6_SOCKETIO_PORT"] = "0"
+    assert_config_accepted(binary, ["serve", "--config", str(config), "--ip", "127.0.0.1"], run_env,
+                           "deploy/kubernetes ConfigMap + Deployment")
+    # The same run with an unknown v6_socketio key is told apart.
+    data = yaml.safe_load(configmap["data"][key])
+    data["v6_socketio"]["no_such_setting"] = 1
+    config.write_text(yaml.safe_dump(data))
+    stage, detail = run_until_connect(binary, ["serve", "--config", str(config)], run_env)
+    assert stage == "config" and "no_such_setting" in detail, detail
+
+
+def test_kubernetes_configmap_is_an_hq_configuration(k8s_base):
+    """The keys vantage6's Helm chart renders for HQ 5.x, plus our section."""
+    data = yaml.safe_load(k8s_base["ConfigMap"]["data"]["config.yaml"])
+    for key in ("uri", "jwt_secret_key", "api_path", "logging", "hq_url"):
+        assert key in data, f"an HQ configuration has {key}"
+    assert data["rabbitmq"]["uri"].startswith("amqp")
+    assert data["uri"].startswith("postgresql")
+    # HQ 5.x runs python-socketio 5.16.2, which puts the list of emit arguments on the queue.
+    assert data["v6_socketio"]["message_queue_format"] == "args"
+    # per-pod settings come from the Deployment, not the shared file
+    assert "instance_name" not in data["v6_socketio"]
+
+
+def test_kubernetes_probes_exist_on_the_binary(k8s_base, binary, tmp_path):
+    """Each probe's path, asked of a running `demo` instance, answers 200; a
+    path the binary does not serve answers otherwise."""
+    import urllib.error
+    import urllib.request
+
+    container = the_container(k8s_base["Deployment"])
+    probes = {kind: container[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/ready"
+    listen = int(container_env(container)["V6_SOCKETIO_PORT"]["value"])
+    for kind, probe in probes.items():
+        assert port_number(container, probe["httpGet"]["port"]) == listen, f"{kind} asks another port"
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(binary), "demo", "--dir", str(tmp_path / "demo"), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env({"RUST_LOG": "warn"}),
+    )
+
+    def status(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"demo exited with {proc.returncode}"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "demo did not listen"
+                time.sleep(0.05)
+        for kind, probe in probes.items():
+            assert status(probe["httpGet"]["path"]) == 200, f"{kind} {probe['httpGet']['path']} is not 200"
+        assert status("/no-such-probe") != 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_kubernetes_grace_period_covers_the_graceful_stop(k8s_base):
+    spec = pod_spec(k8s_base["Deployment"])
+    container = the_container(k8s_base["Deployment"])
+    pre_stop = container["lifecycle"]["preStop"]
+    if "sleep" in pre_stop:
+        pause = float(pre_stop["sleep"]["seconds"])
+    else:
+        command = pre_stop["exec"]["command"]
+        assert Path(command[0]).name == "sleep", command
+        pause = float(command[1])
+    assert 1 <= pause <= 15, "a short pause, for the endpoint removal to spread before SIGTERM"
+    # Kubernetes counts the preStop hook in the grace period.
+    grace = spec["terminationGracePeriodSeconds"]
+    assert grace > pause + drain_timeout() + 5, (
+        f"{grace} s do not cover the {pause} s preStop, the {drain_timeout()} s drain and the queue deletion"
+    )
+    assert k8s_base["Deployment"]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_kubernetes_instance_name_is_the_pod_name(k8s_base):
+    deployment = k8s_base["Deployment"]
+    env = container_env(the_container(deployment))
+    ref = env["V6_SOCKETIO_INSTANCE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert ref == "metadata.name", "each pod needs its own instance name: the downward API's pod name"
+    # A Deployment's pod is <deployment>-<10-char pod-template hash>-<5 chars>,
+    # lower-case letters, digits and '-': always an instance name.
+    longest = f"{deployment['metadata']['name']}-{'a' * 10}-{'b' * 5}"
+    assert INSTANCE_NAME.fullmatch(longest) and len(longest) <= 63, longest
+    assert not INSTANCE_NAME.fullmatch("v6 socketio"), "the pattern must refuse what the binary refuses"
+
+
+def test_kubernetes_pod_security_matches_the_image(k8s_base):
+    spec = pod_spec(k8s_base["Deployment"])
+    container = the_container(k8s_base["Deployment"])
+    uid = re.search(r"useradd [^&]*--uid (\d+)", " ".join(instruction("RUN"))).group(1)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == int(uid), "not the image's user"
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
+    resources = container["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"] and resources["limits"]["memory"]
+
+
+def test_kubernetes_routing_examples_send_socketio_to_the_service(k8s_base):
+    service = k8s_base["Service"]
+    name = service["metadata"]["name"]
+    (port,) = service["spec"]["ports"]
+    path = yaml.safe_load(SHARED_CONFIG.read_text())["v6_socketio"]["path"]
+    hq_config = yaml.safe_load(k8s_base["ConfigMap"]["data"]["config.yaml"])
+    assert hq_config["v6_socketio"]["path"] == path == "/socket.io/"
+
+    (ingress,) = k8s_documents(K8S_ROUTING / "ingress-nginx.yaml")
+    notes = ingress["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/affinity"] == "cookie"
+    cookie = notes["nginx.ingress.kubernetes.io/session-cookie-name"]
+    ours = re.search(r'pub const COOKIE_NAME: &str = "([a-z0-9_]+)";',
+                     (REPO / "src" / "affinity.rs").read_text()).group(1)
+    # ingress-nginx writes its own value into its cookie: sharing our
+    # cookie's name would make the two overwrite each other.
+    assert cookie != ours, "ingress-nginx's affinity cookie must not be the instances' cookie"
+    assert notes["nginx.ingress.kubernetes.io/session-cookie-path"] == path
+    assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 60, "shorter than the ping timeout"
+    assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    backends = [(p["path"], p["backend"]["service"]) for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+    assert backends and all(p == path and s["name"] == name for p, s in backends), backends
+    for _, s in backends:
+        assert s["port"].get("name") == port["name"] or s["port"].get("number") == port["port"]
+
+    (route,) = k8s_documents(K8S_ROUTING / "httproute.yaml")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1" and route["kind"] == "HTTPRoute"
+    assert route["spec"]["parentRefs"] and route["spec"]["hostnames"]
+    routes = {}
+    for rule in route["spec"]["rules"]:
+        (match,) = rule["matches"]
+        assert match["path"]["type"] == "PathPrefix"
+        (backend,) = rule["backendRefs"]
+        routes[match["path"]["value"]] = (backend["name"], backend["port"])
+        if backend["name"] == name:
+            assert rule["timeouts"]["request"] == "0s", "websockets outlive any request timeout"
+    assert routes == {path: (name, port["port"]), "/": HQ_SERVICE}, routes
+
+
+def test_kustomize_secret_overlay_mounts_the_file_from_a_secret(tmp_path):
+    """deploy/kubernetes/secret-config/ with a config.yaml (here the
+    ConfigMap's file): no ConfigMap, a Secret holding the file byte for byte,
+    mounted where the base mounted the ConfigMap; all valid."""
+    import base64
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the Secret overlay was not rendered")
+    tree = tmp_path / "kubernetes"
+    shutil.copytree(K8S_ROOT, tree)
+    overlay = tree / K8S_SECRET_OVERLAY.name
+    assert not (overlay / "config.yaml").exists(), "a config.yaml is committed in the overlay"
+    configmap = yaml.safe_load((K8S / "configmap.yaml").read_text())
+    (overlay / "config.yaml").write_text(configmap["data"]["config.yaml"])
+    out = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"kubectl kustomize failed:\n{out.stderr}"
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["Deployment", "PodDisruptionBudget", "Secret", "Service"], kinds
+    for doc in docs:
+        validate_k8s(doc, "kubectl kustomize deploy/kubernetes/secret-config")
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert secret["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert base64.b64decode(secret["data"]["config.yaml"]).decode() == configmap["data"]["config.yaml"]
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    base_volumes = {v["name"]: v for v in pod_spec(yaml.safe_load((K8S / "deployment.yaml").read_text()))["volumes"]}
+    assert volumes.keys() == base_volumes.keys()
+    config_volume = next(n for n, v in base_volumes.items() if "configMap" in v)
+    assert volumes[config_volume]["secret"]["secretName"] == secret["metadata"]["name"], volumes
+    # readable by the pod's group (fsGroup), not by others
+    assert volumes[config_volume]["secret"]["defaultMode"] & 0o007 == 0
+    assert volumes[config_volume]["secret"]["defaultMode"] & 0o040
