@@ -93,6 +93,8 @@ struct Inner {
     unidentified: Family<ReasonLabels, Counter>,
     ignored: Family<ReasonLabels, Counter>,
     db_errors: Counter,
+    broadcast_closed: Counter,
+    broadcast_full: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -166,6 +168,18 @@ impl Metrics {
             "Database operations that failed",
             db_errors.clone(),
         );
+        let broadcast_closed = Counter::default();
+        registry.register(
+            "v6_socketio_broadcast_closed_sockets",
+            "Sockets that a broadcast of this instance found already closed (clients that had just left)",
+            broadcast_closed.clone(),
+        );
+        let broadcast_full = Counter::default();
+        registry.register(
+            "v6_socketio_broadcast_full_buffers",
+            "Sockets that missed a broadcast of this instance because their buffer (max_buffer_size) was full",
+            broadcast_full.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -176,6 +190,8 @@ impl Metrics {
                 unidentified,
                 ignored,
                 db_errors,
+                broadcast_closed,
+                broadcast_full,
             }),
         }
     }
@@ -259,6 +275,13 @@ impl Metrics {
     /// Counts a failed database operation.
     pub fn database_error(&self) {
         self.inner.db_errors.inc();
+    }
+
+    /// Counts the sockets a broadcast could not reach: already closed, or
+    /// with a full buffer.
+    pub fn broadcast_missed(&self, closed: u64, full: u64) {
+        self.inner.broadcast_closed.inc_by(closed);
+        self.inner.broadcast_full.inc_by(full);
     }
 
     /// The Prometheus text exposition of every metric.
