@@ -136,7 +136,7 @@ def _metric(port_url: str, name: str) -> float:
 
 
 @pytest.fixture()
-def flood_server(db, jwt_secret, tmp_path):
+def flood_server(db, jwt_secret, tmp_path, monkeypatch):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = N + 200  # this process's sockets; the server inherits the limit
     if soft < needed:
@@ -144,6 +144,8 @@ def flood_server(db, jwt_secret, tmp_path):
             f"open-files hard limit {hard} < {needed}: raise it (ulimit -Hn) to run this test")
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY
                                                     else hard, hard))
+    # the log level operators run (and the harness's default), whatever the caller's RUST_LOG
+    monkeypatch.setenv("RUST_LOG", "info")
     proc = ServerProcess(tmp_path, db, jwt_secret, name=f"flood-{db.backend}")
     try:
         proc.start()
