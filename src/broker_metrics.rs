@@ -46,6 +46,16 @@ impl Collector for BrokerCollector {
                 "Messages from RabbitMQ for a namespace this instance does not serve",
                 m.unroutable,
             ),
+            (
+                "v6_socketio_broker_delivery_closed_sockets",
+                "Sockets of this instance that a broadcast from RabbitMQ found already closed",
+                m.delivery_closed,
+            ),
+            (
+                "v6_socketio_broker_delivery_full_buffers",
+                "Sockets of this instance that missed a broadcast from RabbitMQ because their buffer was full",
+                m.delivery_full,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);

@@ -21,6 +21,7 @@ pub mod demo;
 pub mod emit;
 pub mod http;
 pub mod identity;
+pub mod log_limit;
 pub mod metrics;
 pub mod node_config;
 pub mod rooms;

@@ -95,6 +95,8 @@ struct Inner {
     db_errors: Counter,
     identification_retries: Counter,
     identifications_waiting: Gauge,
+    broadcast_closed: Counter,
+    broadcast_full: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -180,6 +182,18 @@ impl Metrics {
             "Connected sockets whose identification waits for the database",
             identifications_waiting.clone(),
         );
+        let broadcast_closed = Counter::default();
+        registry.register(
+            "v6_socketio_broadcast_closed_sockets",
+            "Sockets that a broadcast of this instance found already closed (clients that had just left)",
+            broadcast_closed.clone(),
+        );
+        let broadcast_full = Counter::default();
+        registry.register(
+            "v6_socketio_broadcast_full_buffers",
+            "Sockets that missed a broadcast of this instance because their buffer (max_buffer_size) was full",
+            broadcast_full.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -192,6 +206,8 @@ impl Metrics {
                 db_errors,
                 identification_retries,
                 identifications_waiting,
+                broadcast_closed,
+                broadcast_full,
             }),
         }
     }
@@ -287,6 +303,13 @@ impl Metrics {
     /// for the database.
     pub fn identification_waiting(&self, delta: i64) {
         self.inner.identifications_waiting.inc_by(delta);
+    }
+
+    /// Counts the sockets a broadcast could not reach: already closed, or
+    /// with a full buffer.
+    pub fn broadcast_missed(&self, closed: u64, full: u64) {
+        self.inner.broadcast_closed.inc_by(closed);
+        self.inner.broadcast_full.inc_by(full);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -7,7 +7,7 @@ use v6_socketio::{
     database_url::DatabaseUrl,
     identity::{EventScope, Identity},
     node_config::flatten,
-    store::{create_demo_database, AuthStatus, Store, Unknown},
+    store::{create_demo_database, AuthStatus, RunOwner, Store, Unknown},
 };
 
 async fn demo_store() -> (tempfile::TempDir, Store, SqliteConnection) {
@@ -89,10 +89,35 @@ async fn connect_writes_and_sweep() {
 }
 
 #[tokio::test]
-async fn run_log_and_job_id() {
+async fn run_log_and_owner() {
     let (_dir, store, mut conn) = demo_store().await;
-    assert_eq!(store.job_id_of_run(1).await.expect("q"), Some(Some(1)));
-    assert_eq!(store.job_id_of_run(99).await.expect("q"), None);
+    let owner = |organization_id, job_id| RunOwner {
+        organization_id: Some(organization_id),
+        collaboration_id: Some(1),
+        job_id,
+    };
+    assert_eq!(
+        store.run_owner(1).await.expect("q"),
+        Some(owner(1, Some(1)))
+    );
+    assert_eq!(
+        store.run_owner(2).await.expect("q"),
+        Some(owner(2, Some(1)))
+    );
+    assert_eq!(store.run_owner(99).await.expect("q"), None);
+    // A run without a task has no collaboration (and is nobody's own).
+    sqlx::query("INSERT INTO run (id, task_id, organization_id) VALUES (3, NULL, 1)")
+        .execute(&mut conn)
+        .await
+        .expect("orphan run");
+    assert_eq!(
+        store.run_owner(3).await.expect("q"),
+        Some(RunOwner {
+            organization_id: Some(1),
+            collaboration_id: None,
+            job_id: None,
+        })
+    );
     assert!(store.append_run_log(1, "first").await.expect("q"));
     assert!(store.append_run_log(1, "second\n").await.expect("q"));
     assert!(store.append_run_log(1, "third").await.expect("q"));

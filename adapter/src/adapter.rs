@@ -183,6 +183,10 @@ pub struct Metrics {
     pub ignored: u64,
     /// Received messages for a namespace that does not exist here.
     pub unroutable: u64,
+    /// Local sockets that a remote broadcast found already closed.
+    pub delivery_closed: u64,
+    /// Local sockets that missed a remote broadcast because their buffer was full.
+    pub delivery_full: u64,
 }
 
 #[derive(Default)]
@@ -194,6 +198,8 @@ struct Counters {
     invalid: AtomicU64,
     ignored: AtomicU64,
     unroutable: AtomicU64,
+    delivery_closed: AtomicU64,
+    delivery_full: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -342,6 +348,8 @@ impl<D: Driver> AmqpAdapterCtr<D> {
             invalid: c.invalid.load(Ordering::Relaxed),
             ignored: c.ignored.load(Ordering::Relaxed),
             unroutable: c.unroutable.load(Ordering::Relaxed),
+            delivery_closed: c.delivery_closed.load(Ordering::Relaxed),
+            delivery_full: c.delivery_full.load(Ordering::Relaxed),
         }
     }
 }
@@ -871,7 +879,17 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
                 }
             });
         } else if let Err(errs) = self.local_broadcast(packet, target) {
-            tracing::debug!(?errs, "some local sockets did not get a remote emit");
+            // Counted, not listed: after a mass disconnect every remote emit meets many
+            // closed sockets, and a list per emit would grow with their square.
+            let closed = errs
+                .iter()
+                .filter(|e| matches!(e, SocketError::Closed))
+                .count() as u64;
+            let full = errs.len() as u64 - closed;
+            let c = &self.shared.counters;
+            c.delivery_closed.fetch_add(closed, Ordering::Relaxed);
+            c.delivery_full.fetch_add(full, Ordering::Relaxed);
+            tracing::debug!(closed, full, "some local sockets did not get a remote emit");
         }
     }
 

@@ -12,6 +12,7 @@ from support import (
     expect_silence,
     quiesce,
     utcnow_naive,
+    v6db,
     wait_until,
 )
 
@@ -149,15 +150,15 @@ def test_algorithm_status_change_for_unknown_run_emits_nothing(world, room, srv)
 # ---------------------------------------------------------------------------
 def test_algorithm_log_appends_and_is_relayed(world, db, room):
     cases = [
-        # (run, initial log, message, expected log)
-        (world.r_a, None, "first line", "first line"),
-        (world.r_b, "line one", "line two", "line one\nline two"),
-        (world.r_c, "ends with newline\n", "next", "ends with newline\nnext"),
+        # (sender: a node of the run's organisation, run, initial log, message, expected log)
+        ("a1", world.r_a, None, "first line", "first line"),
+        ("b1", world.r_b, "line one", "line two", "line one\nline two"),
+        ("a1", world.r_c, "ends with newline\n", "next", "ends with newline\nnext"),
     ]
-    for run, initial, message, expected in cases:
+    for sender, run, initial, message, expected in cases:
         assert db.run_log(run.id) == initial
-        room["a1"].emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": run.id,
-                                          "task_id": world.task1.id, "log": message})
+        room[sender].emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": run.id,
+                                            "task_id": world.task1.id, "log": message})
         relayed = ("algorithm_log", {"run_id": run.id, "task_id": world.task1.id, "log": message})
         expect_exact({room[k]: [relayed] for k in ("a1", "b1", "glob", "col")}
                      | {room[k]: [] for k in ("org", "orgb", "none", "c2")})
@@ -165,7 +166,7 @@ def test_algorithm_log_appends_and_is_relayed(world, db, room):
                    what=f"run {run.id} log == {expected!r} (is {db.run_log(run.id)!r})")
 
     # a second line on the run that started empty gets a separating newline
-    room["b1"].emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_a.id,
+    room["a1"].emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_a.id,
                                       "task_id": world.task1.id, "log": "second line"})
     room["glob"].wait_event("algorithm_log")
     wait_until(lambda: db.run_log(world.r_a.id) == "first line\nsecond line",
@@ -186,6 +187,89 @@ def test_algorithm_log_from_user_is_ignored(world, db, room):
                                         "task_id": world.task1.id, "log": "from a user"})
     expect_silence(*room.values())
     assert db.run_log(world.r_b.id) == "line one"
+
+
+# ---------------------------------------------------------------------------
+# runs belong to nodes (README "Differences" 4): a node reports on, and logs
+# to, only runs of its own organisation in its own collaboration
+# ---------------------------------------------------------------------------
+def ignored_count(srv, reason: str) -> float:
+    return sum(v for name, labels, v in srv.metrics()
+               if name == "v6_socketio_ignored_events_total" and labels.get("reason") == reason)
+
+
+@pytest.fixture()
+def r_a_in_c2(world, db):
+    """A run of org_a (node_a1's organisation) in collaboration 2, where node_a1 is not."""
+    with db.session() as s:
+        run = v6db.Run(task_id=world.task2.id, organization_id=world.org_a.id, status="active",
+                       log="org a in collab 2")
+        s.add(run)
+        s.flush()
+        return run.id
+
+
+def _refused_case(world, case, r_a_in_c2):
+    """(run id, payload collaboration id, expected reason) that node a1 must not touch."""
+    return {
+        # a run of another collaboration (and organisation), the payload naming a1's own
+        "other_collaboration_run": (world.r_c2.id, world.c1.id, "foreign_run"),
+        # a run of a1's own organisation, but of a collaboration a1 is not in
+        "own_organisation_other_collaboration_run": (r_a_in_c2, world.c1.id, "foreign_run"),
+        # a run of a1's collaboration, but of another organisation (org_b's)
+        "other_organisation_run": (world.r_b.id, world.c1.id, "foreign_run"),
+        "no_such_run": (987654321, world.c1.id, "unknown_run"),
+        # a1's own run, the payload naming another collaboration: refused, not rerouted
+        "own_run_other_collaboration_named": (world.r_a.id, world.c2.id, "foreign_collaboration"),
+    }[case]
+
+
+REFUSED = ["other_collaboration_run", "own_organisation_other_collaboration_run",
+           "other_organisation_run", "no_such_run", "own_run_other_collaboration_named"]
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_algorithm_status_change_for_a_run_not_of_the_node_is_refused(case, world, db, room, srv,
+                                                                      r_a_in_c2):
+    run_id, collaboration_id, reason = _refused_case(world, case, r_a_in_c2)
+    before = ignored_count(srv, reason)
+    room["a1"].emit("algorithm_status_change", status_payload(
+        world, run_id=run_id, collaboration_id=collaboration_id))
+    expect_silence(*room.values())
+    wait_until(lambda: ignored_count(srv, reason) == before + 1,
+               what=f"ignored_events_total{{reason={reason!r}}} to count the refusal")
+    # the node's own run in its own collaboration is still relayed, with the job id of the database
+    room["a1"].emit("algorithm_status_change", status_payload(world, job_id=1, collaboration_id=world.c1.id))
+    relayed = ("algorithm_status_change", {
+        "status": "active", "run_id": world.r_a.id, "task_id": world.task1.id,
+        "job_id": world.task1.extra["job_id"], "collaboration_id": world.c1.id,
+        "node_id": world.node_a1.id, "organization_id": world.org_a.id, "parent_id": None,
+    })
+    expect_exact({room[k]: [relayed] for k in ("a1", "b1", "glob", "col")}
+                 | {room[k]: [] for k in ("org", "orgb", "none", "c2")})
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_algorithm_log_for_a_run_not_of_the_node_is_refused(case, world, db, room, srv, r_a_in_c2):
+    run_id, collaboration_id, reason = _refused_case(world, case, r_a_in_c2)
+    runs = [world.r_a.id, world.r_b.id, world.r_c.id, world.r_c2.id, r_a_in_c2]
+    logs = {r: db.run_log(r) for r in runs}
+    before = ignored_count(srv, reason)
+    room["a1"].emit("algorithm_log", {"collaboration_id": collaboration_id, "run_id": run_id,
+                                      "task_id": world.task1.id, "log": "must not be stored"})
+    expect_silence(*room.values())
+    wait_until(lambda: ignored_count(srv, reason) == before + 1,
+               what=f"ignored_events_total{{reason={reason!r}}} to count the refusal")
+    assert {r: db.run_log(r) for r in runs} == logs, "a refused algorithm_log changed a run's log"
+    # the node's own run: appended and relayed
+    room["a1"].emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_a.id,
+                                      "task_id": world.task1.id, "log": "own run"})
+    relayed = ("algorithm_log", {"run_id": world.r_a.id, "task_id": world.task1.id, "log": "own run"})
+    expect_exact({room[k]: [relayed] for k in ("a1", "b1", "glob", "col")}
+                 | {room[k]: [] for k in ("org", "orgb", "none", "c2")})
+    wait_until(lambda: db.run_log(world.r_a.id) == "own run", what="the own run's log appended")
+    assert {r: db.run_log(r) for r in runs if r != world.r_a.id} == {
+        r: v for r, v in logs.items() if r != world.r_a.id}
 
 
 # ---------------------------------------------------------------------------

@@ -63,6 +63,18 @@ pub enum Unknown {
     OtherType(Option<String>),
 }
 
+/// Whose a run is: its organisation, and its task's collaboration and job id
+/// (each `None` when the column is NULL or, for the task's, the task is missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOwner {
+    /// `run.organization_id`.
+    pub organization_id: Option<i64>,
+    /// `task.collaboration_id` of the run's task.
+    pub collaboration_id: Option<i64>,
+    /// `task.job_id` of the run's task.
+    pub job_id: Option<i64>,
+}
+
 #[derive(Clone, Debug)]
 enum Pool {
     Sqlite(SqlitePool),
@@ -87,6 +99,11 @@ pub struct Store {
 }
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// sqlx warns about every acquire slower than 2 s: under a burst (a mass
+/// disconnect writes twice per client) that is a line per event. Slow
+/// acquires are logged at debug; the ones that time out fail the operation,
+/// which the handlers count and log rate-limited.
+const SLOW_ACQUIRE_LEVEL: log::LevelFilter = log::LevelFilter::Debug;
 
 impl Store {
     /// Connects to an existing vantage6 database (it is never created here).
@@ -103,6 +120,7 @@ impl Store {
                     SqlitePoolOptions::new()
                         .max_connections(4)
                         .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .acquire_slow_level(SLOW_ACQUIRE_LEVEL)
                         .connect_with(options)
                         .await?,
                 )
@@ -113,6 +131,7 @@ impl Store {
                     PgPoolOptions::new()
                         .max_connections(10)
                         .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .acquire_slow_level(SLOW_ACQUIRE_LEVEL)
                         .connect_with(options)
                         .await?,
                 )
@@ -346,19 +365,26 @@ impl Store {
         Ok(())
     }
 
-    /// The `job_id` of a run's task: `None` when the run does not exist,
-    /// `Some(None)` when the task has no job id.
-    pub async fn job_id_of_run(&self, run_id: i64) -> Result<Option<Option<i64>>, StoreError> {
-        let row: Option<(Option<i64>,)> = on_pool!(self, p =>
+    /// The organisation, collaboration and job id of a run; `None` when the
+    /// run does not exist.
+    pub async fn run_owner(&self, run_id: i64) -> Result<Option<RunOwner>, StoreError> {
+        let row: Option<(Option<i64>, Option<i64>, Option<i64>)> = on_pool!(self, p =>
             sqlx::query_as(
-                "SELECT CAST(t.job_id AS BIGINT) FROM run r JOIN task t ON t.id = r.task_id \
+                "SELECT CAST(r.organization_id AS BIGINT), CAST(t.collaboration_id AS BIGINT), \
+                 CAST(t.job_id AS BIGINT) FROM run r LEFT JOIN task t ON t.id = r.task_id \
                  WHERE r.id = $1",
             )
             .bind(run_id)
             .fetch_optional(p)
             .await?
         );
-        Ok(row.map(|(job,)| job))
+        Ok(
+            row.map(|(organization_id, collaboration_id, job_id)| RunOwner {
+                organization_id,
+                collaboration_id,
+                job_id,
+            }),
+        )
     }
 
     /// Appends a line to `run.log` as vantage6 does (a `"\n"` first when the

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use socketioxide::{
     adapter::Adapter,
     extract::{SocketRef, State},
-    SocketIo,
+    BroadcastError, SocketError, SocketIo,
 };
 use socketioxide_core::adapter::DefinedAdapter;
 
@@ -29,10 +29,11 @@ use queue::{Job, JobReceiver, SessionStart};
 use crate::{
     auth::TokenVerifier,
     identity::{Identity, NodeIdentity},
+    log_limit::LogLimiter,
     metrics::{Metrics, NodeLabels},
     node_config,
     rooms::{self, is_announced},
-    store::{AuthStatus, Store, StoreError, Unknown},
+    store::{AuthStatus, RunOwner, Store, StoreError, Unknown},
 };
 
 /// The namespace vantage6 nodes and users connect to.
@@ -49,6 +50,7 @@ struct ContextInner {
     store: Store,
     verifier: TokenVerifier,
     metrics: Metrics,
+    log_limit: LogLimiter,
 }
 
 impl TasksContext {
@@ -59,6 +61,7 @@ impl TasksContext {
                 store,
                 verifier,
                 metrics,
+                log_limit: LogLimiter::default(),
             }),
         }
     }
@@ -71,12 +74,34 @@ impl TasksContext {
         &self.inner.metrics
     }
 
-    /// Logs and counts a failed database operation.
-    fn db_failed(&self, what: &str, e: &StoreError) {
+    /// `Some(occurrences)` when a summary line of `kind` is due (see [`LogLimiter`]).
+    fn log_due(&self, kind: &'static str, n: u64) -> Option<u64> {
+        self.inner.log_limit.hit(kind, n)
+    }
+
+    /// `Some(not_logged_before)` when a per-client lifecycle line of `kind`
+    /// is to be logged: the first [`LIFECYCLE_LINES`] of each interval are,
+    /// so a fleet reconnecting at once writes a few lines, not one per client
+    /// (the counts are on `/metrics`).
+    fn lifecycle_line(&self, kind: &'static str) -> Option<u64> {
+        self.inner.log_limit.burst(kind, LIFECYCLE_LINES)
+    }
+
+    /// Counts a failed database operation and logs it, at most once per
+    /// operation and interval (an unreachable or saturated database fails
+    /// every event's operation).
+    fn db_failed(&self, what: &'static str, e: &StoreError) {
         self.metrics().database_error();
-        error!(error = %e, "database operation failed: {what}");
+        if let Some(n) = self.log_due(what, 1) {
+            error!(error = %e, failures = n, "database operation failed: {what}");
+        }
     }
 }
+
+/// Per-client info lines (connected, identified, disconnected) logged one by
+/// one in each 10 s interval, for each kind; the rest are counted into the
+/// next line (`not_logged_before=`).
+pub const LIFECYCLE_LINES: u32 = 20;
 
 /// What a socket's client is, once the connect has been handled.
 #[derive(Debug)]
@@ -169,21 +194,33 @@ async fn handle_event<A: Adapter>(
 /// `on_connect`: verify the handshake's token, mark the client online,
 /// send a node its `sync`, announce it and join its rooms.
 async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
-    info!(sid = %s.id, "client connected");
+    if let Some(skipped) = ctx.lifecycle_line("client_connected") {
+        info!(sid = %s.id, not_logged_before = skipped, "client connected");
+    }
     let Some(identity) = identify_until_decided(s, ctx).await else {
         return Session::Unidentified;
     };
-    info!(sid = %s.id, kind = identity.kind(), name = identity.name(), "client identified");
+    if let Some(skipped) = ctx.lifecycle_line("client_identified") {
+        info!(sid = %s.id, kind = identity.kind(), name = identity.name(),
+            not_logged_before = skipped, "client identified");
+    }
 
     let rooms = rooms::rooms_for(&identity);
     if let Identity::Node(node) = &identity {
         emit_to_socket(s, "sync");
-        announce_node(s, node, &rooms, "node-online").await;
+        announce_node(s, ctx, node, &rooms, "node-online").await;
     }
     for room in &rooms {
         s.join(room.clone());
         if is_announced(room) {
-            emit_to_room(s, room, "message", &rooms::join_message(&identity, room)).await;
+            emit_to_room(
+                s,
+                ctx,
+                room,
+                "message",
+                &rooms::join_message(&identity, room),
+            )
+            .await;
         }
         // A user may join hundreds of rooms: let the transport drain meanwhile.
         tokio::task::yield_now().await;
@@ -264,16 +301,20 @@ async fn identify_until_decided<A: Adapter>(
         failed_attempts += 1;
         if failed_attempts == 1 {
             ctx.metrics().identification_waiting(1);
-            warn!(sid = %s.id, error = %why,
-                "database unavailable: identification is retried until it answers");
+            if let Some(n) = ctx.log_due("identification_waiting", 1) {
+                warn!(sid = %s.id, error = %why, clients = n,
+                    "database unavailable: identification is retried until it answers");
+            }
         } else {
             debug!(sid = %s.id, error = %why, failed_attempts, "identification retried");
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(RETRY_DELAY_MAX);
         if !s.connected() {
-            warn!(sid = %s.id, failed_attempts,
-                "client left before the database answered its identification");
+            if let Some(n) = ctx.log_due("identification_abandoned", 1) {
+                warn!(sid = %s.id, failed_attempts, clients = n,
+                    "client left before the database answered its identification");
+            }
             ctx.metrics().unidentified("database_error");
             break None;
         }
@@ -281,7 +322,10 @@ async fn identify_until_decided<A: Adapter>(
     if failed_attempts > 0 {
         ctx.metrics().identification_waiting(-1);
         if decided.is_some() {
-            info!(sid = %s.id, failed_attempts, "database answered: identification completed");
+            if let Some(skipped) = ctx.lifecycle_line("identification_completed") {
+                info!(sid = %s.id, failed_attempts, not_logged_before = skipped,
+                    "database answered: identification completed");
+            }
         }
     }
     decided
@@ -293,7 +337,9 @@ async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Identific
     let auth_id = match ctx.inner.verifier.verify_headers(&s.req_parts().headers) {
         Ok(id) => id,
         Err(e) => {
-            warn!(sid = %s.id, reason = %e, "could not identify client");
+            if let Some(n) = ctx.log_due("rejected_token", 1) {
+                warn!(sid = %s.id, reason = %e, clients = n, "could not identify client");
+            }
             ctx.metrics()
                 .unidentified(e.client_event().unwrap_or("rejected_token"));
             if let Some(event) = e.client_event() {
@@ -309,7 +355,10 @@ async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Identific
                 Unknown::NoSuchId => "unknown_subject",
                 Unknown::OtherType(_) => "unsupported_subject_type",
             };
-            warn!(sid = %s.id, auth_id, ?unknown, "token subject is not a node or user");
+            if let Some(n) = ctx.log_due("unknown_subject", 1) {
+                warn!(sid = %s.id, auth_id, ?unknown, clients = n,
+                    "token subject is not a node or user");
+            }
             ctx.metrics().unidentified(reason);
             return Identification::Rejected;
         }
@@ -351,7 +400,14 @@ async fn disconnect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext, session: S
     for room in &rooms {
         s.leave(room.clone());
         if is_announced(room) {
-            emit_to_room(s, room, "message", &rooms::leave_message(&identity, room)).await;
+            emit_to_room(
+                s,
+                ctx,
+                room,
+                "message",
+                &rooms::leave_message(&identity, room),
+            )
+            .await;
         }
     }
     if let Err(e) = ctx
@@ -362,12 +418,15 @@ async fn disconnect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext, session: S
         ctx.db_failed("set status offline", &e);
     }
     if let Identity::Node(node) = &identity {
-        announce_node(s, node, &rooms, "node-offline").await;
+        announce_node(s, ctx, node, &rooms, "node-offline").await;
         if let Err(e) = ctx.store().delete_node_config(node.id).await {
             ctx.db_failed("delete node configuration", &e);
         }
     }
-    info!(sid = %s.id, name = identity.name(), "client disconnected");
+    if let Some(skipped) = ctx.lifecycle_line("client_disconnected") {
+        info!(sid = %s.id, name = identity.name(), not_logged_before = skipped,
+            "client disconnected");
+    }
 }
 
 /// `on_ping`: any identified client; status online and `last_seen` now.
@@ -378,8 +437,8 @@ async fn on_ping(ctx: &TasksContext, identity: &Identity) {
     }
 }
 
-/// `on_algorithm_status_change`: re-emitted to the collaboration with the
-/// run's `job_id` (the sender receives it too).
+/// `on_algorithm_status_change`: for a run of the node's own, re-emitted to
+/// the collaboration with the run's `job_id` (the sender receives it too).
 async fn on_algorithm_status_change<A: Adapter>(
     s: &SocketRef<A>,
     ctx: &TasksContext,
@@ -393,13 +452,8 @@ async fn on_algorithm_status_change<A: Adapter>(
     let Some(run_id) = data.get("run_id").and_then(Value::as_i64) else {
         return ignore(ctx, EVENT, "missing_run_id");
     };
-    let job_id = match ctx.store().job_id_of_run(run_id).await {
-        Ok(Some(job_id)) => job_id,
-        Ok(None) => {
-            warn!(node = %node.name, run_id, "{EVENT} for an unknown run");
-            return ignore(ctx, EVENT, "unknown_run");
-        }
-        Err(e) => return ctx.db_failed("look up job id", &e),
+    let Some(RunOwner { job_id, .. }) = own_run(ctx, node, run_id, EVENT).await else {
+        return;
     };
     let field = |k: &str| data.get(k).cloned().unwrap_or(Value::Null);
     let status = field("status");
@@ -416,6 +470,7 @@ async fn on_algorithm_status_change<A: Adapter>(
     });
     emit_to_room(
         s,
+        ctx,
         &rooms::collaboration_room(collaboration_id),
         EVENT,
         &payload,
@@ -431,7 +486,8 @@ async fn on_node_info_update(ctx: &TasksContext, node: &NodeIdentity, data: Map<
     }
 }
 
-/// `on_algorithm_log`: appends to `run.log` and re-emits to the collaboration.
+/// `on_algorithm_log`: for a run of the node's own, appends to `run.log` and
+/// re-emits to the collaboration.
 async fn on_algorithm_log<A: Adapter>(
     s: &SocketRef<A>,
     ctx: &TasksContext,
@@ -448,12 +504,13 @@ async fn on_algorithm_log<A: Adapter>(
     ) else {
         return ignore(ctx, EVENT, "missing_run_id_or_log");
     };
+    if own_run(ctx, node, run_id, EVENT).await.is_none() {
+        return;
+    }
     match ctx.store().append_run_log(run_id, line).await {
         Ok(true) => {}
-        Ok(false) => {
-            warn!(node = %node.name, run_id, "{EVENT} for an unknown run");
-            return ignore(ctx, EVENT, "unknown_run");
-        }
+        // Deleted since the look-up.
+        Ok(false) => return refused_unknown_run(ctx, node, run_id, EVENT),
         Err(e) => return ctx.db_failed("append run log", &e),
     }
     let payload = json!({
@@ -463,6 +520,7 @@ async fn on_algorithm_log<A: Adapter>(
     });
     emit_to_room(
         s,
+        ctx,
         &rooms::collaboration_room(collaboration_id),
         EVENT,
         &payload,
@@ -485,7 +543,9 @@ fn on_node_metrics_update(ctx: &TasksContext, node: &NodeIdentity, mut data: Map
     };
     for (name, value) in &data {
         if let Err(e) = ctx.metrics().set_node_metric(&labels, name, value) {
-            warn!(node = %node.name, "invalid metric data: {e}");
+            if let Some(n) = ctx.log_due("invalid_metric", 1) {
+                warn!(node = %node.name, entries = n, "invalid metric data: {e}");
+            }
         }
     }
     debug!(node = %node.name, "updated node metrics");
@@ -508,19 +568,23 @@ fn node_payload<'a>(
     data: Option<Value>,
 ) -> Option<(&'a NodeIdentity, Map<String, Value>)> {
     let Identity::Node(node) = identity else {
-        warn!(
-            "Only nodes can send {event}! {} {} is not allowed.",
-            identity.kind(),
-            identity.id()
-        );
-        ctx.metrics().ignored_event("not_a_node");
+        if let Some(n) = refuse(ctx, event, "not_a_node") {
+            warn!(
+                refused = n,
+                "Only nodes can send {event}! {} {} is not allowed.",
+                identity.kind(),
+                identity.id()
+            );
+        }
         return None;
     };
     match data {
         Some(Value::Object(map)) => Some((node, map)),
         other => {
-            warn!(node = %node.name, "{event} payload is not an object: {other:?}");
-            ctx.metrics().ignored_event("malformed_payload");
+            if let Some(n) = refuse(ctx, event, "malformed_payload") {
+                let head: String = format!("{other:?}").chars().take(200).collect();
+                warn!(node = %node.name, refused = n, "{event} payload is not an object: {head}");
+            }
             None
         }
     }
@@ -528,7 +592,8 @@ fn node_payload<'a>(
 
 /// The payload's `collaboration_id` if it is the node's own collaboration.
 /// vantage6 trusts the node here; we do not let a node emit into another
-/// collaboration's room.
+/// collaboration's room, nor reroute what names one: such an event is
+/// refused even when its run is the node's own.
 fn own_collaboration(
     ctx: &TasksContext,
     node: &NodeIdentity,
@@ -538,11 +603,53 @@ fn own_collaboration(
     match data.get("collaboration_id").and_then(Value::as_i64) {
         Some(c) if c == node.collaboration_id => Some(c),
         other => {
-            warn!(node = %node.name, claimed = ?other, own = node.collaboration_id,
-                "{event} names a collaboration that is not the node's own");
-            ignore(ctx, event, "foreign_collaboration");
+            if let Some(n) = refuse(ctx, event, "foreign_collaboration") {
+                warn!(node = %node.name, claimed = ?other, own = node.collaboration_id, refused = n,
+                    "{event} names a collaboration that is not the node's own");
+            }
             None
         }
+    }
+}
+
+/// The run `run_id` if it is the node's own, as the database says (not the
+/// payload): the run is of the node's organisation and its task of the
+/// node's collaboration. vantage6 lets any node report on, and append to
+/// the log of, any run. Otherwise `None` (logged, counted).
+async fn own_run(
+    ctx: &TasksContext,
+    node: &NodeIdentity,
+    run_id: i64,
+    event: &str,
+) -> Option<RunOwner> {
+    let run = match ctx.store().run_owner(run_id).await {
+        Ok(Some(run)) => run,
+        Ok(None) => {
+            refused_unknown_run(ctx, node, run_id, event);
+            return None;
+        }
+        Err(e) => {
+            ctx.db_failed("look up run", &e);
+            return None;
+        }
+    };
+    if run.organization_id == Some(node.organization_id)
+        && run.collaboration_id == Some(node.collaboration_id)
+    {
+        return Some(run);
+    }
+    if let Some(n) = refuse(ctx, event, "foreign_run") {
+        warn!(node = %node.name, run_id, run_organization = ?run.organization_id,
+            run_collaboration = ?run.collaboration_id, organization = node.organization_id,
+            collaboration = node.collaboration_id, refused = n,
+            "{event} for a run of another organisation or collaboration");
+    }
+    None
+}
+
+fn refused_unknown_run(ctx: &TasksContext, node: &NodeIdentity, run_id: i64, event: &str) {
+    if let Some(n) = refuse(ctx, event, "unknown_run") {
+        warn!(node = %node.name, run_id, refused = n, "{event} for an unknown run");
     }
 }
 
@@ -551,17 +658,25 @@ fn ignore(ctx: &TasksContext, event: &str, reason: &str) {
     ctx.metrics().ignored_event(reason);
 }
 
+/// [`ignore`], for refusals worth a warning: `Some(refused)` when a line is
+/// due (at most one per reason and interval, a client may send thousands).
+fn refuse(ctx: &TasksContext, event: &str, reason: &'static str) -> Option<u64> {
+    ignore(ctx, event, reason);
+    ctx.log_due(reason, 1)
+}
+
 /// `node-online` / `node-offline` to each announced room of the node, one
 /// emit per room as vantage6 does (a member of two of them gets it twice).
 async fn announce_node<A: Adapter>(
     s: &SocketRef<A>,
+    ctx: &TasksContext,
     node: &NodeIdentity,
     rooms: &[String],
     event: &str,
 ) {
     let payload = json!({"id": node.id, "name": node.name, "org_id": node.organization_id});
     for room in rooms.iter().filter(|r| is_announced(r)) {
-        emit_to_room(s, room, event, &payload).await;
+        emit_to_room(s, ctx, room, event, &payload).await;
     }
 }
 
@@ -578,11 +693,50 @@ fn emit_to_socket<A: Adapter>(s: &SocketRef<A>, event: &str) {
 /// An event to every socket in `room`, this one included when it is a member.
 async fn emit_to_room<A: Adapter, T: serde::Serialize + ?Sized>(
     s: &SocketRef<A>,
+    ctx: &TasksContext,
     room: &str,
     event: &str,
     data: &T,
 ) {
     if let Err(e) = s.within(room.to_owned()).emit(event, data).await {
-        warn!(room, event, error = %e, "broadcast failed");
+        broadcast_failed(ctx, room, event, &e);
+    }
+}
+
+/// Counts the sockets a broadcast missed and logs a rate-limited summary:
+/// when many clients leave at once every departure's broadcasts meet the
+/// others' closed sockets, so one line per broadcast (or per socket) would
+/// grow with the square of the clients.
+fn broadcast_failed(ctx: &TasksContext, room: &str, event: &str, e: &BroadcastError) {
+    let errors = match e {
+        BroadcastError::Socket(errors) => errors,
+        other => {
+            if let Some(n) = ctx.log_due("broadcast_failed", 1) {
+                warn!(room, event, error = %other, failures = n, "broadcast failed");
+            }
+            return;
+        }
+    };
+    let closed = errors
+        .iter()
+        .filter(|e| matches!(e, SocketError::Closed))
+        .count() as u64;
+    let full = errors.len() as u64 - closed;
+    ctx.metrics().broadcast_missed(closed, full);
+    if let Some(n) = ctx.log_due("broadcast_closed", closed) {
+        debug!(
+            room,
+            event,
+            sockets = n,
+            "broadcasts met sockets that were already closed"
+        );
+    }
+    if let Some(n) = ctx.log_due("broadcast_full", full) {
+        warn!(
+            room,
+            event,
+            sockets = n,
+            "broadcasts skipped sockets whose buffer was full (max_buffer_size)"
+        );
     }
 }

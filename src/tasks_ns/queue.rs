@@ -109,9 +109,11 @@ impl<A: Adapter> FromMessageParts<A> for Enqueued {
         let event = match Event::from_message_parts(s, v, ack_id) {
             Ok(Event(event)) => event,
             Err(e) => {
-                warn!(sid = %s.id, error = %e, "undecodable event dropped");
                 if let Some(State(ctx)) = ctx {
                     ctx.metrics().ignored_event("undecodable");
+                    if let Some(n) = ctx.log_due("undecodable", 1) {
+                        warn!(sid = %s.id, error = %e, dropped = n, "undecodable event dropped");
+                    }
                 }
                 return Ok(Enqueued);
             }
@@ -122,9 +124,12 @@ impl<A: Adapter> FromMessageParts<A> for Enqueued {
         };
         if sender.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_EVENTS {
             sender.queued.fetch_sub(1, Ordering::Relaxed);
-            warn!(sid = %s.id, %event, "session queue full, event dropped");
+            // A flooding client would otherwise get one line per event.
             if let Some(State(ctx)) = ctx {
                 ctx.metrics().ignored_event("queue_full");
+                if let Some(n) = ctx.log_due("queue_full", 1) {
+                    warn!(sid = %s.id, %event, dropped = n, "session queue full, event dropped");
+                }
             }
             return Ok(Enqueued);
         }
