@@ -10,7 +10,7 @@
 //! identified waits for the identification, two `algorithm_log` lines are
 //! appended in order, and a disconnect never races the connect.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use serde_json::{json, Map, Value};
 use socketioxide::{
@@ -28,6 +28,7 @@ use queue::{Job, JobReceiver, SessionStart};
 
 use crate::{
     auth::TokenVerifier,
+    config::DEFAULT_FIRST_EVENT_DELAY,
     identity::{Identity, NodeIdentity},
     metrics::{Metrics, NodeLabels},
     node_config,
@@ -42,6 +43,7 @@ pub const NAMESPACE: &str = "/tasks";
 #[derive(Clone, Debug)]
 pub struct TasksContext {
     inner: Arc<ContextInner>,
+    first_event_delay: Duration,
 }
 
 #[derive(Debug)]
@@ -60,7 +62,16 @@ impl TasksContext {
                 verifier,
                 metrics,
             }),
+            first_event_delay: DEFAULT_FIRST_EVENT_DELAY,
         }
+    }
+
+    /// Sets how long a connection's first server-initiated event waits
+    /// after the CONNECT acknowledgement (see [`FirstEventHold`]).
+    #[must_use]
+    pub fn with_first_event_delay(mut self, delay: Duration) -> Self {
+        self.first_event_delay = delay;
+        self
     }
 
     fn store(&self) -> &Store {
@@ -170,7 +181,8 @@ async fn handle_event<A: Adapter>(
 /// send a node its `sync`, announce it and join its rooms.
 async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
     info!(sid = %s.id, "client connected");
-    let Some(identity) = identify(s, ctx).await else {
+    let hold = FirstEventHold::from_now(ctx.first_event_delay);
+    let Some(identity) = identify(s, ctx, &hold).await else {
         return Session::Unidentified;
     };
     if let Err(e) = ctx
@@ -183,6 +195,9 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
     info!(sid = %s.id, kind = identity.kind(), name = identity.name(), "client identified");
 
     let rooms = rooms::rooms_for(&identity);
+    // Before the first event and before joining any room, so that neither
+    // `sync` nor a room's event reaches the client during the hold.
+    hold.wait().await;
     if let Identity::Node(node) = &identity {
         emit_to_socket(s, "sync");
         announce_node(s, node, &rooms, "node-online").await;
@@ -200,7 +215,11 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
 
 /// Verifies the token and looks up its subject; on failure tells the client
 /// what vantage6 tells it and counts the reason.
-async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Option<Identity> {
+async fn identify<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &TasksContext,
+    hold: &FirstEventHold,
+) -> Option<Identity> {
     let auth_id = match ctx.inner.verifier.verify_headers(&s.req_parts().headers) {
         Ok(id) => id,
         Err(e) => {
@@ -208,6 +227,7 @@ async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Option<Id
             ctx.metrics()
                 .unidentified(e.client_event().unwrap_or("rejected_token"));
             if let Some(event) = e.client_event() {
+                hold.wait().await;
                 emit_to_socket(s, event);
             }
             return None;
@@ -229,6 +249,31 @@ async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Option<Id
             ctx.metrics().unidentified("database_error");
             None
         }
+    }
+}
+
+/// Holds a connection's first server-initiated event until `delay` after
+/// the CONNECT acknowledgement. python-socketio's client (5.15 and 5.18, on
+/// python-engineio 4) handles every packet in a thread of its own and
+/// finishes its `connect()` after the server has answered: an event sent
+/// right behind the acknowledgement may be handled before the namespace is
+/// registered (`BadNamespaceError` when the handler emits, as vantage6's
+/// `on_sync` does) or before `connect()` stored its read loop (its
+/// `disconnect()`, called by `on_expired_token`, then fails). The wait
+/// overlaps the token check and the database work of the connect.
+struct FirstEventHold {
+    until: tokio::time::Instant,
+}
+
+impl FirstEventHold {
+    fn from_now(delay: Duration) -> Self {
+        Self {
+            until: tokio::time::Instant::now() + delay,
+        }
+    }
+
+    async fn wait(&self) {
+        tokio::time::sleep_until(self.until).await;
     }
 }
 
