@@ -32,6 +32,15 @@ pub const DEFAULT_MAX_PAYLOAD: u64 = 1_000_000;
 /// to it fail. python-socketio's queues are unbounded; a user with the
 /// global event scope receives one join message per collaboration at once.
 pub const DEFAULT_MAX_BUFFER_SIZE: usize = 4096;
+/// Default hold of a connection's first server-initiated event (`sync`,
+/// `expired_token`, `invalid_token`) after the CONNECT acknowledgement.
+/// python-socketio's client handles each packet in a thread of its own and
+/// finishes setting up its connection after the server answered; vantage6
+/// answers after tens of milliseconds, so its nodes never notice. See the
+/// README ("first_event_delay").
+pub const DEFAULT_FIRST_EVENT_DELAY: Duration = Duration::from_millis(50);
+/// Largest accepted `first_event_delay`.
+pub const MAX_FIRST_EVENT_DELAY: Duration = Duration::from_secs(10);
 /// Default Socket.IO path, as Flask-SocketIO.
 pub const DEFAULT_PATH: &str = "/socket.io/";
 /// Default listen port (vantage6's REST API uses 7601 in its own examples;
@@ -157,6 +166,9 @@ pub struct Config {
     /// Whether handshake responses set the `v6_socketio_instance` cookie
     /// naming this instance, for the proxy's session affinity.
     pub affinity_cookie: bool,
+    /// How long after the CONNECT acknowledgement a connection's first
+    /// server-initiated event is held (zero: not held).
+    pub first_event_delay: Duration,
 }
 
 /// Settings that flags or environment variables may override. Each field is
@@ -204,6 +216,9 @@ pub struct ServeOverrides {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub affinity_cookie: Option<bool>,
+    /// Milliseconds between the CONNECT acknowledgement and the first event the server sends the client (sync, expired_token, invalid_token); 0 sends it at once [default: 50]
+    #[arg(long, env = "V6_SOCKETIO_FIRST_EVENT_DELAY", value_name = "MS")]
+    pub first_event_delay: Option<u64>,
 }
 
 /// The parts of a vantage6 4.x server configuration file that we read.
@@ -247,6 +262,7 @@ struct OwnSection {
     log_format: Option<LogFormat>,
     instance_name: Option<String>,
     affinity_cookie: Option<bool>,
+    first_event_delay: Option<u64>,
 }
 
 /// What [`Config::load`] noticed but accepted; the caller logs these once
@@ -397,6 +413,8 @@ impl Config {
             .affinity_cookie
             .or(own.affinity_cookie)
             .unwrap_or(true);
+        let first_event_delay =
+            first_event_delay(overrides.first_event_delay.or(own.first_event_delay))?;
 
         Ok((
             Config {
@@ -415,6 +433,7 @@ impl Config {
                 log_format,
                 instance_name,
                 affinity_cookie,
+                first_event_delay,
             },
             warnings,
         ))
@@ -463,6 +482,23 @@ fn seconds(
             message: format!("{v} is not a positive number of seconds"),
         }),
     }
+}
+
+fn first_event_delay(ms: Option<u64>) -> Result<Duration, ConfigError> {
+    let Some(ms) = ms else {
+        return Ok(DEFAULT_FIRST_EVENT_DELAY);
+    };
+    let delay = Duration::from_millis(ms);
+    if delay > MAX_FIRST_EVENT_DELAY {
+        return Err(ConfigError::Invalid {
+            name: "first_event_delay",
+            message: format!(
+                "{ms} ms is more than {} ms",
+                MAX_FIRST_EVENT_DELAY.as_millis()
+            ),
+        });
+    }
+    Ok(delay)
 }
 
 fn nonzero<T: Copy + PartialEq + Default>(
@@ -528,6 +564,7 @@ mod tests {
             c.instance_name
         );
         assert!(c.affinity_cookie);
+        assert_eq!(c.first_event_delay, DEFAULT_FIRST_EVENT_DELAY);
         assert!(w.0.is_empty());
     }
 

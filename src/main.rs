@@ -31,7 +31,8 @@ enum Command {
     /// rabbitmq.uri (or the legacy rabbitmq_uri). Our own settings live in a
     /// `v6_socketio:` section of the same file (ip, port, path, ping_interval,
     /// ping_timeout, sweep_interval, max_payload, max_buffer_size,
-    /// message_queue_format, log_format, instance_name, affinity_cookie) and can
+    /// message_queue_format, log_format, instance_name, affinity_cookie,
+    /// first_event_delay) and can
     /// be overridden by environment variables and flags (flag > env > file > default).
     /// Log verbosity: RUST_LOG (default info).
     Serve {

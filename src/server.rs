@@ -66,7 +66,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let builder = |metrics: &Metrics| {
         socketio_builder(
             &config,
-            TasksContext::new(store.clone(), verifier.clone(), metrics.clone()),
+            TasksContext::new(store.clone(), verifier.clone(), metrics.clone())
+                .with_first_event_delay(config.first_event_delay),
         )
     };
 

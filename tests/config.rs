@@ -253,3 +253,31 @@ fn missing_file_is_an_error_naming_it() {
     .expect_err("absent");
     assert!(err.to_string().contains("absent.yaml"));
 }
+
+#[test]
+fn first_event_delay_in_milliseconds() {
+    let base = "jwt_secret_key: k\nuri: sqlite:///x\n";
+    let (c, _) = from_yaml(base).expect("valid");
+    assert_eq!(c.first_event_delay, Duration::from_millis(50), "default");
+    let (c, _) = from_yaml(&format!("{base}v6_socketio: {{first_event_delay: 0}}\n")).expect("0");
+    assert_eq!(c.first_event_delay, Duration::ZERO, "0 turns the hold off");
+    let (c, _) =
+        from_yaml(&format!("{base}v6_socketio: {{first_event_delay: 120}}\n")).expect("file");
+    assert_eq!(c.first_event_delay, Duration::from_millis(120));
+    let flag = Flags::parse_from(["serve", "--first-event-delay", "7"]).overrides;
+    let (c, _) = Config::from_yaml(
+        &format!("{base}v6_socketio: {{first_event_delay: 120}}\n"),
+        &flag,
+    )
+    .expect("flag");
+    assert_eq!(
+        c.first_event_delay,
+        Duration::from_millis(7),
+        "flag beats file"
+    );
+    for bad in ["10001", "-1", "0.5", "soon"] {
+        let yaml = format!("{base}v6_socketio: {{first_event_delay: {bad}}}\n");
+        let msg = from_yaml(&yaml).expect_err(&yaml).to_string();
+        assert!(msg.contains("first_event_delay"), "{yaml:?} gave {msg:?}");
+    }
+}

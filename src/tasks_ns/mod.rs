@@ -28,6 +28,7 @@ use queue::{Job, JobReceiver, SessionStart};
 
 use crate::{
     auth::TokenVerifier,
+    config::DEFAULT_FIRST_EVENT_DELAY,
     identity::{Identity, NodeIdentity},
     log_limit::LogLimiter,
     metrics::{Metrics, NodeLabels},
@@ -43,6 +44,7 @@ pub const NAMESPACE: &str = "/tasks";
 #[derive(Clone, Debug)]
 pub struct TasksContext {
     inner: Arc<ContextInner>,
+    first_event_delay: Duration,
 }
 
 #[derive(Debug)]
@@ -63,7 +65,16 @@ impl TasksContext {
                 metrics,
                 log_limit: LogLimiter::default(),
             }),
+            first_event_delay: DEFAULT_FIRST_EVENT_DELAY,
         }
+    }
+
+    /// Sets how long a connection's first server-initiated event waits
+    /// after the CONNECT acknowledgement (see [`FirstEventHold`]).
+    #[must_use]
+    pub fn with_first_event_delay(mut self, delay: Duration) -> Self {
+        self.first_event_delay = delay;
+        self
     }
 
     fn store(&self) -> &Store {
@@ -197,7 +208,8 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
     if let Some(skipped) = ctx.lifecycle_line("client_connected") {
         info!(sid = %s.id, not_logged_before = skipped, "client connected");
     }
-    let Some(identity) = identify_until_decided(s, ctx).await else {
+    let hold = FirstEventHold::from_now(ctx.first_event_delay);
+    let Some(identity) = identify_until_decided(s, ctx, &hold).await else {
         return Session::Unidentified;
     };
     if let Some(skipped) = ctx.lifecycle_line("client_identified") {
@@ -206,6 +218,9 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
     }
 
     let rooms = rooms::rooms_for(&identity);
+    // Before the first event and before joining any room, so that neither
+    // `sync` nor a room's event reaches the client during the hold.
+    hold.wait().await;
     if let Identity::Node(node) = &identity {
         emit_to_socket(s, "sync");
         announce_node(s, ctx, node, &rooms, "node-online").await;
@@ -287,11 +302,12 @@ enum Undecided {
 async fn identify_until_decided<A: Adapter>(
     s: &SocketRef<A>,
     ctx: &TasksContext,
+    hold: &FirstEventHold,
 ) -> Option<Identity> {
     let mut delay = RETRY_DELAY_MIN;
     let mut failed_attempts = 0u32;
     let decided = loop {
-        let why = match identify(s, ctx).await {
+        let why = match identify(s, ctx, hold).await {
             Identification::Identified(identity) => break Some(identity),
             Identification::Rejected => break None,
             Identification::Undecided(why) => why,
@@ -333,7 +349,11 @@ async fn identify_until_decided<A: Adapter>(
 
 /// Verifies the token, looks up its subject and marks it online; a
 /// rejected client is told what vantage6 tells it and the reason counted.
-async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Identification {
+async fn identify<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &TasksContext,
+    hold: &FirstEventHold,
+) -> Identification {
     let auth_id = match ctx.inner.verifier.verify_headers(&s.req_parts().headers) {
         Ok(id) => id,
         Err(e) => {
@@ -343,6 +363,7 @@ async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Identific
             ctx.metrics()
                 .unidentified(e.client_event().unwrap_or("rejected_token"));
             if let Some(event) = e.client_event() {
+                hold.wait().await;
                 emit_to_socket(s, event);
             }
             return Identification::Rejected;
@@ -385,6 +406,31 @@ async fn within_attempt_timeout<T>(
     match tokio::time::timeout(IDENTIFY_ATTEMPT_TIMEOUT, call).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(Undecided::TimedOut(IDENTIFY_ATTEMPT_TIMEOUT)),
+    }
+}
+
+/// Holds a connection's first server-initiated event until `delay` after
+/// the CONNECT acknowledgement. python-socketio's client (5.15 and 5.18, on
+/// python-engineio 4) handles every packet in a thread of its own and
+/// finishes its `connect()` after the server has answered: an event sent
+/// right behind the acknowledgement may be handled before the namespace is
+/// registered (`BadNamespaceError` when the handler emits, as vantage6's
+/// `on_sync` does) or before `connect()` stored its read loop (its
+/// `disconnect()`, called by `on_expired_token`, then fails). The wait
+/// overlaps the token check and the database work of the connect.
+struct FirstEventHold {
+    until: tokio::time::Instant,
+}
+
+impl FirstEventHold {
+    fn from_now(delay: Duration) -> Self {
+        Self {
+            until: tokio::time::Instant::now() + delay,
+        }
+    }
+
+    async fn wait(&self) {
+        tokio::time::sleep_until(self.until).await;
     }
 }
 
