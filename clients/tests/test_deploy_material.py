@@ -25,6 +25,7 @@ once per database backend.  What each test guards:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -513,12 +514,9 @@ def test_dockerfile_builds_and_runs_the_binary(serve_options):
     assert_serve_args_known(entrypoint[1:] + cmd, serve_options, "Dockerfile CMD")
 
 
-def test_dockerfile_healthcheck_tells_up_from_down(binary, tmp_path):
-    """The HEALTHCHECK command, run here against a `demo` instance, then a closed port."""
-    args = instruction("HEALTHCHECK")[-1]
-    cmd = json.loads(args[args.index("CMD") + 3:].strip())
-    assert cmd[0] == "bash", "the slim image has bash, no curl/wget: the check must use bash"
-    port = free_port()
+@contextlib.contextmanager
+def running_demo(binary: Path, tmp_path: Path, port: int):
+    """`v6-socketio demo` listening on `port` for the block; stopped after it."""
     proc = subprocess.Popen(
         [str(binary), "demo", "--dir", str(tmp_path / "demo"), "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env({"RUST_LOG": "warn"}),
@@ -533,9 +531,7 @@ def test_dockerfile_healthcheck_tells_up_from_down(binary, tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, "demo did not listen"
                 time.sleep(0.05)
-        up = subprocess.run(cmd, env=clean_env({"V6_SOCKETIO_PORT": str(port)}),
-                            capture_output=True, text=True, timeout=10)
-        assert up.returncode == 0, f"healthcheck failed against a healthy instance: {up.stderr}"
+        yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -543,6 +539,18 @@ def test_dockerfile_healthcheck_tells_up_from_down(binary, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_dockerfile_healthcheck_tells_up_from_down(binary, tmp_path):
+    """The HEALTHCHECK command, run here against a `demo` instance, then a closed port."""
+    args = instruction("HEALTHCHECK")[-1]
+    cmd = json.loads(args[args.index("CMD") + 3:].strip())
+    assert cmd[0] == "bash", "the slim image has bash, no curl/wget: the check must use bash"
+    port = free_port()
+    with running_demo(binary, tmp_path, port):
+        up = subprocess.run(cmd, env=clean_env({"V6_SOCKETIO_PORT": str(port)}),
+                            capture_output=True, text=True, timeout=10)
+        assert up.returncode == 0, f"healthcheck failed against a healthy instance: {up.stderr}"
     down = subprocess.run(cmd, env=clean_env({"V6_SOCKETIO_PORT": str(port)}),
                           capture_output=True, text=True, timeout=10)
     assert down.returncode != 0, "healthcheck passed with nothing listening"
@@ -923,10 +931,6 @@ def test_kubernetes_probes_exist_on_the_binary(k8s_base, binary, tmp_path):
     for kind, probe in probes.items():
         assert port_number(container, probe["httpGet"]["port"]) == listen, f"{kind} asks another port"
     port = free_port()
-    proc = subprocess.Popen(
-        [str(binary), "demo", "--dir", str(tmp_path / "demo"), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env({"RUST_LOG": "warn"}),
-    )
 
     def status(path: str) -> int:
         try:
@@ -935,26 +939,10 @@ def test_kubernetes_probes_exist_on_the_binary(k8s_base, binary, tmp_path):
         except urllib.error.HTTPError as e:
             return e.code
 
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"demo exited with {proc.returncode}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "demo did not listen"
-                time.sleep(0.05)
+    with running_demo(binary, tmp_path, port):
         for kind, probe in probes.items():
             assert status(probe["httpGet"]["path"]) == 200, f"{kind} {probe['httpGet']['path']} is not 200"
         assert status("/no-such-probe") != 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_kubernetes_grace_period_covers_the_graceful_stop(k8s_base):
