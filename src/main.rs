@@ -11,6 +11,7 @@ use v6_socketio::{
     config::{Config, LogFormat, MessageQueueFormat, ServeOverrides},
     demo::{self, DemoOptions},
     emit::{self, EmitRequest},
+    generation::Vantage6Generation,
     server,
 };
 
@@ -78,7 +79,8 @@ enum Command {
         #[arg(long, env = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT", value_enum)]
         message_queue_format: Option<MessageQueueFormat>,
     },
-    /// Run a self-contained demo: SQLite database with two nodes and a user, tokens printed.
+    /// Run a self-contained demo: SQLite database with two nodes and a user, tokens printed
+    /// (`--vantage6 5`: the vantage6 5.x layout and Keycloak-style tokens).
     Demo {
         /// Folder for the demo database and configuration.
         #[arg(long, default_value = "demo-data")]
@@ -86,6 +88,9 @@ enum Command {
         /// Port to listen on (always on 127.0.0.1).
         #[arg(long, default_value_t = v6_socketio::config::DEFAULT_PORT)]
         port: u16,
+        /// vantage6 generation: 4, or 5 (HQ: Keycloak-style RS256 tokens, a generated realm key, no Keycloak needed).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
+        vantage6: u8,
     },
 }
 
@@ -174,9 +179,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             emit::emit(&request).await?;
             return Ok(());
         }
-        Command::Demo { dir, port } => {
+        Command::Demo {
+            dir,
+            port,
+            vantage6,
+        } => {
             init_logging(LogFormat::Text);
-            demo::prepare(&DemoOptions { dir, port })
+            let vantage6 = if vantage6 == 5 {
+                Vantage6Generation::V5
+            } else {
+                Vantage6Generation::V4
+            };
+            demo::prepare(&DemoOptions {
+                dir,
+                port,
+                vantage6,
+            })
                 .await
                 .context("demo")?
         }

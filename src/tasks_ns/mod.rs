@@ -27,7 +27,7 @@ mod queue;
 use queue::{Job, JobReceiver, SessionStart};
 
 use crate::{
-    auth::TokenVerifier,
+    auth::Verifier,
     identity::{Identity, NodeIdentity},
     metrics::{Metrics, NodeLabels},
     node_config,
@@ -47,17 +47,17 @@ pub struct TasksContext {
 #[derive(Debug)]
 struct ContextInner {
     store: Store,
-    verifier: TokenVerifier,
+    verifier: Verifier,
     metrics: Metrics,
 }
 
 impl TasksContext {
     /// Bundles what the handlers need.
-    pub fn new(store: Store, verifier: TokenVerifier, metrics: Metrics) -> Self {
+    pub fn new(store: Store, verifier: impl Into<Verifier>, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(ContextInner {
                 store,
-                verifier,
+                verifier: verifier.into(),
                 metrics,
             }),
         }
@@ -201,7 +201,7 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
 /// Verifies the token and looks up its subject; on failure tells the client
 /// what vantage6 tells it and counts the reason.
 async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Option<Identity> {
-    let auth_id = match ctx.inner.verifier.verify_headers(&s.req_parts().headers) {
+    let auth_id = match ctx.inner.verifier.verify_headers(&s.req_parts().headers).await {
         Ok(id) => id,
         Err(e) => {
             warn!(sid = %s.id, reason = %e, "could not identify client");
@@ -213,14 +213,14 @@ async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Option<Id
             return None;
         }
     };
-    match ctx.store().identify(auth_id).await {
+    match ctx.store().identify(auth_id.clone()).await {
         Ok(Ok(identity)) => Some(identity),
         Ok(Err(unknown)) => {
             let reason = match unknown {
                 Unknown::NoSuchId => "unknown_subject",
                 Unknown::OtherType(_) => "unsupported_subject_type",
             };
-            warn!(sid = %s.id, auth_id, ?unknown, "token subject is not a node or user");
+            warn!(sid = %s.id, %auth_id, ?unknown, "token subject is not a node or user");
             ctx.metrics().unidentified(reason);
             None
         }
