@@ -46,7 +46,7 @@ pub fn resolve(config: &Config, schema: Vantage6Generation) -> Result<Vantage6Ge
         (GenerationSetting::Auto, s) => s,
         (GenerationSetting::V4, Vantage6Generation::V4) => Vantage6Generation::V4,
         (GenerationSetting::V5, Vantage6Generation::V5) => Vantage6Generation::V5,
-        (setting, schema) => {
+        (setting, _) => {
             let (wanted, found) = match setting {
                 GenerationSetting::V4 => ("4", "has `authenticatable.keycloak_id` (a vantage6 5.x schema)"),
                 _ => ("5", "has no `authenticatable.keycloak_id` (a vantage6 4.x schema)"),
@@ -54,7 +54,7 @@ pub fn resolve(config: &Config, schema: Vantage6Generation) -> Result<Vantage6Ge
             return Err(ConfigError::Invalid {
                 name: "vantage6_generation",
                 message: format!(
-                    "set to {wanted}, but the database {found}; {schema} found, remove the setting or fix `uri`"
+                    "set to {wanted}, but the database {found}: remove the setting or fix `uri`"
                 ),
             });
         }
