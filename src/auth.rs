@@ -228,14 +228,14 @@ impl fmt::Display for Subject {
 #[derive(Clone, Debug)]
 pub enum Verifier {
     /// 4.x: HS256 with `jwt_secret_key`.
-    V4(TokenVerifier),
+    V4(Box<TokenVerifier>),
     /// 5.x: Keycloak's RSA tokens.
     V5(KeycloakVerifier),
 }
 
 impl From<TokenVerifier> for Verifier {
     fn from(v: TokenVerifier) -> Self {
-        Verifier::V4(v)
+        Verifier::V4(Box::new(v))
     }
 }
 
@@ -319,18 +319,20 @@ impl KeycloakVerifier {
         let (_, payload) = message
             .split_once('.')
             .ok_or_else(|| malformed("Not enough segments"))?;
-        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         let payload = BASE64URL
             .decode(payload)
             .map_err(|_| malformed("Invalid payload padding"))?;
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
         }
-        let valid = jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, header.alg)
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature => TokenError::InvalidSignature,
-                _ => TokenError::Malformed(e.to_string()),
-            })?;
+        let valid =
+            jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, header.alg)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::InvalidSignature => TokenError::InvalidSignature,
+                    _ => TokenError::Malformed(e.to_string()),
+                })?;
         if !valid {
             return Err(TokenError::InvalidSignature);
         }
@@ -373,22 +375,28 @@ fn now() -> f64 {
 /// where a number or object never names an account created through
 /// Keycloak (PostgreSQL refuses the comparison; `null` would match accounts
 /// without a Keycloak id). So any other type is refused, silently.
-pub fn check_claims(claims: &Map<String, Value>, now: f64, leeway: f64) -> Result<String, TokenError> {
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    now: f64,
+    leeway: f64,
+) -> Result<String, TokenError> {
     if let Some(iat) = claims.get("iat") {
-        let iat = py_int(iat).ok_or_else(|| malformed("Issued At claim (iat) must be an integer."))?;
+        let iat =
+            py_int(iat).ok_or_else(|| malformed("Issued At claim (iat) must be an integer."))?;
         if iat > now + leeway {
             return Err(TokenError::NotYetValid("iat"));
         }
     }
     if let Some(nbf) = claims.get("nbf") {
-        let nbf = py_int(nbf).ok_or_else(|| malformed("Not Before claim (nbf) must be an integer."))?;
+        let nbf =
+            py_int(nbf).ok_or_else(|| malformed("Not Before claim (nbf) must be an integer."))?;
         if nbf > now + leeway {
             return Err(TokenError::NotYetValid("nbf"));
         }
     }
     if let Some(exp) = claims.get("exp") {
-        let exp =
-            py_int(exp).ok_or_else(|| malformed("Expiration Time claim (exp) must be an integer."))?;
+        let exp = py_int(exp)
+            .ok_or_else(|| malformed("Expiration Time claim (exp) must be an integer."))?;
         if exp <= now - leeway {
             return Err(TokenError::Expired);
         }

@@ -141,10 +141,7 @@ async fn prepare_v5(options: &DemoOptions, dir: &Path) -> Result<Config, DemoErr
     let config_path = dir.join("demo5-config.yaml");
     let private_path = dir.join("demo5-realm-private.pem");
     let public_path = dir.join("demo5-realm-public.pem");
-    let private_pem = match (
-        std::fs::read_to_string(&private_path),
-        public_path.exists(),
-    ) {
+    let private_pem = match (std::fs::read_to_string(&private_path), public_path.exists()) {
         (Ok(pem), true) => pem,
         _ => {
             let (private, public) = auth::generate_rsa_key_pair()?;

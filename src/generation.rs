@@ -41,15 +41,24 @@ pub fn of_schema(has_keycloak_id: bool) -> Vantage6Generation {
 /// error naming the setting when they contradict each other or the chosen
 /// generation lacks what it needs (`jwt_secret_key` for 4.x, a realm key
 /// for 5.x).
-pub fn resolve(config: &Config, schema: Vantage6Generation) -> Result<Vantage6Generation, ConfigError> {
+pub fn resolve(
+    config: &Config,
+    schema: Vantage6Generation,
+) -> Result<Vantage6Generation, ConfigError> {
     let chosen = match (config.vantage6_generation, schema) {
         (GenerationSetting::Auto, s) => s,
         (GenerationSetting::V4, Vantage6Generation::V4) => Vantage6Generation::V4,
         (GenerationSetting::V5, Vantage6Generation::V5) => Vantage6Generation::V5,
         (setting, _) => {
             let (wanted, found) = match setting {
-                GenerationSetting::V4 => ("4", "has `authenticatable.keycloak_id` (a vantage6 5.x schema)"),
-                _ => ("5", "has no `authenticatable.keycloak_id` (a vantage6 4.x schema)"),
+                GenerationSetting::V4 => (
+                    "4",
+                    "has `authenticatable.keycloak_id` (a vantage6 5.x schema)",
+                ),
+                _ => (
+                    "5",
+                    "has no `authenticatable.keycloak_id` (a vantage6 4.x schema)",
+                ),
             };
             return Err(ConfigError::Invalid {
                 name: "vantage6_generation",

@@ -26,13 +26,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve /tasks for an existing vantage6 4.x server, reading its configuration file.
+    /// Serve /tasks for an existing vantage6 4.x or 5.x (HQ) server, reading its configuration file.
     ///
-    /// From the vantage6 file: jwt_secret_key, uri, cors_allowed_origins,
-    /// rabbitmq.uri (or the legacy rabbitmq_uri). Our own settings live in a
+    /// From the vantage6 file: jwt_secret_key (4.x), uri, cors_allowed_origins,
+    /// rabbitmq.uri (or the legacy rabbitmq_uri), jwt_decode_algorithms and
+    /// jwt_decode_leeway (5.x); for 5.x also KEYCLOAK_URL and KEYCLOAK_REALM from
+    /// the environment, as HQ. Our own settings live in a
     /// `v6_socketio:` section of the same file (ip, port, path, ping_interval,
     /// ping_timeout, sweep_interval, max_payload, max_buffer_size,
-    /// message_queue_format, log_format, instance_name, affinity_cookie) and can
+    /// message_queue_format, log_format, instance_name, affinity_cookie,
+    /// vantage6_generation, keycloak_public_key_file, keycloak_key_refresh_interval) and can
     /// be overridden by environment variables and flags (flag > env > file > default).
     /// Log verbosity: RUST_LOG (default info).
     Serve {
@@ -195,8 +198,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 port,
                 vantage6,
             })
-                .await
-                .context("demo")?
+            .await
+            .context("demo")?
         }
     };
     server::serve(config).await?;

@@ -68,7 +68,10 @@ fn an_unchanged_hq_file_with_keycloak_from_the_environment() {
             KeySource::Realm("https://auth.example.org/realms/vantage6".into())
         ))
     );
-    assert_eq!(c.jwt_decode_algorithms, vec![Algorithm::RS256, Algorithm::RS512]);
+    assert_eq!(
+        c.jwt_decode_algorithms,
+        vec![Algorithm::RS256, Algorithm::RS512]
+    );
     assert_eq!(c.jwt_decode_leeway, Duration::from_secs(30));
     assert_eq!(c.keycloak_key_refresh_interval, Duration::from_secs(120));
     assert_eq!(c.jwt_secret_key, "", "not needed for 5.x");
@@ -81,7 +84,11 @@ fn an_unchanged_hq_file_with_keycloak_from_the_environment() {
     std::env::set_var("V6_SOCKETIO_KEYCLOAK_KEY_REFRESH_INTERVAL", "5");
     let env = Flags::parse_from(["serve"]).overrides;
     let c = Config::load(Path::new(HQ_FIXTURE), &env).expect("loads").0;
-    assert_eq!(c.vantage6_generation, GenerationSetting::Auto, "env beats file");
+    assert_eq!(
+        c.vantage6_generation,
+        GenerationSetting::Auto,
+        "env beats file"
+    );
     assert_eq!(c.keycloak_key_refresh_interval, Duration::from_secs(5));
     let flag = Flags::parse_from([
         "serve",
@@ -94,7 +101,11 @@ fn an_unchanged_hq_file_with_keycloak_from_the_environment() {
     ])
     .overrides;
     let c = Config::load(Path::new(HQ_FIXTURE), &flag).expect("loads").0;
-    assert_eq!(c.vantage6_generation, GenerationSetting::V5, "flag beats env");
+    assert_eq!(
+        c.vantage6_generation,
+        GenerationSetting::V5,
+        "flag beats env"
+    );
     assert_eq!(c.keycloak.map(|k| k.realm).as_deref(), Some("other"));
     assert_eq!(c.keycloak_key_refresh_interval, Duration::from_millis(7500));
     for v in [
@@ -110,8 +121,11 @@ fn an_unchanged_hq_file_with_keycloak_from_the_environment() {
 
 #[test]
 fn defaults_are_hqs() {
-    let c = from_yaml("jwt_secret_key: k\nuri: sqlite:///x\n", &ServeOverrides::default())
-        .expect("4.x file");
+    let c = from_yaml(
+        "jwt_secret_key: k\nuri: sqlite:///x\n",
+        &ServeOverrides::default(),
+    )
+    .expect("4.x file");
     assert_eq!(c.vantage6_generation, GenerationSetting::Auto);
     assert_eq!(
         c.jwt_decode_algorithms,
@@ -122,7 +136,10 @@ fn defaults_are_hqs() {
     assert_eq!(c.keycloak, None);
     assert_eq!(c.realm_key_sources(), None);
     // A 4.x file on a 4.x schema: unchanged.
-    assert_eq!(resolve(&c, Vantage6Generation::V4).expect("4.x"), Vantage6Generation::V4);
+    assert_eq!(
+        resolve(&c, Vantage6Generation::V4).expect("4.x"),
+        Vantage6Generation::V4
+    );
     for (text, g) in [
         ("auto", GenerationSetting::Auto),
         ("4", GenerationSetting::V4),
@@ -131,7 +148,12 @@ fn defaults_are_hqs() {
         let yaml = format!(
             "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {{vantage6_generation: {text}, keycloak_public_key_file: /k.pem}}\n"
         );
-        assert_eq!(from_yaml(&yaml, &ServeOverrides::default()).expect(text).vantage6_generation, g);
+        assert_eq!(
+            from_yaml(&yaml, &ServeOverrides::default())
+                .expect(text)
+                .vantage6_generation,
+            g
+        );
     }
 }
 
@@ -173,26 +195,43 @@ fn contradictions_are_one_line_errors_naming_the_setting() {
     ];
     for (yaml, overrides, name) in cases {
         let msg = from_yaml(yaml, overrides).expect_err(yaml).to_string();
-        assert!(msg.contains(name), "{yaml:?} gave {msg:?}, which does not name {name}");
+        assert!(
+            msg.contains(name),
+            "{yaml:?} gave {msg:?}, which does not name {name}"
+        );
         assert!(!msg.contains('\n'), "{msg:?}");
     }
     // Setting and schema disagree, or the detected generation lacks its key.
-    let v4 = from_yaml("jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {vantage6_generation: 4}\n", &none)
-        .expect("4");
-    let v5 = from_yaml("uri: sqlite:///x\nv6_socketio: {vantage6_generation: 5}\n", &with_keycloak()).expect("5");
+    let v4 = from_yaml(
+        "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {vantage6_generation: 4}\n",
+        &none,
+    )
+    .expect("4");
+    let v5 = from_yaml(
+        "uri: sqlite:///x\nv6_socketio: {vantage6_generation: 5}\n",
+        &with_keycloak(),
+    )
+    .expect("5");
     let auto_no_key = from_yaml("jwt_secret_key: k\nuri: sqlite:///x\n", &none).expect("auto");
     let auto_no_secret = from_yaml("uri: sqlite:///x\n", &with_keycloak()).expect("auto");
     for (c, schema, name) in [
         (&v4, Vantage6Generation::V5, "vantage6_generation"),
         (&v5, Vantage6Generation::V4, "vantage6_generation"),
-        (&auto_no_key, Vantage6Generation::V5, "keycloak_public_key_file"),
+        (
+            &auto_no_key,
+            Vantage6Generation::V5,
+            "keycloak_public_key_file",
+        ),
         (&auto_no_secret, Vantage6Generation::V4, "jwt_secret_key"),
     ] {
         let msg = resolve(c, schema).expect_err(name).to_string();
         assert!(msg.contains(name), "{msg}");
         assert!(!msg.contains('\n'), "{msg:?}");
     }
-    assert_eq!(resolve(&auto_no_secret, Vantage6Generation::V5).expect("5"), Vantage6Generation::V5);
+    assert_eq!(
+        resolve(&auto_no_secret, Vantage6Generation::V5).expect("5"),
+        Vantage6Generation::V5
+    );
 }
 
 /// Runs `serve` on `config`; returns (exit status or None if still running
@@ -239,7 +278,10 @@ fn serve(config: &Path, extra_env: &[(&str, &str)]) -> (Option<i32>, Vec<String>
                     lines.extend(rx.try_iter());
                     return (status.code(), lines);
                 }
-                assert!(Instant::now() < deadline, "serve neither served nor exited: {lines:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "serve neither served nor exited: {lines:?}"
+                );
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 let status = child.wait().expect("wait");
@@ -277,7 +319,9 @@ async fn serve_detects_logs_and_refuses_contradictions() {
     let (code, lines) = serve(&auto5, &[]);
     assert_eq!(code, None, "{lines:?}");
     assert!(
-        lines.iter().any(|l| l.contains("serving vantage6 5.x (database schema: 5.x)")),
+        lines
+            .iter()
+            .any(|l| l.contains("serving vantage6 5.x (database schema: 5.x)")),
         "{lines:?}"
     );
     // auto + 4.x schema: 4.x, as before.
@@ -287,7 +331,10 @@ async fn serve_detects_logs_and_refuses_contradictions() {
     );
     let (code, lines) = serve(&auto4, &[]);
     assert_eq!(code, None, "{lines:?}");
-    assert!(lines.iter().any(|l| l.contains("serving vantage6 4.x")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("serving vantage6 4.x")),
+        "{lines:?}"
+    );
 
     let one_line_error = |code: Option<i32>, lines: &[String], name: &str| {
         assert_eq!(code, Some(1), "{lines:?}");
@@ -319,7 +366,10 @@ async fn serve_detects_logs_and_refuses_contradictions() {
     one_line_error(code, &lines, "vantage6_generation");
     // 5.x schema, jwt_secret_key only: no way to get the realm key.
     let (code, lines) = serve(
-        &write("no_key.yaml", format!("jwt_secret_key: k\nuri: sqlite:///{}\n", db5.display())),
+        &write(
+            "no_key.yaml",
+            format!("jwt_secret_key: k\nuri: sqlite:///{}\n", db5.display()),
+        ),
         &[],
     );
     one_line_error(code, &lines, "keycloak_public_key_file");
@@ -332,7 +382,10 @@ async fn serve_detects_logs_and_refuses_contradictions() {
     let url = format!("http://127.0.0.1:{closed}");
     let (code, lines) = serve(
         &write("kc.yaml", format!("uri: sqlite:///{}\n", db5.display())),
-        &[("KEYCLOAK_URL", url.as_str()), ("KEYCLOAK_REALM", "vantage6")],
+        &[
+            ("KEYCLOAK_URL", url.as_str()),
+            ("KEYCLOAK_REALM", "vantage6"),
+        ],
     );
     one_line_error(code, &lines, "/realms/vantage6");
 }

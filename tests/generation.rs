@@ -86,7 +86,10 @@ async fn sqlite_5x_identities_by_keycloak_id() {
     // Unknown subjects, and ids in the wrong form, are unknown.
     for unknown in ["", "not-a-keycloak-id", "1"] {
         assert_eq!(
-            store.identify(Subject::Keycloak(unknown.into())).await.expect("query"),
+            store
+                .identify(Subject::Keycloak(unknown.into()))
+                .await
+                .expect("query"),
             Err(Unknown::NoSuchId),
             "{unknown:?}"
         );
@@ -144,7 +147,9 @@ impl PgDb {
             std::process::id(),
             v6_socketio::auth::random_u128().expect("random") as u32
         );
-        let mut admin = PgConnection::connect(PG_ADMIN).await.expect("PostgreSQL on 127.0.0.1:5432");
+        let mut admin = PgConnection::connect(PG_ADMIN)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
         admin
             .execute(format!("CREATE DATABASE {name}").as_str())
             .await
@@ -153,7 +158,9 @@ impl PgDb {
         let mut conn = PgConnection::connect(&url).await.expect("connect");
         conn.execute(ddl).await.expect("schema");
         conn.close().await.expect("close");
-        let store = Store::connect(&DatabaseUrl::Postgres(url)).await.expect("store");
+        let store = Store::connect(&DatabaseUrl::Postgres(url))
+            .await
+            .expect("store");
         (Self { name }, store)
     }
 
@@ -169,7 +176,10 @@ impl PgDb {
 #[tokio::test]
 async fn postgres_schema_tells_the_generation_and_5x_identities_resolve() {
     let ddl_4x = PG_5X
-        .replace("keycloak_id VARCHAR, keycloak_client_id VARCHAR,", "ip VARCHAR,")
+        .replace(
+            "keycloak_id VARCHAR, keycloak_client_id VARCHAR,",
+            "ip VARCHAR,",
+        )
         .replace("'kc-node', ", "")
         .replace("'kc-user', ", "")
         .replace("NULL, 'offline'", "'offline'")
@@ -180,11 +190,22 @@ async fn postgres_schema_tells_the_generation_and_5x_identities_resolve() {
         assert!(!s4.has_keycloak_id_column().await.expect("probe 4.x"));
         assert!(s5.has_keycloak_id_column().await.expect("probe 5.x"));
         s5.check_schema().await.expect("5.x tables are readable");
-        let Ok(Identity::Node(node)) = s5.identify(Subject::Keycloak("kc-node".into())).await.expect("query") else {
+        let Ok(Identity::Node(node)) = s5
+            .identify(Subject::Keycloak("kc-node".into()))
+            .await
+            .expect("query")
+        else {
             panic!("node by keycloak id")
         };
-        assert_eq!((node.id, node.collaboration_id, node.organization_id), (1, 1, 2));
-        let Ok(Identity::User(user)) = s5.identify(Subject::Keycloak("kc-user".into())).await.expect("query") else {
+        assert_eq!(
+            (node.id, node.collaboration_id, node.organization_id),
+            (1, 1, 2)
+        );
+        let Ok(Identity::User(user)) = s5
+            .identify(Subject::Keycloak("kc-user".into()))
+            .await
+            .expect("query")
+        else {
             panic!("user by keycloak id")
         };
         assert_eq!(user.event_scope, Some(EventScope::Collaboration));
@@ -193,11 +214,16 @@ async fn postgres_schema_tells_the_generation_and_5x_identities_resolve() {
             vec!["collaboration_1".to_owned(), "collaboration_2".to_owned()]
         );
         assert_eq!(
-            s5.identify(Subject::Keycloak("kc-nobody".into())).await.expect("query"),
+            s5.identify(Subject::Keycloak("kc-nobody".into()))
+                .await
+                .expect("query"),
             Err(Unknown::NoSuchId)
         );
         // 4.x lookups by id keep working on the 4.x schema.
-        assert!(matches!(s4.identify(1).await.expect("query"), Ok(Identity::Node(_))));
+        assert!(matches!(
+            s4.identify(1).await.expect("query"),
+            Ok(Identity::Node(_))
+        ));
     };
     // Drop the databases whatever the outcome.
     let outcome = tokio::spawn(result).await;

@@ -164,7 +164,10 @@ async fn keycloak_tokens_are_accepted_with_every_default_rsa_algorithm() {
     .expect("mint");
     assert_eq!(v.verify(&t).await.as_deref(), Ok(SUB));
     // A minimal token (no exp, no iat) is accepted, as HQ does.
-    assert_eq!(v.verify(&sign(json!({"sub": SUB}))).await.as_deref(), Ok(SUB));
+    assert_eq!(
+        v.verify(&sign(json!({"sub": SUB}))).await.as_deref(),
+        Ok(SUB)
+    );
     // Through the handshake headers: the Keycloak subject.
     let mut h = HeaderMap::new();
     h.insert(
@@ -206,7 +209,10 @@ async fn hs256_container_tokens_are_refused_silently() {
     )
     .expect("encode");
     let r = v.verify(&container).await;
-    assert!(matches!(r, Err(TokenError::AlgorithmNotAllowed(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(TokenError::AlgorithmNotAllowed(_))),
+        "{r:?}"
+    );
     assert_eq!(event(&r), None);
     // An HS256 token with a string subject too.
     let hs = encode(
@@ -222,7 +228,9 @@ async fn hs256_container_tokens_are_refused_silently() {
 #[tokio::test]
 async fn expiry_with_leeway_and_signature_first() {
     let (_realm, v) = hq_default().await;
-    let expired = v.verify(&sign(json!({"sub": SUB, "exp": now() - 60}))).await;
+    let expired = v
+        .verify(&sign(json!({"sub": SUB, "exp": now() - 60})))
+        .await;
     assert_eq!(expired, Err(TokenError::Expired));
     assert_eq!(event(&expired), Some("expired_token"));
     // Within the 10 s leeway: still valid; beyond it: expired.
@@ -259,7 +267,9 @@ async fn leeway_is_configurable() {
 #[tokio::test]
 async fn not_yet_valid_tokens_are_refused_silently() {
     let (_realm, v) = hq_default().await;
-    let future_iat = v.verify(&sign(json!({"sub": SUB, "iat": now() + 60}))).await;
+    let future_iat = v
+        .verify(&sign(json!({"sub": SUB, "iat": now() + 60})))
+        .await;
     assert_eq!(future_iat, Err(TokenError::NotYetValid("iat")));
     assert_eq!(event(&future_iat), None);
     // iat within the leeway is fine.
@@ -267,10 +277,14 @@ async fn not_yet_valid_tokens_are_refused_silently() {
     assert_eq!(v.verify(&t).await.as_deref(), Ok(SUB));
     // PyJWT checks iat before exp: future iat and expired is silent, not expired_token.
     let both = v
-        .verify(&sign(json!({"sub": SUB, "iat": now() + 60, "exp": now() - 60})))
+        .verify(&sign(
+            json!({"sub": SUB, "iat": now() + 60, "exp": now() - 60}),
+        ))
         .await;
     assert_eq!(both, Err(TokenError::NotYetValid("iat")));
-    let nbf = v.verify(&sign(json!({"sub": SUB, "nbf": now() + 60}))).await;
+    let nbf = v
+        .verify(&sign(json!({"sub": SUB, "nbf": now() + 60})))
+        .await;
     assert_eq!(nbf, Err(TokenError::NotYetValid("nbf")));
     assert_eq!(event(&nbf), None);
 }
@@ -292,11 +306,16 @@ async fn claim_types_follow_pyjwt() {
         json!({"sub": SUB, "jti": 5}),
     ] {
         let r = v.verify(&sign(claims.clone())).await;
-        assert!(matches!(r, Err(TokenError::Malformed(_))), "{claims}: {r:?}");
+        assert!(
+            matches!(r, Err(TokenError::Malformed(_))),
+            "{claims}: {r:?}"
+        );
         assert_eq!(event(&r), None);
     }
     // flask-jwt-extended refuses only `type: refresh`; Keycloak's `typ` is irrelevant.
-    let r = v.verify(&sign(json!({"sub": SUB, "type": "refresh"}))).await;
+    let r = v
+        .verify(&sign(json!({"sub": SUB, "type": "refresh"})))
+        .await;
     assert!(matches!(r, Err(TokenError::NotAccessToken(_))), "{r:?}");
     let t = sign(json!({"sub": SUB, "type": "other", "typ": "Refresh"}));
     assert_eq!(v.verify(&t).await.as_deref(), Ok(SUB));
@@ -316,7 +335,10 @@ async fn subjects_must_be_strings() {
         json!({"sub": [SUB]}),
     ] {
         let r = v.verify(&sign(claims.clone())).await;
-        assert!(matches!(r, Err(TokenError::BadSubject(_))), "{claims}: {r:?}");
+        assert!(
+            matches!(r, Err(TokenError::BadSubject(_))),
+            "{claims}: {r:?}"
+        );
         assert_eq!(event(&r), None, "{claims}");
     }
     // An empty string is a string: the store finds no account for it.
@@ -368,7 +390,10 @@ async fn a_rotated_key_is_fetched_again_once_and_rate_limited() {
     // Keycloak rotates to key B; tokens signed with B arrive concurrently.
     realm.serve_key(&keys()[1].1);
     let results = futures_join(&v, &with_b, 8).await;
-    assert!(results.iter().all(|r| r.as_deref() == Ok(SUB)), "{results:?}");
+    assert!(
+        results.iter().all(|r| r.as_deref() == Ok(SUB)),
+        "{results:?}"
+    );
     assert_eq!(realm.hits(), 2, "one re-fetch for all of them");
     assert_eq!(key.current().version, 1);
 
@@ -401,7 +426,10 @@ async fn re_fetches_resume_after_the_interval_and_survive_a_down_keycloak() {
     *realm.public_key.lock().expect("lock") = None;
     assert_eq!(v.verify(&with_b).await, Err(TokenError::InvalidSignature));
     assert_eq!(realm.hits(), 3);
-    assert_eq!(v.verify(&sign(json!({"sub": SUB}))).await.as_deref(), Ok(SUB));
+    assert_eq!(
+        v.verify(&sign(json!({"sub": SUB}))).await.as_deref(),
+        Ok(SUB)
+    );
     // After the interval, the rotation to B is picked up.
     tokio::time::sleep(Duration::from_millis(350)).await;
     realm.serve_key(&keys()[1].1);
@@ -409,7 +437,11 @@ async fn re_fetches_resume_after_the_interval_and_survive_a_down_keycloak() {
     assert_eq!(realm.hits(), 4);
 }
 
-async fn futures_join(v: &KeycloakVerifier, token: &str, n: usize) -> Vec<Result<String, TokenError>> {
+async fn futures_join(
+    v: &KeycloakVerifier,
+    token: &str,
+    n: usize,
+) -> Vec<Result<String, TokenError>> {
     let mut tasks = Vec::new();
     for _ in 0..n {
         let v = v.clone();
@@ -427,7 +459,10 @@ async fn futures_join(v: &KeycloakVerifier, token: &str, n: usize) -> Vec<Result
 async fn start_up_fetch_follows_hq() {
     // No `public_key` in the answer: retried (HQ: 10 × 5 s), then an error.
     let realm = Realm::start(None).await;
-    let err = realm.load(Duration::from_secs(60)).await.expect_err("no key");
+    let err = realm
+        .load(Duration::from_secs(60))
+        .await
+        .expect_err("no key");
     assert!(matches!(err, KeycloakError::NoPublicKey { .. }), "{err}");
     assert_eq!(realm.hits(), 3, "all attempts used");
     // The key appears while retrying: loaded.
@@ -438,8 +473,14 @@ async fn start_up_fetch_follows_hq() {
         tokio::time::sleep(Duration::from_millis(30)).await;
         r2.serve_key(&key_b);
     });
-    let key = realm.load(Duration::from_secs(60)).await.expect("key after retry");
-    assert!(key.current().pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    let key = realm
+        .load(Duration::from_secs(60))
+        .await
+        .expect("key after retry");
+    assert!(key
+        .current()
+        .pem
+        .starts_with("-----BEGIN PUBLIC KEY-----\n"));
     assert!(key.current().pem.ends_with("\n-----END PUBLIC KEY-----"));
     // Nobody listening: an error at once, naming the endpoint.
     let closed = {
@@ -447,9 +488,14 @@ async fn start_up_fetch_follows_hq() {
         l.local_addr().expect("addr").port()
     };
     let source = KeySource::realm(&format!("http://127.0.0.1:{closed}"), "vantage6");
-    let err = RealmKey::load(&source, source.clone(), Duration::from_secs(60), quick_retry())
-        .await
-        .expect_err("down");
+    let err = RealmKey::load(
+        &source,
+        source.clone(),
+        Duration::from_secs(60),
+        quick_retry(),
+    )
+    .await
+    .expect_err("down");
     assert!(matches!(err, KeycloakError::Http { .. }), "{err}");
     assert!(err.to_string().contains("/realms/vantage6"), "{err}");
     assert!(!err.to_string().contains('\n'));
@@ -462,19 +508,32 @@ async fn a_pem_file_serves_without_keycloak_and_is_re_read() {
     std::fs::write(&path, &keys()[0].1).expect("write");
     let source = KeySource::File(path.clone());
     let key = Arc::new(
-        RealmKey::load(&source, source.clone(), Duration::from_secs(60), quick_retry())
-            .await
-            .expect("file key"),
+        RealmKey::load(
+            &source,
+            source.clone(),
+            Duration::from_secs(60),
+            quick_retry(),
+        )
+        .await
+        .expect("file key"),
     );
     let v = KeycloakVerifier::new(key, vec![], Duration::from_secs(10));
-    assert_eq!(v.verify(&sign(json!({"sub": SUB}))).await.as_deref(), Ok(SUB));
+    assert_eq!(
+        v.verify(&sign(json!({"sub": SUB}))).await.as_deref(),
+        Ok(SUB)
+    );
     std::fs::write(&path, &keys()[1].1).expect("write");
     let with_b = sign_with(&keys()[1].0, Algorithm::RS256, &json!({"sub": SUB}));
     assert_eq!(v.verify(&with_b).await.as_deref(), Ok(SUB));
     // Not a key: a one-line error at start-up.
     std::fs::write(&path, "not a key").expect("write");
-    let err = RealmKey::load(&source, source.clone(), Duration::from_secs(60), quick_retry())
-        .await
-        .expect_err("bad file");
+    let err = RealmKey::load(
+        &source,
+        source.clone(),
+        Duration::from_secs(60),
+        quick_retry(),
+    )
+    .await
+    .expect_err("bad file");
     assert!(matches!(err, KeycloakError::BadKey { .. }), "{err}");
 }

@@ -201,7 +201,12 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
 /// Verifies the token and looks up its subject; on failure tells the client
 /// what vantage6 tells it and counts the reason.
 async fn identify<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Option<Identity> {
-    let auth_id = match ctx.inner.verifier.verify_headers(&s.req_parts().headers).await {
+    let auth_id = match ctx
+        .inner
+        .verifier
+        .verify_headers(&s.req_parts().headers)
+        .await
+    {
         Ok(id) => id,
         Err(e) => {
             warn!(sid = %s.id, reason = %e, "could not identify client");
