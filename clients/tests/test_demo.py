@@ -154,3 +154,127 @@ def test_demo_simulated_node_gets_sync_and_joins_its_rooms(generation, tmp_path)
         if sim is not None:
             sim.stop()
         stop(proc)
+
+
+def realm_stand_in(public_pems: list[str]):
+    """A stand-in for Keycloak's `GET /realms/<realm>`: serves the last PEM
+    of ``public_pems`` (a list the test may append to); counts requests."""
+    import http.server
+
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            body = "".join(l for l in public_pems[-1].splitlines() if not l.startswith("-----"))
+            data = json.dumps({"realm": self.path.rsplit("/", 1)[-1], "public_key": body}).encode()
+            self.send_response(200 if self.path.startswith("/realms/") else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, hits
+
+
+def rsa_pair():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+def events_of(url: str, token: str, wait: float = 1.5) -> tuple[list[str], bool]:
+    """Connects with ``token``; the events received within ``wait`` seconds
+    and whether the socket was still connected then."""
+    got: list[str] = []
+    client = socketio.Client()
+    for name in ("expired_token", "invalid_token", "sync", "message"):
+        client.on(name, (lambda n: lambda *a: got.append(n))(name), namespace="/tasks")
+    client.connect(url, headers={"Authorization": f"Bearer {token}"}, namespaces=["/tasks"], wait_timeout=15)
+    time.sleep(wait)
+    connected = client.connected
+    client.disconnect()
+    return got, connected
+
+
+def test_5x_token_failures_and_key_rotation_on_the_wire(tmp_path):
+    """`serve` on the 5.x demo database with the realm key from a Keycloak
+    stand-in (KEYCLOAK_URL/KEYCLOAK_REALM as HQ): HQ's answers to bad tokens,
+    and a rotated realm key picked up with one re-fetch."""
+    proc, out, stderr = start_demo(tmp_path, "5")
+    stop(proc)
+    demo = tmp_path / "demo"
+    node_sub = claims_of(next(l.strip() for l in out if "clients/simulate-node" in l).split("--token ")[1])[1]["sub"]
+    key_a, key_b = rsa_pair(), rsa_pair()
+    pems = [key_a[1]]
+    realm, hits = realm_stand_in(pems)
+    port = free_port()
+    config = tmp_path / "hq.yaml"
+    config.write_text(f"uri: sqlite:///{demo / 'demo5.sqlite'}\nlogging: {{level: INFO}}\n"
+                      "v6_socketio: {keycloak_key_refresh_interval: 3}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("V6_SOCKETIO_")}
+    env.update(RUST_LOG="info", KEYCLOAK_URL=f"http://127.0.0.1:{realm.server_port}", KEYCLOAK_REALM="vantage6")
+    serve = subprocess.Popen([str(server_binary()), "serve", "--config", str(config), "--port", str(port),
+                              "--ip", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    log: list[str] = []
+    threading.Thread(target=lambda: [log.append(l.rstrip()) for l in serve.stderr], daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert serve.poll() is None, f"serve exited: {log}"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log
+                time.sleep(0.05)
+        assert hits == ["/realms/vantage6"], "one fetch at start-up, HQ's endpoint"
+        now = int(time.time())
+
+        def tok(claims, key=key_a[0], alg="RS256"):
+            return jwt.encode({"sub": node_sub, **claims}, key, algorithm=alg)
+
+        assert events_of(url, tok({"exp": now + 300}))[0][:1] == ["sync"]
+        assert events_of(url, tok({"exp": now - 60})) == (["expired_token"], True)
+        assert events_of(url, tok({"exp": now - 5}))[0][:1] == ["sync"], "within the 10 s leeway"
+        assert events_of(url, tok({"iat": now + 60})) == ([], True), "iat in the future: silent"
+        assert events_of(url, jwt.encode({"sub": node_sub}, "secret", algorithm="HS256")) == ([], True)
+        assert events_of(url, tok({"sub": 7})) == ([], True), "non-string sub: silent"
+        assert events_of(url, tok({"sub": "no-such-subject"})) == ([], True)
+        forged = tok({"exp": now - 60}, key=key_b[0])
+        assert events_of(url, forged) == (["invalid_token"], True), "expired and wrong key: invalid_token"
+        assert len(hits) == 2, f"one re-fetch for the wrong key: {hits}"
+        assert events_of(url, tok({}, key=key_b[0])) == (["invalid_token"], True)
+        assert len(hits) == 2, f"rate-limited within keycloak_key_refresh_interval: {hits}"
+
+        # Keycloak rotates to key B: after the interval, B's tokens work after one re-fetch.
+        pems.append(key_b[1])
+        time.sleep(3.1)
+        got, connected = events_of(url, tok({"exp": now + 300}, key=key_b[0]))
+        assert got[:1] == ["sync"] and connected, got
+        print(f"realm endpoint fetches: {len(hits)} (start-up, wrong-key re-fetch, rotation re-fetch)")
+        assert len(hits) == 3, hits
+        assert any("Keycloak realm key changed" in l for l in log), log
+        # Key A's tokens are refused now.
+        assert events_of(url, tok({}))[0] == ["invalid_token"]
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()
+        realm.shutdown()
