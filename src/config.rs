@@ -328,17 +328,39 @@ struct OwnSection {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ConfigWarnings(pub Vec<String>);
 
+/// What a configuration is loaded for: `serve` needs what verifies tokens
+/// (`jwt_secret_key` or a realm key), `emit` only the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Serve,
+    Emit,
+}
+
 impl Config {
     /// Reads `path` and applies `overrides`.
     pub fn load(
         path: &Path,
         overrides: &ServeOverrides,
     ) -> Result<(Config, ConfigWarnings), ConfigError> {
+        Self::load_for(path, overrides, Purpose::Serve)
+    }
+
+    /// Reads `path` for `emit`, which sends no tokens: a file without
+    /// `jwt_secret_key` or Keycloak settings (an HQ 5.x file) is fine.
+    pub fn load_for_emit(path: &Path) -> Result<(Config, ConfigWarnings), ConfigError> {
+        Self::load_for(path, &ServeOverrides::default(), Purpose::Emit)
+    }
+
+    fn load_for(
+        path: &Path,
+        overrides: &ServeOverrides,
+        purpose: Purpose,
+    ) -> Result<(Config, ConfigWarnings), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_yaml(&text, overrides).map_err(|e| match e {
+        Self::from_yaml_for(&text, overrides, purpose).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
@@ -352,6 +374,14 @@ impl Config {
         text: &str,
         overrides: &ServeOverrides,
     ) -> Result<(Config, ConfigWarnings), ConfigError> {
+        Self::from_yaml_for(text, overrides, Purpose::Serve)
+    }
+
+    fn from_yaml_for(
+        text: &str,
+        overrides: &ServeOverrides,
+        purpose: Purpose,
+    ) -> Result<(Config, ConfigWarnings), ConfigError> {
         let file: FileConfig = if text.trim().is_empty() {
             FileConfig::default()
         } else {
@@ -360,12 +390,13 @@ impl Config {
                 message: e.to_string(),
             })?
         };
-        Self::from_parts(file, overrides)
+        Self::from_parts(file, overrides, purpose)
     }
 
     fn from_parts(
         file: FileConfig,
         overrides: &ServeOverrides,
+        purpose: Purpose,
     ) -> Result<(Config, ConfigWarnings), ConfigError> {
         let mut warnings = ConfigWarnings::default();
         let own = file.v6_socketio;
@@ -417,14 +448,16 @@ impl Config {
                 .or(own.keycloak_key_refresh_interval),
             DEFAULT_KEYCLOAK_KEY_REFRESH_INTERVAL,
         )?;
-        let can_serve_5 = keycloak.is_some() || keycloak_public_key_file.is_some();
+        let can_serve_5 =
+            keycloak.is_some() || keycloak_public_key_file.is_some() || purpose == Purpose::Emit;
         if vantage6_generation == GenerationSetting::V5 && !can_serve_5 {
             return Err(no_realm_key(overrides));
         }
         let jwt_secret_key = file.jwt_secret_key.filter(|k| !k.is_empty());
         let jwt_secret_key = match jwt_secret_key {
             Some(k) => k,
-            None if vantage6_generation == GenerationSetting::V5
+            None if purpose == Purpose::Emit
+                || vantage6_generation == GenerationSetting::V5
                 || (vantage6_generation == GenerationSetting::Auto && can_serve_5) =>
             {
                 String::new()

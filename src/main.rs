@@ -156,7 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             init_logging(LogFormat::Text);
             let file = match config {
-                Some(path) => Some(Config::load(&path, &ServeOverrides::default())?.0),
+                Some(path) => Some(Config::load_for_emit(&path)?.0),
                 None => None,
             };
             let rabbitmq_uri = match (rabbitmq_uri, &file) {

@@ -158,6 +158,28 @@ fn defaults_are_hqs() {
 }
 
 #[test]
+fn emit_reads_an_hq_file_without_token_settings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hq.yaml");
+    std::fs::write(
+        &path,
+        "uri: sqlite:///x\nrabbitmq: {uri: 'amqp://a/v'}\nv6_socketio: {vantage6_generation: 5}\n",
+    )
+    .expect("write");
+    let (c, _) = Config::load_for_emit(&path).expect("emit needs only the broker");
+    assert_eq!(
+        c.rabbitmq_uri.map(|u| u.vhost().to_owned()).as_deref(),
+        Some("v")
+    );
+    // `serve` on the same file needs a way to verify tokens.
+    let err = Config::load(&path, &ServeOverrides::default()).expect_err("serve");
+    assert!(
+        err.to_string().contains("keycloak_public_key_file"),
+        "{err}"
+    );
+}
+
+#[test]
 fn key_file_and_keycloak_together() {
     let yaml = "uri: sqlite:///x\nv6_socketio: {keycloak_public_key_file: /etc/realm.pem}\n";
     let c = from_yaml(yaml, &ServeOverrides::default()).expect("file only");
