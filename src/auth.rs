@@ -13,6 +13,8 @@ use std::{fmt, sync::Arc, time::Duration};
 use http::HeaderMap;
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+#[cfg(test)]
+use serde_json::json;
 use serde_json::{Map, Value};
 
 use crate::keycloak::{KeyVersion, RealmKey};
@@ -508,4 +510,46 @@ pub fn generate_rsa_key_pair() -> Result<(String, String), MintError> {
         .to_public_key_pem(LineEnding::LF)
         .map_err(|e| MintError::Key(e.to_string()))?;
     Ok((private.to_string(), public))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn py_int_follows_python_int() {
+        let i = |v: Value| py_int(&v);
+        assert_eq!(i(json!(5)), Some(5.0));
+        assert_eq!(i(json!(5.9)), Some(5.0));
+        assert_eq!(i(json!(-5.9)), Some(-5.0));
+        assert_eq!(i(json!(true)), Some(1.0));
+        assert_eq!(i(json!(" 12 ")), Some(12.0));
+        assert_eq!(i(json!("-1_000")), Some(-1000.0));
+        assert_eq!(i(json!(u64::MAX)), Some(u64::MAX as f64));
+        for bad in [
+            json!("1.5"),
+            json!(""),
+            json!("1__0"),
+            json!("_1"),
+            json!(null),
+            json!([1]),
+            json!({}),
+        ] {
+            assert_eq!(i(bad.clone()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn decode_algorithms_append_rs256() {
+        assert_eq!(decode_algorithms(&[]), vec![Algorithm::RS256]);
+        assert_eq!(
+            decode_algorithms(&[Algorithm::RS512]),
+            vec![Algorithm::RS512, Algorithm::RS256]
+        );
+        assert_eq!(
+            decode_algorithms(&DEFAULT_DECODE_ALGORITHMS),
+            DEFAULT_DECODE_ALGORITHMS.to_vec()
+        );
+    }
 }
