@@ -13,8 +13,6 @@ use std::{fmt, sync::Arc, time::Duration};
 use http::HeaderMap;
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-#[cfg(test)]
-use serde_json::json;
 use serde_json::{Map, Value};
 
 use crate::keycloak::{KeyVersion, RealmKey};
