@@ -17,7 +17,9 @@ use socketioxide_amqp::{BrokerUri, UriError};
 
 use crate::{
     affinity::{is_valid_instance_name, InstanceName, MAX_INSTANCE_NAME_LEN},
+    auth::{DEFAULT_DECODE_ALGORITHMS, DEFAULT_DECODE_LEEWAY},
     database_url::{DatabaseUrl, DatabaseUrlError},
+    keycloak::KeySource,
 };
 
 /// Default Engine.IO ping interval, as vantage6 (Engine.IO's default).
@@ -46,6 +48,8 @@ pub const DEFAULT_PATH: &str = "/socket.io/";
 /// Default listen port (vantage6's REST API uses 7601 in its own examples;
 /// we default one above so both can run side by side).
 pub const DEFAULT_PORT: u16 = 7602;
+/// Default shortest pause between two re-fetches of the Keycloak realm key.
+pub const DEFAULT_KEYCLOAK_KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A problem with the configuration; every variant names the setting.
 #[derive(Debug, thiserror::Error)]
@@ -132,10 +136,48 @@ pub enum MessageQueueFormat {
     Args,
 }
 
+/// Which vantage6 generation to serve (`vantage6_generation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenerationSetting {
+    /// From the database schema: `authenticatable.keycloak_id` means 5.x.
+    Auto,
+    /// vantage6 4.x.
+    #[value(name = "4")]
+    V4,
+    /// vantage6 5.x (HQ).
+    #[value(name = "5")]
+    V5,
+}
+
+impl GenerationSetting {
+    fn parse(name: &'static str, text: &str) -> Result<Self, ConfigError> {
+        match text.trim() {
+            "auto" => Ok(Self::Auto),
+            "4" => Ok(Self::V4),
+            "5" => Ok(Self::V5),
+            other => Err(ConfigError::Invalid {
+                name,
+                message: format!("{other:?} is not one of auto, 4, 5"),
+            }),
+        }
+    }
+}
+
+/// Keycloak's address as HQ reads it: `KEYCLOAK_URL`, `KEYCLOAK_REALM`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeycloakRealm {
+    /// `KEYCLOAK_URL`, e.g. `https://auth.example.org`.
+    pub url: String,
+    /// `KEYCLOAK_REALM`, e.g. `vantage6`.
+    pub realm: String,
+}
+
 /// The validated configuration of one `serve` run.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// HS256 secret shared with the vantage6 REST API (`jwt_secret_key`).
+    /// Required for 4.x; empty when absent, which only a configuration that
+    /// can serve 5.x allows (HQ's own is random and REST-only).
     pub jwt_secret_key: String,
     /// The vantage6 database (`uri`).
     pub database: DatabaseUrl,
@@ -169,6 +211,18 @@ pub struct Config {
     /// How long after the CONNECT acknowledgement a connection's first
     /// server-initiated event is held (zero: not held).
     pub first_event_delay: Duration,
+    /// Which vantage6 generation to serve (`vantage6_generation`).
+    pub vantage6_generation: GenerationSetting,
+    /// 5.x: HQ's `jwt_decode_algorithms` (RSA algorithms only).
+    pub jwt_decode_algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// 5.x: HQ's `jwt_decode_leeway`.
+    pub jwt_decode_leeway: Duration,
+    /// 5.x: `KEYCLOAK_URL` and `KEYCLOAK_REALM`, when both are set.
+    pub keycloak: Option<KeycloakRealm>,
+    /// 5.x: the realm key as a PEM file instead of asking Keycloak at start-up.
+    pub keycloak_public_key_file: Option<PathBuf>,
+    /// 5.x: shortest pause between two re-fetches of the realm key.
+    pub keycloak_key_refresh_interval: Duration,
 }
 
 /// Settings that flags or environment variables may override. Each field is
@@ -219,6 +273,21 @@ pub struct ServeOverrides {
     /// Milliseconds between the CONNECT acknowledgement and the first event the server sends the client (sync, expired_token, invalid_token); 0 sends it at once [default: 50]
     #[arg(long, env = "V6_SOCKETIO_FIRST_EVENT_DELAY", value_name = "MS")]
     pub first_event_delay: Option<u64>,
+    /// vantage6 generation to serve: auto (from the database schema), 4 or 5 [default: auto]
+    #[arg(long, env = "V6_SOCKETIO_VANTAGE6_GENERATION", value_enum)]
+    pub vantage6_generation: Option<GenerationSetting>,
+    /// 5.x: Keycloak's address, as HQ reads it [env: KEYCLOAK_URL]
+    #[arg(long, env = "KEYCLOAK_URL", hide_env = true)]
+    pub keycloak_url: Option<String>,
+    /// 5.x: Keycloak realm, as HQ reads it [env: KEYCLOAK_REALM]
+    #[arg(long, env = "KEYCLOAK_REALM", hide_env = true)]
+    pub keycloak_realm: Option<String>,
+    /// 5.x: the realm's public key as a PEM file, instead of fetching it from Keycloak at start-up
+    #[arg(long, env = "V6_SOCKETIO_KEYCLOAK_PUBLIC_KEY_FILE")]
+    pub keycloak_public_key_file: Option<PathBuf>,
+    /// 5.x: shortest pause in seconds between two re-fetches of the realm key after a signature failure [default: 60]
+    #[arg(long, env = "V6_SOCKETIO_KEYCLOAK_KEY_REFRESH_INTERVAL")]
+    pub keycloak_key_refresh_interval: Option<f64>,
 }
 
 /// The parts of a vantage6 4.x server configuration file that we read.
@@ -230,6 +299,8 @@ struct FileConfig {
     rabbitmq: Option<RabbitMqSection>,
     rabbitmq_uri: Option<String>,
     cors_allowed_origins: Option<CorsValue>,
+    jwt_decode_algorithms: Option<Vec<String>>,
+    jwt_decode_leeway: Option<f64>,
     #[serde(default)]
     v6_socketio: OwnSection,
 }
@@ -263,6 +334,9 @@ struct OwnSection {
     instance_name: Option<String>,
     affinity_cookie: Option<bool>,
     first_event_delay: Option<u64>,
+    vantage6_generation: Option<serde_yaml_ng::Value>,
+    keycloak_public_key_file: Option<PathBuf>,
+    keycloak_key_refresh_interval: Option<f64>,
 }
 
 /// What [`Config::load`] noticed but accepted; the caller logs these once
@@ -270,17 +344,39 @@ struct OwnSection {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ConfigWarnings(pub Vec<String>);
 
+/// What a configuration is loaded for: `serve` needs what verifies tokens
+/// (`jwt_secret_key` or a realm key), `emit` only the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Serve,
+    Emit,
+}
+
 impl Config {
     /// Reads `path` and applies `overrides`.
     pub fn load(
         path: &Path,
         overrides: &ServeOverrides,
     ) -> Result<(Config, ConfigWarnings), ConfigError> {
+        Self::load_for(path, overrides, Purpose::Serve)
+    }
+
+    /// Reads `path` for `emit`, which sends no tokens: a file without
+    /// `jwt_secret_key` or Keycloak settings (an HQ 5.x file) is fine.
+    pub fn load_for_emit(path: &Path) -> Result<(Config, ConfigWarnings), ConfigError> {
+        Self::load_for(path, &ServeOverrides::default(), Purpose::Emit)
+    }
+
+    fn load_for(
+        path: &Path,
+        overrides: &ServeOverrides,
+        purpose: Purpose,
+    ) -> Result<(Config, ConfigWarnings), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_yaml(&text, overrides).map_err(|e| match e {
+        Self::from_yaml_for(&text, overrides, purpose).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
@@ -294,6 +390,14 @@ impl Config {
         text: &str,
         overrides: &ServeOverrides,
     ) -> Result<(Config, ConfigWarnings), ConfigError> {
+        Self::from_yaml_for(text, overrides, Purpose::Serve)
+    }
+
+    fn from_yaml_for(
+        text: &str,
+        overrides: &ServeOverrides,
+        purpose: Purpose,
+    ) -> Result<(Config, ConfigWarnings), ConfigError> {
         let file: FileConfig = if text.trim().is_empty() {
             FileConfig::default()
         } else {
@@ -302,22 +406,80 @@ impl Config {
                 message: e.to_string(),
             })?
         };
-        Self::from_parts(file, overrides)
+        Self::from_parts(file, overrides, purpose)
     }
 
     fn from_parts(
         file: FileConfig,
         overrides: &ServeOverrides,
+        purpose: Purpose,
     ) -> Result<(Config, ConfigWarnings), ConfigError> {
         let mut warnings = ConfigWarnings::default();
-        let jwt_secret_key =
-            file.jwt_secret_key
-                .filter(|k| !k.is_empty())
-                .ok_or(ConfigError::Missing(
-                    "jwt_secret_key",
-                    "vantage6 generates a random one per process when it is absent, \
-                 so its tokens could never be verified here; set the same value in both",
-                ))?;
+        let own = file.v6_socketio;
+        let vantage6_generation = match (&overrides.vantage6_generation, &own.vantage6_generation) {
+            (Some(g), _) => *g,
+            (None, None) => GenerationSetting::Auto,
+            (None, Some(v)) => GenerationSetting::parse(
+                "vantage6_generation",
+                &match v {
+                    serde_yaml_ng::Value::String(s) => s.clone(),
+                    serde_yaml_ng::Value::Number(n) => n.to_string(),
+                    other => format!("{other:?}"),
+                },
+            )?,
+        };
+        let jwt_decode_algorithms = match file.jwt_decode_algorithms {
+            None => DEFAULT_DECODE_ALGORITHMS.to_vec(),
+            Some(names) => names
+                .iter()
+                .map(|n| rsa_algorithm(n))
+                .collect::<Result<_, _>>()?,
+        };
+        let jwt_decode_leeway = match file.jwt_decode_leeway {
+            None => DEFAULT_DECODE_LEEWAY,
+            Some(v) if v.is_finite() && (0.0..1e9).contains(&v) => Duration::from_secs_f64(v),
+            Some(v) => {
+                return Err(ConfigError::Invalid {
+                    name: "jwt_decode_leeway",
+                    message: format!("{v} is not a number of seconds >= 0"),
+                })
+            }
+        };
+        let non_empty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let keycloak = match (
+            non_empty(&overrides.keycloak_url),
+            non_empty(&overrides.keycloak_realm),
+        ) {
+            (Some(url), Some(realm)) => Some(KeycloakRealm { url, realm }),
+            _ => None,
+        };
+        let keycloak_public_key_file = overrides
+            .keycloak_public_key_file
+            .clone()
+            .or(own.keycloak_public_key_file);
+        let keycloak_key_refresh_interval = seconds(
+            "keycloak_key_refresh_interval",
+            overrides
+                .keycloak_key_refresh_interval
+                .or(own.keycloak_key_refresh_interval),
+            DEFAULT_KEYCLOAK_KEY_REFRESH_INTERVAL,
+        )?;
+        let can_serve_5 =
+            keycloak.is_some() || keycloak_public_key_file.is_some() || purpose == Purpose::Emit;
+        if vantage6_generation == GenerationSetting::V5 && !can_serve_5 {
+            return Err(no_realm_key(overrides));
+        }
+        let jwt_secret_key = file.jwt_secret_key.filter(|k| !k.is_empty());
+        let jwt_secret_key = match jwt_secret_key {
+            Some(k) => k,
+            None if purpose == Purpose::Emit
+                || vantage6_generation == GenerationSetting::V5
+                || (vantage6_generation == GenerationSetting::Auto && can_serve_5) =>
+            {
+                String::new()
+            }
+            None => return Err(missing_jwt_secret_key()),
+        };
         let uri = file.uri.ok_or(ConfigError::Missing(
             "uri",
             "the vantage6 database URL, e.g. sqlite:///vantage6.sqlite or postgresql://user@host/db",
@@ -353,7 +515,6 @@ impl Config {
             Some(CorsValue::Many(list)) => CorsOrigins::List(list),
         };
 
-        let own = file.v6_socketio;
         let ip = overrides
             .ip
             .or(own.ip)
@@ -434,9 +595,88 @@ impl Config {
                 instance_name,
                 affinity_cookie,
                 first_event_delay,
+                vantage6_generation,
+                jwt_decode_algorithms,
+                jwt_decode_leeway,
+                keycloak,
+                keycloak_public_key_file,
+                keycloak_key_refresh_interval,
             },
             warnings,
         ))
+    }
+
+    /// 5.x: where the first realm key comes from and where re-fetches go:
+    /// the PEM file first when one is configured, Keycloak for re-fetches
+    /// when `KEYCLOAK_URL`/`KEYCLOAK_REALM` are set (else the file again).
+    pub fn realm_key_sources(&self) -> Option<(KeySource, KeySource)> {
+        let realm = self
+            .keycloak
+            .as_ref()
+            .map(|k| KeySource::realm(&k.url, &k.realm));
+        let file = self.keycloak_public_key_file.clone().map(KeySource::File);
+        match (file, realm) {
+            (Some(file), Some(realm)) => Some((file, realm)),
+            (Some(file), None) => Some((file.clone(), file)),
+            (None, Some(realm)) => Some((realm.clone(), realm)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The error for a 4.x setup without `jwt_secret_key`.
+pub fn missing_jwt_secret_key() -> ConfigError {
+    ConfigError::Missing(
+        "jwt_secret_key",
+        "vantage6 generates a random one per process when it is absent, \
+         so its tokens could never be verified here; set the same value in both",
+    )
+}
+
+/// The error for a 5.x setup with no way to get the realm key; names what
+/// is half set.
+fn no_realm_key(overrides: &ServeOverrides) -> ConfigError {
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+    match (set(&overrides.keycloak_url), set(&overrides.keycloak_realm)) {
+        (true, false) => ConfigError::Missing(
+            "KEYCLOAK_REALM",
+            "KEYCLOAK_URL is set; vantage6 5.x needs both to fetch the realm key",
+        ),
+        (false, true) => ConfigError::Missing(
+            "KEYCLOAK_URL",
+            "KEYCLOAK_REALM is set; vantage6 5.x needs both to fetch the realm key",
+        ),
+        _ => realm_key_missing(),
+    }
+}
+
+/// The error for a 5.x setup with neither Keycloak nor a key file.
+pub fn realm_key_missing() -> ConfigError {
+    ConfigError::Missing(
+        "keycloak_public_key_file",
+        "vantage6 5.x tokens are checked with the Keycloak realm key: set KEYCLOAK_URL and \
+         KEYCLOAK_REALM (as for HQ) or `v6_socketio.keycloak_public_key_file`",
+    )
+}
+
+/// An entry of `jwt_decode_algorithms`: the realm key is an RSA key, so
+/// only RSA algorithms can verify with it.
+fn rsa_algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, ConfigError> {
+    use jsonwebtoken::Algorithm::*;
+    match name {
+        "RS256" => Ok(RS256),
+        "RS384" => Ok(RS384),
+        "RS512" => Ok(RS512),
+        "PS256" => Ok(PS256),
+        "PS384" => Ok(PS384),
+        "PS512" => Ok(PS512),
+        other => Err(ConfigError::Invalid {
+            name: "jwt_decode_algorithms",
+            message: format!(
+                "{other:?} cannot verify with the Keycloak realm's RSA key \
+                 (use RS256, RS384, RS512, PS256, PS384 or PS512)"
+            ),
+        }),
     }
 }
 

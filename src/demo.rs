@@ -3,6 +3,11 @@
 //! fixture, writes a vantage6-style configuration file next to it, prints a
 //! ready token per client and the command that connects the bundled node
 //! simulator, then serves like `serve` on 127.0.0.1.
+//!
+//! `demo --vantage6 5` does the same for vantage6 5.x (HQ): the 5.x tables
+//! (with `keycloak_id`), a generated RSA realm key handed to the server as
+//! `keycloak_public_key_file` (no Keycloak needed), and tokens in the claim
+//! layout of Keycloak's access tokens.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -13,8 +18,12 @@ use std::{
 use crate::{
     auth::{self, MintError},
     config::{Config, ConfigError, ServeOverrides},
-    store::{create_demo_database, StoreError},
+    generation::Vantage6Generation,
+    store::{create_demo_database, create_demo_database_v5, DemoFixture, StoreError},
 };
+
+/// The `iss` of the 5.x demo tokens (HQ does not check it; no Keycloak runs).
+const DEMO_ISSUER: &str = "https://keycloak.demo.invalid/realms/vantage6";
 
 /// How long the printed tokens stay valid.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -48,6 +57,8 @@ pub struct DemoOptions {
     pub dir: PathBuf,
     /// Listen port.
     pub port: u16,
+    /// The vantage6 generation to imitate (`--vantage6 4|5`).
+    pub vantage6: Vantage6Generation,
 }
 
 /// Prepares the demo folder, prints the instructions and returns the
@@ -59,6 +70,9 @@ pub async fn prepare(options: &DemoOptions) -> Result<Config, DemoError> {
     };
     std::fs::create_dir_all(&options.dir).map_err(io_err(&options.dir))?;
     let dir = options.dir.canonicalize().map_err(io_err(&options.dir))?;
+    if options.vantage6 == Vantage6Generation::V5 {
+        return prepare_v5(options, &dir).await;
+    }
     let db_path = dir.join("demo.sqlite");
     let config_path = dir.join("demo-config.yaml");
     if !config_path.exists() {
@@ -111,6 +125,102 @@ pub async fn prepare(options: &DemoOptions) -> Result<Config, DemoError> {
         fixture.collaboration_id
     ));
     // The instructions are the demo's output, not a log line.
+    print!("{out}");
+    Ok(config)
+}
+
+/// `demo --vantage6 5`: files `demo5.sqlite`, `demo5-config.yaml` (an HQ
+/// 5.x style file with our section), `demo5-realm-private.pem` and
+/// `demo5-realm-public.pem` in the demo folder.
+async fn prepare_v5(options: &DemoOptions, dir: &Path) -> Result<Config, DemoError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| DemoError::Io { path, source }
+    };
+    let db_path = dir.join("demo5.sqlite");
+    let config_path = dir.join("demo5-config.yaml");
+    let private_path = dir.join("demo5-realm-private.pem");
+    let public_path = dir.join("demo5-realm-public.pem");
+    let private_pem = match (std::fs::read_to_string(&private_path), public_path.exists()) {
+        (Ok(pem), true) => pem,
+        _ => {
+            let (private, public) = auth::generate_rsa_key_pair()?;
+            std::fs::write(&private_path, &private).map_err(io_err(&private_path))?;
+            std::fs::write(&public_path, &public).map_err(io_err(&public_path))?;
+            private
+        }
+    };
+    if !config_path.exists() {
+        let text = format!(
+            "# vantage6 5.x (HQ) style server configuration written by `v6-socketio demo --vantage6 5`.\n\
+             uri: sqlite:///{}\n\
+             jwt_decode_algorithms: [RS256, RS384, RS512]\n\
+             jwt_decode_leeway: 10\n\
+             v6_socketio:\n  ip: 127.0.0.1\n  vantage6_generation: 5\n  keycloak_public_key_file: {}\n",
+            db_path.display(),
+            public_path.display()
+        );
+        std::fs::write(&config_path, text).map_err(io_err(&config_path))?;
+    }
+    let (fixture, created) = create_demo_database_v5(&db_path).await?;
+    let overrides = ServeOverrides {
+        ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        port: Some(options.port),
+        ..ServeOverrides::default()
+    };
+    let (config, _) = Config::load(&config_path, &overrides)?;
+    let url = format!("http://{}", config.listen);
+    let mut out = format!(
+        "\nv6-socketio demo (vantage6 5.x): the /tasks namespace on {url}{}\n  \
+         database:  {} ({})\n  config:    {}\n  realm key: {} (generated; its private half signs the tokens below)\n\n",
+        config.path,
+        db_path.display(),
+        if created { "created now" } else { "existing" },
+        config_path.display(),
+        public_path.display(),
+    );
+    let DemoFixture {
+        nodes,
+        user,
+        collaboration_id,
+        keycloak_ids,
+    } = fixture;
+    let subject = |i: usize| keycloak_ids.get(i).map(String::as_str).unwrap_or_default();
+    for (i, (id, name)) in nodes.iter().enumerate() {
+        let token = auth::mint_keycloak_token(
+            &private_pem,
+            DEMO_ISSUER,
+            subject(i),
+            "node",
+            name,
+            TOKEN_LIFETIME,
+        )?;
+        if i == 0 {
+            out.push_str(&format!(
+                "Connect the bundled node simulator as {name}, from the repository root in another terminal:\n\n  \
+                 clients/simulate-node --url {url} --token {token}\n\n"
+            ));
+        } else {
+            out.push_str(&format!(
+                "Token for {name} (node {id}, Keycloak subject {}):\n  {token}\n",
+                subject(i)
+            ));
+        }
+    }
+    let (user_id, user_name) = &user;
+    let token = auth::mint_keycloak_token(
+        &private_pem,
+        DEMO_ISSUER,
+        subject(nodes.len()),
+        "user",
+        user_name,
+        TOKEN_LIFETIME,
+    )?;
+    out.push_str(&format!(
+        "Token for {user_name} (user {user_id}, receives every event of collaboration {collaboration_id}):\n  {token}\n\n\
+         Tokens are RS256 in Keycloak's claim layout, valid for 24 hours; run the demo again for new ones. \
+         Ctrl-C stops it.\n"
+    ));
     print!("{out}");
     Ok(config)
 }

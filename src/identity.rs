@@ -86,13 +86,14 @@ pub enum EventScope {
 }
 
 impl EventScope {
-    /// Parses the value SQLAlchemy stores for vantage6's `Scope` enum (its
-    /// member name), accepting the short values too.
+    /// Parses the value stored for vantage6's `Scope`: the member name in
+    /// 4.x (SQLAlchemy `Enum`), the value in 5.x (a `String` column), and
+    /// 4.x's short values.
     pub fn from_db(value: &str) -> Option<Self> {
         match value {
-            "GLOBAL" | "glo" => Some(EventScope::Global),
-            "COLLABORATION" | "col" => Some(EventScope::Collaboration),
-            "ORGANIZATION" | "org" => Some(EventScope::Organization),
+            "GLOBAL" | "glo" | "global" => Some(EventScope::Global),
+            "COLLABORATION" | "col" | "collaboration" => Some(EventScope::Collaboration),
+            "ORGANIZATION" | "org" | "organization" => Some(EventScope::Organization),
             _ => None,
         }
     }

@@ -11,6 +11,7 @@ use v6_socketio::{
     config::{Config, LogFormat, MessageQueueFormat, ServeOverrides},
     demo::{self, DemoOptions},
     emit::{self, EmitRequest},
+    generation::Vantage6Generation,
     server,
 };
 
@@ -25,14 +26,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve /tasks for an existing vantage6 4.x server, reading its configuration file.
+    /// Serve /tasks for an existing vantage6 4.x or 5.x (HQ) server, reading its configuration file.
     ///
-    /// From the vantage6 file: jwt_secret_key, uri, cors_allowed_origins,
-    /// rabbitmq.uri (or the legacy rabbitmq_uri). Our own settings live in a
+    /// From the vantage6 file: jwt_secret_key (4.x), uri, cors_allowed_origins,
+    /// rabbitmq.uri (or the legacy rabbitmq_uri), jwt_decode_algorithms and
+    /// jwt_decode_leeway (5.x); for 5.x also KEYCLOAK_URL and KEYCLOAK_REALM from
+    /// the environment, as HQ. Our own settings live in a
     /// `v6_socketio:` section of the same file (ip, port, path, ping_interval,
     /// ping_timeout, sweep_interval, max_payload, max_buffer_size,
     /// message_queue_format, log_format, instance_name, affinity_cookie,
-    /// first_event_delay) and can
+    /// first_event_delay, vantage6_generation, keycloak_public_key_file,
+    /// keycloak_key_refresh_interval) and can
     /// be overridden by environment variables and flags (flag > env > file > default).
     /// Log verbosity: RUST_LOG (default info).
     Serve {
@@ -79,7 +83,8 @@ enum Command {
         #[arg(long, env = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT", value_enum)]
         message_queue_format: Option<MessageQueueFormat>,
     },
-    /// Run a self-contained demo: SQLite database with two nodes and a user, tokens printed.
+    /// Run a self-contained demo: SQLite database with two nodes and a user, tokens printed
+    /// (`--vantage6 5`: the vantage6 5.x layout and Keycloak-style tokens).
     Demo {
         /// Folder for the demo database and configuration.
         #[arg(long, default_value = "demo-data")]
@@ -87,6 +92,9 @@ enum Command {
         /// Port to listen on (always on 127.0.0.1).
         #[arg(long, default_value_t = v6_socketio::config::DEFAULT_PORT)]
         port: u16,
+        /// vantage6 generation: 4, or 5 (HQ: Keycloak-style RS256 tokens, a generated realm key, no Keycloak needed).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
+        vantage6: u8,
     },
 }
 
@@ -149,7 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             init_logging(LogFormat::Text);
             let file = match config {
-                Some(path) => Some(Config::load(&path, &ServeOverrides::default())?.0),
+                Some(path) => Some(Config::load_for_emit(&path)?.0),
                 None => None,
             };
             let rabbitmq_uri = match (rabbitmq_uri, &file) {
@@ -175,11 +183,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             emit::emit(&request).await?;
             return Ok(());
         }
-        Command::Demo { dir, port } => {
+        Command::Demo {
+            dir,
+            port,
+            vantage6,
+        } => {
             init_logging(LogFormat::Text);
-            demo::prepare(&DemoOptions { dir, port })
-                .await
-                .context("demo")?
+            let vantage6 = if vantage6 == 5 {
+                Vantage6Generation::V5
+            } else {
+                Vantage6Generation::V4
+            };
+            demo::prepare(&DemoOptions {
+                dir,
+                port,
+                vantage6,
+            })
+            .await
+            .context("demo")?
         }
     };
     server::serve(config).await?;

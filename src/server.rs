@@ -15,10 +15,12 @@ use tracing::{info, warn};
 
 use crate::{
     affinity::AffinityCookieLayer,
-    auth::TokenVerifier,
+    auth::{KeycloakVerifier, TokenVerifier, Verifier},
     broker_metrics::BrokerCollector,
-    config::{Config, MessageQueueFormat},
+    config::{Config, ConfigError, MessageQueueFormat},
+    generation::{self, Vantage6Generation},
     http,
+    keycloak::{KeycloakError, RealmKey, StartupRetry},
     metrics::Metrics,
     store::{Store, StoreError},
     sweeper,
@@ -44,6 +46,13 @@ pub enum ServeError {
         /// What went wrong.
         source: socketioxide_amqp::Error,
     },
+    /// The setting and the database disagree on the vantage6 generation, or
+    /// the generation lacks what it needs.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// 5.x: the Keycloak realm key could not be obtained.
+    #[error(transparent)]
+    Keycloak(#[from] KeycloakError),
     /// The listener could not be bound or failed.
     #[error("listener {addr}: {source}")]
     Listen {
@@ -62,7 +71,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     let store = Store::connect(&config.database).await.map_err(db_err)?;
     store.check_schema().await.map_err(db_err)?;
-    let verifier = TokenVerifier::new(&config.jwt_secret_key);
+    let schema = generation::of_schema(store.has_keycloak_id_column().await.map_err(db_err)?);
+    let generation = generation::resolve(&config, schema)?;
+    info!(
+        generation = %generation,
+        setting = ?config.vantage6_generation,
+        "serving vantage6 {generation} (database schema: {schema})"
+    );
+    let verifier = verifier_for(&config, generation).await?;
     let builder = |metrics: &Metrics| {
         socketio_builder(
             &config,
@@ -110,6 +126,43 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             // Last step of a graceful stop: delete our queue, close the connection.
             let close_broker = async move { ctr.close().await };
             run(&config, layer, io, store, metrics, readiness, close_broker).await
+        }
+    }
+}
+
+/// The token verifier of `generation`: 4.x with `jwt_secret_key`; 5.x
+/// with the realm key, fetched (or read) now.
+pub async fn verifier_for(
+    config: &Config,
+    generation: Vantage6Generation,
+) -> Result<Verifier, ServeError> {
+    match generation {
+        Vantage6Generation::V4 => Ok(TokenVerifier::new(&config.jwt_secret_key).into()),
+        Vantage6Generation::V5 => {
+            let (initial, refresh) = config
+                .realm_key_sources()
+                .ok_or_else(crate::config::realm_key_missing)?;
+            info!(
+                from = %initial,
+                refresh_from = %refresh,
+                refresh_interval = ?config.keycloak_key_refresh_interval,
+                algorithms = ?config.jwt_decode_algorithms,
+                leeway = ?config.jwt_decode_leeway,
+                "vantage6 5.x tokens: Keycloak realm key"
+            );
+            let key = RealmKey::load(
+                &initial,
+                refresh,
+                config.keycloak_key_refresh_interval,
+                StartupRetry::default(),
+            )
+            .await?;
+            Ok(KeycloakVerifier::new(
+                Arc::new(key),
+                config.jwt_decode_algorithms.clone(),
+                config.jwt_decode_leeway,
+            )
+            .into())
         }
     }
 }

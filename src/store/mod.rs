@@ -20,6 +20,7 @@ use sqlx::{
 };
 
 use crate::{
+    auth::Subject,
     database_url::DatabaseUrl,
     identity::{EventScope, Identity, NodeIdentity, UserIdentity},
     node_config::{ConfigRow, ConfigValue},
@@ -172,19 +173,68 @@ impl Store {
         Ok(())
     }
 
-    /// Looks up who `auth_id` (a token's `sub`) is.
-    pub async fn identify(&self, auth_id: i64) -> Result<Result<Identity, Unknown>, StoreError> {
-        let kind: Option<(Option<String>,)> = on_pool!(self, p =>
-            sqlx::query_as("SELECT type FROM authenticatable WHERE id = $1")
-                .bind(auth_id)
-                .fetch_optional(p)
+    /// Whether `authenticatable.keycloak_id` exists: the vantage6 5.x
+    /// schema has it, 4.x does not.
+    pub async fn has_keycloak_id_column(&self) -> Result<bool, StoreError> {
+        let (n,): (i64,) = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_as(
+                    "SELECT COUNT(*) FROM pragma_table_info('authenticatable') \
+                     WHERE name = 'keycloak_id'",
+                )
+                .fetch_one(p)
                 .await?
-        );
-        match kind {
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_as(
+                    "SELECT COUNT(*) FROM information_schema.columns \
+                     WHERE table_name = 'authenticatable' AND column_name = 'keycloak_id' \
+                     AND table_schema = ANY (current_schemas(false))",
+                )
+                .fetch_one(p)
+                .await?
+            }
+        };
+        Ok(n > 0)
+    }
+
+    /// Looks up who a token's subject is: the `authenticatable` row with
+    /// that id (4.x) or that `keycloak_id` (5.x, as HQ's
+    /// `get_by_keycloak_id`; several rows are an inconsistency).
+    pub async fn identify(
+        &self,
+        subject: impl Into<Subject>,
+    ) -> Result<Result<Identity, Unknown>, StoreError> {
+        let rows: Vec<(i64, Option<String>)> = match subject.into() {
+            Subject::Id(auth_id) => on_pool!(self, p =>
+                sqlx::query_as("SELECT CAST(id AS BIGINT), type FROM authenticatable WHERE id = $1")
+                    .bind(auth_id)
+                    .fetch_all(p)
+                    .await?
+            ),
+            Subject::Keycloak(keycloak_id) => {
+                let rows = on_pool!(self, p =>
+                    sqlx::query_as(
+                        "SELECT CAST(id AS BIGINT), type FROM authenticatable \
+                         WHERE keycloak_id = $1 LIMIT 2",
+                    )
+                    .bind(&keycloak_id)
+                    .fetch_all(p)
+                    .await?
+                );
+                if rows.len() > 1 {
+                    return Err(StoreError::Inconsistent(format!(
+                        "several authenticatable rows have keycloak_id {keycloak_id:?}"
+                    )));
+                }
+                rows
+            }
+        };
+        match rows.into_iter().next() {
             None => Ok(Err(Unknown::NoSuchId)),
-            Some((Some(kind),)) if kind == "node" => self.node(auth_id).await,
-            Some((Some(kind),)) if kind == "user" => self.user(auth_id).await,
-            Some((other,)) => Ok(Err(Unknown::OtherType(other))),
+            Some((id, Some(kind))) if kind == "node" => self.node(id).await,
+            Some((id, Some(kind))) if kind == "user" => self.user(id).await,
+            Some((_, other)) => Ok(Err(Unknown::OtherType(other))),
         }
     }
 
@@ -242,12 +292,14 @@ impl Store {
 
     /// The widest scope of the user's `event` RECEIVE rules, given directly
     /// (`UserPermission`) or through roles (`Permission` +
-    /// `role_rule_association`). SQLAlchemy stores the enum member names.
+    /// `role_rule_association`). vantage6 4.x stores the enum member names
+    /// (`RECEIVE`, `GLOBAL`), 5.x the values (`receive`, `global`); the two
+    /// sets do not overlap, so one query serves both generations.
     async fn event_receive_scope(&self, user_id: i64) -> Result<Option<EventScope>, StoreError> {
         let scopes: Vec<(Option<String>,)> = on_pool!(self, p =>
             sqlx::query_as(
                 "SELECT CAST(r.scope AS TEXT) FROM rule r \
-                 WHERE r.name = 'event' AND CAST(r.operation AS TEXT) = 'RECEIVE' AND ( \
+                 WHERE r.name = 'event' AND CAST(r.operation AS TEXT) IN ('RECEIVE', 'receive') AND ( \
                    r.id IN (SELECT up.rule_id FROM \"UserPermission\" up WHERE up.user_id = $1) \
                    OR r.id IN (SELECT rr.rule_id FROM role_rule_association rr \
                                JOIN \"Permission\" pm ON pm.role_id = rr.role_id \
@@ -480,7 +532,7 @@ fn sqlalchemy_sqlite_datetime(t: NaiveDateTime) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
 }
 
-pub use demo::create_demo_database;
+pub use demo::{create_demo_database, create_demo_database_v5, DemoFixture};
 
 #[cfg(test)]
 mod tests {

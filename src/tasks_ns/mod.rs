@@ -27,7 +27,7 @@ mod queue;
 use queue::{Job, JobReceiver, SessionStart};
 
 use crate::{
-    auth::TokenVerifier,
+    auth::Verifier,
     config::DEFAULT_FIRST_EVENT_DELAY,
     identity::{Identity, NodeIdentity},
     log_limit::LogLimiter,
@@ -50,18 +50,18 @@ pub struct TasksContext {
 #[derive(Debug)]
 struct ContextInner {
     store: Store,
-    verifier: TokenVerifier,
+    verifier: Verifier,
     metrics: Metrics,
     log_limit: LogLimiter,
 }
 
 impl TasksContext {
     /// Bundles what the handlers need.
-    pub fn new(store: Store, verifier: TokenVerifier, metrics: Metrics) -> Self {
+    pub fn new(store: Store, verifier: impl Into<Verifier>, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(ContextInner {
                 store,
-                verifier,
+                verifier: verifier.into(),
                 metrics,
                 log_limit: LogLimiter::default(),
             }),
@@ -354,7 +354,12 @@ async fn identify<A: Adapter>(
     ctx: &TasksContext,
     hold: &FirstEventHold,
 ) -> Identification {
-    let auth_id = match ctx.inner.verifier.verify_headers(&s.req_parts().headers) {
+    let auth_id = match ctx
+        .inner
+        .verifier
+        .verify_headers(&s.req_parts().headers)
+        .await
+    {
         Ok(id) => id,
         Err(e) => {
             if let Some(n) = ctx.log_due("rejected_token", 1) {
@@ -369,7 +374,7 @@ async fn identify<A: Adapter>(
             return Identification::Rejected;
         }
     };
-    let identity = match within_attempt_timeout(ctx.store().identify(auth_id)).await {
+    let identity = match within_attempt_timeout(ctx.store().identify(auth_id.clone())).await {
         Ok(Ok(identity)) => identity,
         Ok(Err(unknown)) => {
             let reason = match unknown {
@@ -377,7 +382,7 @@ async fn identify<A: Adapter>(
                 Unknown::OtherType(_) => "unsupported_subject_type",
             };
             if let Some(n) = ctx.log_due("unknown_subject", 1) {
-                warn!(sid = %s.id, auth_id, ?unknown, clients = n,
+                warn!(sid = %s.id, %auth_id, ?unknown, clients = n,
                     "token subject is not a node or user");
             }
             ctx.metrics().unidentified(reason);

@@ -1,0 +1,235 @@
+//! Generation detection and 5.x identities on real databases: SQLite files
+//! and a PostgreSQL database of our own on 127.0.0.1:5432 (user postgres,
+//! trust), created and dropped by the test.
+
+use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
+use v6_socketio::{
+    auth::Subject,
+    database_url::DatabaseUrl,
+    generation::{self, Vantage6Generation},
+    identity::{EventScope, Identity},
+    rooms,
+    store::{create_demo_database, create_demo_database_v5, Store, StoreError, Unknown},
+};
+
+const NODE_A: &str = "0b6c1f9e-5d2a-4c1e-9a53-1d7f0c2e4a01";
+const USER: &str = "c9a4e3d2-1b7f-4e8a-a5c6-3f2e1d0b9c03";
+
+async fn sqlite(v5: bool) -> (tempfile::TempDir, Store, SqliteConnection) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db.sqlite");
+    if v5 {
+        create_demo_database_v5(&path).await.expect("5.x db");
+    } else {
+        create_demo_database(&path).await.expect("4.x db");
+    }
+    let store = Store::connect(&DatabaseUrl::Sqlite(path.clone()))
+        .await
+        .expect("connect");
+    store.check_schema().await.expect("schema");
+    let conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("writer");
+    (dir, store, conn)
+}
+
+#[tokio::test]
+async fn sqlite_schema_tells_the_generation() {
+    let (_d4, s4, _) = sqlite(false).await;
+    assert!(!s4.has_keycloak_id_column().await.expect("probe"));
+    let (_d5, s5, _) = sqlite(true).await;
+    assert!(s5.has_keycloak_id_column().await.expect("probe"));
+    assert_eq!(generation::of_schema(true), Vantage6Generation::V5);
+    assert_eq!(generation::of_schema(false), Vantage6Generation::V4);
+}
+
+#[tokio::test]
+async fn sqlite_5x_identities_by_keycloak_id() {
+    let (_dir, store, mut conn) = sqlite(true).await;
+    let Ok(Identity::Node(node)) = store
+        .identify(Subject::Keycloak(NODE_A.into()))
+        .await
+        .expect("query")
+    else {
+        panic!("node a by keycloak id")
+    };
+    assert_eq!((node.id, node.name.as_str()), (1, "demo-node-a"));
+    assert_eq!((node.collaboration_id, node.organization_id), (1, 1));
+    // The 5.x rule values (lowercase) give the user its rooms.
+    let Ok(Identity::User(user)) = store
+        .identify(Subject::Keycloak(USER.into()))
+        .await
+        .expect("query")
+    else {
+        panic!("user by keycloak id")
+    };
+    assert_eq!(user.event_scope, Some(EventScope::Global));
+    assert_eq!(
+        rooms::rooms_for(&Identity::User(user)),
+        vec!["collaboration_1".to_owned()]
+    );
+    conn.execute("UPDATE rule SET scope = 'organization' WHERE id = 1")
+        .await
+        .expect("update");
+    let Ok(Identity::User(user)) = store
+        .identify(Subject::Keycloak(USER.into()))
+        .await
+        .expect("query")
+    else {
+        panic!("user")
+    };
+    assert_eq!(user.event_scope, Some(EventScope::Organization));
+    assert_eq!(
+        rooms::rooms_for(&Identity::User(user)),
+        vec!["collaboration_1_organization_1".to_owned()]
+    );
+    // Unknown subjects, and ids in the wrong form, are unknown.
+    for unknown in ["", "not-a-keycloak-id", "1"] {
+        assert_eq!(
+            store
+                .identify(Subject::Keycloak(unknown.into()))
+                .await
+                .expect("query"),
+            Err(Unknown::NoSuchId),
+            "{unknown:?}"
+        );
+    }
+    // Two rows with one keycloak id (HQ's one_or_none raises): an inconsistency.
+    conn.execute(
+        "UPDATE authenticatable SET keycloak_id = '0b6c1f9e-5d2a-4c1e-9a53-1d7f0c2e4a01' WHERE id = 2",
+    )
+    .await
+    .expect("update");
+    assert!(matches!(
+        store.identify(Subject::Keycloak(NODE_A.into())).await,
+        Err(StoreError::Inconsistent(_))
+    ));
+}
+
+const PG_5X: &str = r#"
+CREATE TABLE organization (id SERIAL PRIMARY KEY, name VARCHAR UNIQUE);
+CREATE TABLE collaboration (id SERIAL PRIMARY KEY, name VARCHAR UNIQUE, encrypted BOOLEAN);
+CREATE TABLE "Member" (organization_id INTEGER REFERENCES organization (id), collaboration_id INTEGER REFERENCES collaboration (id));
+CREATE TABLE authenticatable (id SERIAL PRIMARY KEY, type VARCHAR(50), keycloak_id VARCHAR, keycloak_client_id VARCHAR, last_seen TIMESTAMP, status VARCHAR);
+CREATE TABLE node (id INTEGER PRIMARY KEY REFERENCES authenticatable (id), name VARCHAR UNIQUE, collaboration_id INTEGER REFERENCES collaboration (id), organization_id INTEGER REFERENCES organization (id));
+CREATE TABLE "user" (id INTEGER PRIMARY KEY REFERENCES authenticatable (id), username VARCHAR UNIQUE, organization_id INTEGER REFERENCES organization (id), is_service_account BOOLEAN);
+CREATE TABLE rule (id SERIAL PRIMARY KEY, name TEXT, operation VARCHAR, scope VARCHAR, description VARCHAR);
+CREATE TABLE role (id SERIAL PRIMARY KEY, name TEXT);
+CREATE TABLE "Permission" (role_id INTEGER REFERENCES role (id), user_id INTEGER REFERENCES "user" (id));
+CREATE TABLE "UserPermission" (rule_id INTEGER REFERENCES rule (id), user_id INTEGER REFERENCES "user" (id));
+CREATE TABLE role_rule_association (role_id INTEGER REFERENCES role (id), rule_id INTEGER REFERENCES rule (id));
+CREATE TABLE nodeconfig (id SERIAL PRIMARY KEY, node_id INTEGER REFERENCES node (id), "key" VARCHAR, value VARCHAR);
+CREATE TABLE task (id SERIAL PRIMARY KEY, collaboration_id INTEGER, job_id INTEGER, parent_id INTEGER);
+CREATE TABLE run (id SERIAL PRIMARY KEY, task_id INTEGER, organization_id INTEGER, status TEXT, log TEXT);
+INSERT INTO organization (id, name) VALUES (1, 'a'), (2, 'b');
+INSERT INTO collaboration (id, name, encrypted) VALUES (1, 'c1', false), (2, 'c2', false);
+INSERT INTO "Member" VALUES (1, 1), (2, 1), (1, 2);
+INSERT INTO authenticatable (id, type, keycloak_id, status) VALUES (1, 'node', 'kc-node', 'offline'), (2, 'user', 'kc-user', 'offline'), (3, 'node', NULL, 'offline');
+INSERT INTO node VALUES (1, 'node-1', 1, 2), (3, 'node-3', 2, 1);
+INSERT INTO "user" VALUES (2, 'researcher', 1, false);
+INSERT INTO rule (id, name, operation, scope) VALUES (1, 'event', 'receive', 'collaboration'), (2, 'event', 'send', 'global');
+INSERT INTO role (id, name) VALUES (1, 'Researcher');
+INSERT INTO role_rule_association VALUES (1, 1), (1, 2);
+INSERT INTO "Permission" VALUES (1, 2);
+"#;
+
+/// A PostgreSQL database of this test's own; dropped by [`PgDb::drop_db`].
+struct PgDb {
+    name: String,
+}
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+impl PgDb {
+    async fn create(tag: &str, ddl: &str) -> (Self, Store) {
+        let name = format!(
+            "v6_gen_{tag}_{}_{:x}",
+            std::process::id(),
+            v6_socketio::auth::random_u128().expect("random") as u32
+        );
+        let mut admin = PgConnection::connect(PG_ADMIN)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let mut conn = PgConnection::connect(&url).await.expect("connect");
+        conn.execute(ddl).await.expect("schema");
+        conn.close().await.expect("close");
+        let store = Store::connect(&DatabaseUrl::Postgres(url))
+            .await
+            .expect("store");
+        (Self { name }, store)
+    }
+
+    async fn drop_db(self) {
+        let mut admin = PgConnection::connect(PG_ADMIN).await.expect("admin");
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+            .await
+            .expect("drop database");
+    }
+}
+
+#[tokio::test]
+async fn postgres_schema_tells_the_generation_and_5x_identities_resolve() {
+    let ddl_4x = PG_5X
+        .replace(
+            "keycloak_id VARCHAR, keycloak_client_id VARCHAR,",
+            "ip VARCHAR,",
+        )
+        .replace("'kc-node', ", "")
+        .replace("'kc-user', ", "")
+        .replace("NULL, 'offline'", "'offline'")
+        .replace("(id, type, keycloak_id, status)", "(id, type, status)");
+    let (db4, s4) = PgDb::create("4x", &ddl_4x).await;
+    let (db5, s5) = PgDb::create("5x", PG_5X).await;
+    let result = async move {
+        assert!(!s4.has_keycloak_id_column().await.expect("probe 4.x"));
+        assert!(s5.has_keycloak_id_column().await.expect("probe 5.x"));
+        s5.check_schema().await.expect("5.x tables are readable");
+        let Ok(Identity::Node(node)) = s5
+            .identify(Subject::Keycloak("kc-node".into()))
+            .await
+            .expect("query")
+        else {
+            panic!("node by keycloak id")
+        };
+        assert_eq!(
+            (node.id, node.collaboration_id, node.organization_id),
+            (1, 1, 2)
+        );
+        let Ok(Identity::User(user)) = s5
+            .identify(Subject::Keycloak("kc-user".into()))
+            .await
+            .expect("query")
+        else {
+            panic!("user by keycloak id")
+        };
+        assert_eq!(user.event_scope, Some(EventScope::Collaboration));
+        assert_eq!(
+            rooms::rooms_for(&Identity::User(user)),
+            vec!["collaboration_1".to_owned(), "collaboration_2".to_owned()]
+        );
+        assert_eq!(
+            s5.identify(Subject::Keycloak("kc-nobody".into()))
+                .await
+                .expect("query"),
+            Err(Unknown::NoSuchId)
+        );
+        // 4.x lookups by id keep working on the 4.x schema.
+        assert!(matches!(
+            s4.identify(1).await.expect("query"),
+            Ok(Identity::Node(_))
+        ));
+    };
+    // Drop the databases whatever the outcome.
+    let outcome = tokio::spawn(result).await;
+    db4.drop_db().await;
+    db5.drop_db().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
