@@ -18,7 +18,7 @@ cd "$ROOT"
 PYTHON=${PYTHON:-python3}
 failed=()
 
-stage() { printf '\n==== %s ====\n' "$*"; }
+stage() { printf '\n==== %s (at %d s) ====\n' "$*" "$SECONDS"; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -128,7 +128,7 @@ fi
 stage "compatibility suite (pytest)"
 if [ "$deps_ok" = 1 ]; then
     V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio" \
-        clients/.venv/bin/python -m pytest clients/tests -p no:cacheprovider -rfE
+        clients/.venv/bin/python -m pytest clients/tests -p no:cacheprovider -rfEs --durations=15
     rc=$?
     # pytest exits 5 when it collected nothing: that is a failure here.
     [ "$rc" = 0 ] || failed+=("pytest (exit $rc)")
@@ -149,7 +149,7 @@ fi
 [ "$deps_ok" = 1 ] || e2e_ok=0 # the UI listener is clients/js
 if [ "$e2e_ok" = 1 ]; then
     V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio" \
-        clients/.venv-e2e/bin/python -m pytest clients/e2e -p no:cacheprovider -rfE
+        clients/.venv-e2e/bin/python -m pytest clients/e2e -p no:cacheprovider -rfEs --durations=15
     rc=$?
     [ "$rc" = 0 ] || failed+=("e2e pytest (exit $rc)")
 else

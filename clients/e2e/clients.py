@@ -99,6 +99,8 @@ class StubNodeWorker:
         self.killed_runs: list[KilledRun] = []
         self.sockets: list[socketio.Client] = []
         self.socketIO: socketio.Client | None = None
+        self.node_details_shared = 0  # share_node_details calls that emitted
+        self._shared_lock = threading.Lock()
         self._stopped = threading.Event()
         # vantage6 keeps the worker in a class attribute of NodeTaskNamespace;
         # a subclass per node keeps several nodes in one process apart.
@@ -155,6 +157,15 @@ class StubNodeWorker:
             "database_types": {"db_type_default": "csv"},
             "allowed_algorithms": ["harbor2.vantage6.ai/demo/*"],
         }, namespace="/tasks")
+        with self._shared_lock:
+            self.node_details_shared += 1
+
+    def wait_synced(self, count: int = 1, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Until `on_sync` has run to its end `count` times (its REST call and
+        `node_info_update`): a test that disconnects earlier cuts that handler
+        off, and its emit then fails on a closed namespace."""
+        wait_until(lambda: self.node_details_shared >= count, timeout=timeout,
+                   what=f"{self.label}: on_sync done {count} time(s)")
 
     def kill_containers(self, kill_info: dict) -> list[KilledRun]:
         """vantage6's checks; the 'running containers' are the runs this node

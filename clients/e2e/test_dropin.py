@@ -190,6 +190,7 @@ def _recover_from(world, node: StubNodeWorker, bad_token: str, signal_event: str
     the whole recovery its real handler performs: the rejected connection
     gets `signal_event` and announces nothing; the handler's new connection
     is announced once, like any connect."""
+    node.wait_synced()  # the first connect's on_sync, which a disconnect would cut off
     node.disconnect()
     wait_until(lambda: not node.connected, what="old socket closed")
     time.sleep(SETTLE)  # its departure announced

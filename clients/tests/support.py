@@ -358,14 +358,16 @@ class World:
 
     def cleanup(self):
         """Remove this world's collaborations 1 and 2, and the collaborations of
-        earlier worlds, with their nodes, tasks and runs, so the number of
+        earlier worlds and of the race tests' lone nodes (test_races.py), with
+        their nodes, tasks and runs, so the number of
         collaboration rooms a global-scope user joins stays small over a long
         session.  This world's twin collaboration stays until the next
         cleanup: it has the highest id, so SQLite (max(rowid)+1) never hands
         out a deleted id -- and room name -- again.  Users and organisations
         stay."""
         sel = ("SELECT id FROM collaboration WHERE id < :ct AND "
-               "(name LIKE 'collab-1-%' OR name LIKE 'collab-2-%' OR name LIKE 'collab-twin-%')")
+               "(name LIKE 'collab-1-%' OR name LIKE 'collab-2-%' OR name LIKE 'collab-twin-%'"
+               " OR name LIKE 'collab-race-%')")
         nodes = f"SELECT id FROM node WHERE collaboration_id IN ({sel})"
         stmts = [
             f"DELETE FROM run WHERE task_id IN (SELECT id FROM task WHERE collaboration_id IN ({sel}))",
