@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # clients/: lineproc
 
 from deployment import Deployment  # noqa: E402
+from pytest_figures import figures  # noqa: E402,F401  (the fixture)
 
 BACKENDS = [b for b in os.environ.get("V6_TEST_BACKENDS", "sqlite,postgres").split(",") if b]
 

@@ -76,7 +76,7 @@ def _synced(mark: int = 0):
     return lambda evs: any(e == "sync" for e, _ in evs[mark:])
 
 
-def test_node_connecting_during_database_outage_is_served_after_it(deployment, site):
+def test_node_connecting_during_database_outage_is_served_after_it(deployment, site, figures):
     if site.proxy is None:
         pytest.skip("needs a database server to cut off: PostgreSQL only (SQLite is a file)")
     admin = deployment.admin
@@ -135,7 +135,7 @@ def test_node_connecting_during_database_outage_is_served_after_it(deployment, s
         received = time.monotonic()
         Expect.exactly(marks, {late: [after], steady: [after]})
         late.queued_run(task["id"])  # its real on_new_task fetched its run
-        print(f"\n[database outage] outage {OUTAGE:.0f} s, {retries:.0f} failed identification "
+        figures(f"\n[database outage] outage {OUTAGE:.0f} s, {retries:.0f} failed identification "
               f"attempts; database back -> late node in its rooms: {in_rooms:.2f} s "
               f"(bound {RECOVERY_BOUND:.0f} s); a task made after that reached it "
               f"{received - published:.2f} s after POST /task")
@@ -159,7 +159,7 @@ def _publish_disconnect(deployment, sid: str) -> None:
                   "host_id": "e2e-test"})
 
 
-def test_why_the_server_does_not_disconnect(deployment, site):
+def test_why_the_server_does_not_disconnect(deployment, site, figures):
     """Transport lost → the real node reconnects by itself (figure printed);
     server-side namespace DISCONNECT → it never comes back. The latter is
     all socketioxide can do to a socket (its Engine.IO close sends a CLOSE
@@ -197,7 +197,7 @@ def test_why_the_server_does_not_disconnect(deployment, site):
         after = node.events.snapshot(True)[mark:]
         assert not node.connected
         assert [e for e, _ in after if e in ("connect", "sync")] == [], after
-        print(f"\n[real node] transport cut -> reconnected and synced: {reconnected:.2f} s "
+        figures(f"\n[real node] transport cut -> reconnected and synced: {reconnected:.2f} s "
               f"(bound {RECOVERY_BOUND:.0f} s); "
               f"server namespace DISCONNECT -> still disconnected after {quiet:.0f} s "
               f"(events: {[e for e, _ in after]})")

@@ -230,7 +230,7 @@ def stress_nodes(deployment):
             n.close()
 
 
-def test_no_client_races_with_the_real_node(deployment, stress_nodes):
+def test_no_client_races_with_the_real_node(deployment, stress_nodes, figures):
     if deployment.backend != BACKENDS[0]:
         pytest.skip("the races are in the client; run on the first backend only")
     hold = os.environ.get("V6_SOCKETIO_FIRST_EVENT_DELAY", "default")
@@ -244,18 +244,18 @@ def test_no_client_races_with_the_real_node(deployment, stress_nodes):
                 stats, latencies, failures = _phase(stress_nodes, kind, deployment.secret, crashes)
                 results[(transport, kind)] = (stats, latencies, failures,
                                               time.monotonic() - started)
-    print(f"\nfirst_event_delay={hold} ms, {NODES} nodes x {CYCLES} cycles per kind and transport")
+    figures(f"\nfirst_event_delay={hold} ms, {NODES} nodes x {CYCLES} cycles per kind and transport")
     for (transport, kind), (stats, latencies, failures, secs) in results.items():
         line = f"  {transport:9} {kind:7} {secs:6.1f} s  {dict(sorted(stats.items()))}"
         if latencies:
             q = statistics.quantiles(latencies, n=20)
             line += (f"  connect-to-sync median {statistics.median(latencies) * 1000:.0f} ms"
                      f" p95 {q[18] * 1000:.0f} ms")
-        print(line + (f"  harness failures: {failures}" if failures else ""))
+        figures(line + (f"  harness failures: {failures}" if failures else ""))
     if undecodable.samples:
-        print(f"  undecodable polling payloads: {len(undecodable.samples)}: {undecodable.samples[:3]}")
+        figures(f"  undecodable polling payloads: {len(undecodable.samples)}: {undecodable.samples[:3]}")
     if crashes.samples:
-        print("  handler-thread exceptions, first ones:\n    " + "\n    ".join(crashes.samples))
+        figures("  handler-thread exceptions, first ones:\n    " + "\n    ".join(crashes.samples))
     problems = []
     for (transport, kind), (stats, _, failures, _) in results.items():
         done = "connected" if kind == "fresh" else "recovered"

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # clients/: lineproc, jsonbytes
 
 import support  # noqa: E402
+from pytest_figures import figures  # noqa: E402,F401  (the fixture)
 from support import (  # noqa: E402
     DB,
     Recorder,

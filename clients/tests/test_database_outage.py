@@ -67,7 +67,8 @@ def own_node_sequence(world, node):
     return [("sync", None)] + [join_msg("Node", node.name, r) for r in world.node_public_rooms(node)]
 
 
-def test_clients_connecting_during_outage_get_their_connect_sequence_after_it(world, db, tokens, cut):
+def test_clients_connecting_during_outage_get_their_connect_sequence_after_it(world, db, tokens, cut,
+                                                                            figures):
     server, proxy = cut
     a1, b1, orgb = world.node_a1, world.node_b1, world.u_orgb
     established, = recorders(server, tokens, b1)
@@ -112,7 +113,7 @@ def test_clients_connecting_during_outage_get_their_connect_sequence_after_it(wo
         wait_until(lambda: db.node_config_count(a1.id) > 0, DEFAULT_TIMEOUT,
                    what="the queued node_info_update stored")
         assert metric(server, "v6_socketio_identifications_waiting") == 0
-        print(f"\n[database outage, compatibility suite] database back -> node's connect "
+        figures(f"\n[database outage, compatibility suite] database back -> node's connect "
               f"sequence complete: {recovered:.2f} s (bound {RECOVERY_BOUND:.0f} s)")
     finally:
         if not proxy.running:

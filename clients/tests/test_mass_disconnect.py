@@ -192,7 +192,7 @@ def start_flood_servers(db, jwt_secret, tmp_path, monkeypatch):
     mq_support.stop_serve(*started)
 
 
-def _mass_disconnect(db, tokens, servers) -> dict:
+def _mass_disconnect(db, tokens, servers, figures) -> dict:
     """N sockets of node_a1 spread over ``servers``, all reset at once; checks
     each server's log and returns the summed metrics."""
     world = World(db)
@@ -256,7 +256,7 @@ def _mass_disconnect(db, tokens, servers) -> dict:
             metrics = {name: _metric(srv.url, name) for name in names}
             for name in names:
                 totals[name] += metrics[name]
-            print(f"\n{srv.log_path.stem}: {per_server[srv]} of {N} sockets; log grew by {len(lines)} "
+            figures(f"\n{srv.log_path.stem}: {per_server[srv]} of {N} sockets; log grew by {len(lines)} "
                   f"lines / {len(grown)} bytes: {len(per_client)} 'client disconnected', "
                   f"{len(warnings)} WARN/ERROR; "
                   + ", ".join(f"{n.removeprefix('v6_socketio_')} {v:.0f}" for n, v in metrics.items()))
@@ -265,7 +265,7 @@ def _mass_disconnect(db, tokens, servers) -> dict:
                                 + "\n".join(lines[:10]))
             if not per_client:
                 problems.append(f"{srv.log_path.stem}: no 'client disconnected' line at all")
-        print(f"joined in {joined:.1f}s (CPU: test {cpu_joined[0]:.1f}s, servers {cpu_joined[1]:.1f}s); "
+        figures(f"joined in {joined:.1f}s (CPU: test {cpu_joined[0]:.1f}s, servers {cpu_joined[1]:.1f}s); "
               f"all departures handled {handled:.1f}s after the reset")
         assert not problems, "\n".join(problems)
         assert db.auth_row(node.id)[0] == "offline"
@@ -274,8 +274,8 @@ def _mass_disconnect(db, tokens, servers) -> dict:
         world.cleanup()
 
 
-def test_mass_disconnect_logs_a_summary_not_a_line_per_socket(db, tokens, start_flood_servers):
+def test_mass_disconnect_logs_a_summary_not_a_line_per_socket(db, tokens, start_flood_servers, figures):
     servers = start_flood_servers(["flood"])
-    totals = _mass_disconnect(db, tokens, servers)
+    totals = _mass_disconnect(db, tokens, servers, figures)
     assert totals["v6_socketio_broadcast_closed_sockets_total"] > 0, (
         f"no closed socket counted: the departures' broadcasts met no closed socket {totals}")

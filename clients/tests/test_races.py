@@ -56,7 +56,7 @@ def _lone_nodes(db, n: int) -> list[Ent]:
 
 @pytest.mark.parametrize("version", list(VENVS))
 @pytest.mark.parametrize("transport", ["polling", "websocket"])
-def test_no_connect_races(db, srv, tokens, transport, version):
+def test_no_connect_races(db, srv, tokens, transport, version, figures):
     per_worker = [{"valid": tokens.access(n), "expired": tokens.expired(n), "forged": tokens.forged(n)}
                   for n in _lone_nodes(db, WORKERS)]
     cmd = [_python(version), str(CLIENTS / "race_stress.py"), "--url", srv.url,
@@ -65,10 +65,10 @@ def test_no_connect_races(db, srv, tokens, transport, version):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     c = result["counts"]
-    print(f"\npython-socketio {result['version']} {transport}: {result['seconds']} s, "
-          f"hold {os.environ.get('V6_SOCKETIO_FIRST_EVENT_DELAY', 'default')} ms: "
-          f"{json.dumps(c, sort_keys=True)}; connect-to-sync {result['connect_to_sync_ms']}"
-          f" {result['errors']}", file=sys.stderr)
+    figures(f"\npython-socketio {result['version']} {transport}: {result['seconds']} s, "
+            f"hold {os.environ.get('V6_SOCKETIO_FIRST_EVENT_DELAY', 'default')} ms: "
+            f"{json.dumps(c, sort_keys=True)}; connect-to-sync {result['connect_to_sync_ms']}"
+            f" {result['errors']}")
     n = CYCLES * WORKERS
     crashes = {k: v for k, v in c.items() if k.startswith("thread_crash") or "failed" in k}
     assert not crashes, f"handler threads crashed: {crashes}; {result['errors']}"
