@@ -100,6 +100,17 @@ INSERT INTO run (id, task_id, organization_id, status) VALUES (1, 1, 1, 'pending
 /// Creates the demo SQLite database at `path` if the file does not exist
 /// yet. Returns the fixture and whether the file was created now.
 pub async fn create_demo_database(path: &Path) -> Result<(DemoFixture, bool), StoreError> {
+    create(path, SCHEMA, FIXTURE, Vec::new()).await
+}
+
+/// The demo database from `schema` and `fixture` (both generations share
+/// its ids and names), created only when `path` does not exist yet.
+async fn create(
+    path: &Path,
+    schema: &str,
+    fixture: &str,
+    keycloak_ids: Vec<String>,
+) -> Result<(DemoFixture, bool), StoreError> {
     let created = !path.exists();
     if created {
         let options = SqliteConnectOptions::new()
@@ -110,8 +121,8 @@ pub async fn create_demo_database(path: &Path) -> Result<(DemoFixture, bool), St
             .connect_with(options)
             .await?;
         let mut tx = pool.begin().await?;
-        tx.execute(SCHEMA).await?;
-        tx.execute(FIXTURE).await?;
+        tx.execute(schema).await?;
+        tx.execute(fixture).await?;
         tx.commit().await?;
         pool.close().await;
     }
@@ -120,7 +131,7 @@ pub async fn create_demo_database(path: &Path) -> Result<(DemoFixture, bool), St
             nodes: vec![(1, "demo-node-a".into()), (2, "demo-node-b".into())],
             user: (3, "demo-user".into()),
             collaboration_id: 1,
-            keycloak_ids: Vec::new(),
+            keycloak_ids,
         },
         created,
     ))
@@ -211,28 +222,6 @@ INSERT INTO run (id, task_id, organization_id, status, action) VALUES
 /// Creates the 5.x demo SQLite database at `path` if the file does not
 /// exist yet. Returns the fixture and whether the file was created now.
 pub async fn create_demo_database_v5(path: &Path) -> Result<(DemoFixture, bool), StoreError> {
-    let created = !path.exists();
-    if created {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await?;
-        let mut tx = pool.begin().await?;
-        tx.execute(SCHEMA_V5).await?;
-        tx.execute(FIXTURE_V5).await?;
-        tx.commit().await?;
-        pool.close().await;
-    }
-    Ok((
-        DemoFixture {
-            nodes: vec![(1, "demo-node-a".into()), (2, "demo-node-b".into())],
-            user: (3, "demo-user".into()),
-            collaboration_id: 1,
-            keycloak_ids: KEYCLOAK_IDS.iter().map(|s| (*s).to_owned()).collect(),
-        },
-        created,
-    ))
+    let keycloak_ids = KEYCLOAK_IDS.iter().map(|s| (*s).to_owned()).collect();
+    create(path, SCHEMA_V5, FIXTURE_V5, keycloak_ids).await
 }
