@@ -73,6 +73,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(proc, port: int, timeout: float = 30.0, context=lambda: "") -> None:
+    """Until the child `proc` accepts TCP connections on 127.0.0.1:`port`;
+    fails if it exits or `timeout` passes (`context()` adds to the message)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"exited with {proc.returncode}: {context()}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"not listening on {port}: {context()}"
+            time.sleep(0.05)
+
+
 def http_get(url: str, headers: dict | None = None, timeout: float = 5.0):
     """(status, headers, body) of a GET, without raising on HTTP errors."""
     req = urllib.request.Request(url, headers=headers or {})

@@ -11,7 +11,6 @@ import os
 import queue
 import shlex
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 import socketio
 
 from lineproc import LineProcess
-from support import CLIENTS, free_port, server_binary
+from support import CLIENTS, free_port, server_binary, wait_listening
 
 SIMULATOR = CLIENTS / "node_simulator.py"
 KEYCLOAK_CLAIMS = {"exp", "iat", "jti", "iss", "aud", "sub", "typ", "azp",
@@ -56,14 +55,7 @@ def start_demo(tmp_path: Path, generation: str):
             out.append(lines.get(timeout=0.2))
         except queue.Empty:
             pass
-    while True:
-        assert proc.poll() is None, f"demo exited with {proc.returncode}: {stderr}"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, f"demo did not listen: {stderr}"
-            time.sleep(0.05)
+    wait_listening(proc, port, max(deadline - time.monotonic(), 1.0), lambda: stderr)
     return proc, out, stderr
 
 
@@ -232,15 +224,7 @@ def test_5x_token_failures_and_key_rotation_on_the_wire(tmp_path):
     threading.Thread(target=lambda: [log.append(l.rstrip()) for l in serve.stderr], daemon=True).start()
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert serve.poll() is None, f"serve exited: {log}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log
-                time.sleep(0.05)
+        wait_listening(serve, port, 30, lambda: log)
         assert hits == ["/realms/vantage6"], "one fetch at start-up, HQ's endpoint"
         now = int(time.time())
 

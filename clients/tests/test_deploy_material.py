@@ -35,13 +35,12 @@ import signal
 import socket
 import string
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from support import REPO, free_port, server_binary
+from support import REPO, free_port, server_binary, wait_listening
 
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
@@ -522,15 +521,7 @@ def running_demo(binary: Path, tmp_path: Path, port: int):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env({"RUST_LOG": "warn"}),
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"demo exited with {proc.returncode}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "demo did not listen"
-                time.sleep(0.05)
+        wait_listening(proc, port)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
