@@ -87,12 +87,7 @@ pub async fn prepare(options: &DemoOptions) -> Result<Config, DemoError> {
         std::fs::write(&config_path, text).map_err(io_err(&config_path))?;
     }
     let (fixture, created) = create_demo_database(&db_path).await?;
-    let overrides = ServeOverrides {
-        ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        port: Some(options.port),
-        ..ServeOverrides::default()
-    };
-    let (config, _) = Config::load(&config_path, &overrides)?;
+    let config = load_demo_config(&config_path, options.port)?;
 
     let url = format!("http://{}", config.listen);
     let mut out = String::new();
@@ -163,12 +158,7 @@ async fn prepare_v5(options: &DemoOptions, dir: &Path) -> Result<Config, DemoErr
         std::fs::write(&config_path, text).map_err(io_err(&config_path))?;
     }
     let (fixture, created) = create_demo_database_v5(&db_path).await?;
-    let overrides = ServeOverrides {
-        ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        port: Some(options.port),
-        ..ServeOverrides::default()
-    };
-    let (config, _) = Config::load(&config_path, &overrides)?;
+    let config = load_demo_config(&config_path, options.port)?;
     let url = format!("http://{}", config.listen);
     let mut out = format!(
         "\nv6-socketio demo (vantage6 5.x): the /tasks namespace on {url}{}\n  \
@@ -223,4 +213,14 @@ async fn prepare_v5(options: &DemoOptions, dir: &Path) -> Result<Config, DemoErr
     ));
     print!("{out}");
     Ok(config)
+}
+
+/// The configuration the demo wrote, served on 127.0.0.1:`port`.
+fn load_demo_config(path: &Path, port: u16) -> Result<Config, DemoError> {
+    let overrides = ServeOverrides {
+        ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        port: Some(port),
+        ..ServeOverrides::default()
+    };
+    Ok(Config::load(path, &overrides)?.0)
 }

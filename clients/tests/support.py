@@ -87,6 +87,16 @@ def wait_listening(proc, port: int, timeout: float = 30.0, context=lambda: "") -
             time.sleep(0.05)
 
 
+def stop_process(proc, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if `proc` has not exited within `timeout`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def http_get(url: str, headers: dict | None = None, timeout: float = 5.0):
     """(status, headers, body) of a GET, without raising on HTTP errors."""
     req = urllib.request.Request(url, headers=headers or {})

@@ -10,7 +10,6 @@ import json
 import os
 import queue
 import shlex
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 import socketio
 
 from lineproc import LineProcess
-from support import CLIENTS, free_port, server_binary, wait_listening
+from support import CLIENTS, free_port, server_binary, stop_process, wait_listening
 
 SIMULATOR = CLIENTS / "node_simulator.py"
 KEYCLOAK_CLAIMS = {"exp", "iat", "jti", "iss", "aud", "sub", "typ", "azp",
@@ -57,15 +56,6 @@ def start_demo(tmp_path: Path, generation: str):
             pass
     wait_listening(proc, port, max(deadline - time.monotonic(), 1.0), lambda: stderr)
     return proc, out, stderr
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def claims_of(token: str) -> tuple[dict, dict]:
@@ -145,7 +135,7 @@ def test_demo_simulated_node_gets_sync_and_joins_its_rooms(generation, tmp_path)
             user.disconnect()
         if sim is not None:
             sim.stop()
-        stop(proc)
+        stop_process(proc)
 
 
 def realm_stand_in(public_pems: list[str]):
@@ -205,7 +195,7 @@ def test_5x_token_failures_and_key_rotation_on_the_wire(tmp_path):
     stand-in (KEYCLOAK_URL/KEYCLOAK_REALM as HQ): HQ's answers to bad tokens,
     and a rotated realm key picked up with one re-fetch."""
     proc, out, stderr = start_demo(tmp_path, "5")
-    stop(proc)
+    stop_process(proc)
     demo = tmp_path / "demo"
     node_sub = claims_of(next(l.strip() for l in out if "clients/simulate-node" in l).split("--token ")[1])[1]["sub"]
     key_a, key_b = rsa_pair(), rsa_pair()
@@ -255,10 +245,5 @@ def test_5x_token_failures_and_key_rotation_on_the_wire(tmp_path):
         # Key A's tokens are refused now.
         assert events_of(url, tok({}))[0] == ["invalid_token"]
     finally:
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-            serve.wait()
+        stop_process(serve)
         realm.shutdown()

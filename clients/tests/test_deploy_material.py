@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import REPO, free_port, server_binary, wait_listening
+from support import REPO, free_port, server_binary, stop_process, wait_listening
 
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
@@ -524,12 +524,7 @@ def running_demo(binary: Path, tmp_path: Path, port: int):
         wait_listening(proc, port)
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_dockerfile_healthcheck_tells_up_from_down(binary, tmp_path):
