@@ -118,10 +118,23 @@ async fn run_log_and_owner() {
             job_id: None,
         })
     );
-    assert!(store.append_run_log(1, "first").await.expect("q"));
-    assert!(store.append_run_log(1, "second\n").await.expect("q"));
-    assert!(store.append_run_log(1, "third").await.expect("q"));
-    assert!(!store.append_run_log(99, "nowhere").await.expect("q"));
+    // Run 1: organisation 1, task 1 of collaboration 1.
+    assert!(store.append_run_log(1, 1, 1, "first").await.expect("q"));
+    assert!(store.append_run_log(1, 1, 1, "second\n").await.expect("q"));
+    assert!(!store
+        .append_run_log(1, 2, 1, "other organisation")
+        .await
+        .expect("q"));
+    assert!(!store
+        .append_run_log(1, 1, 2, "other collaboration")
+        .await
+        .expect("q"));
+    assert!(!store
+        .append_run_log(3, 1, 1, "run without a task")
+        .await
+        .expect("q"));
+    assert!(store.append_run_log(1, 1, 1, "third").await.expect("q"));
+    assert!(!store.append_run_log(99, 1, 1, "nowhere").await.expect("q"));
     let (log,): (Option<String>,) = sqlx::query_as("SELECT log FROM run WHERE id = 1")
         .fetch_one(&mut conn)
         .await

@@ -440,20 +440,30 @@ impl Store {
     }
 
     /// Appends a line to `run.log` as vantage6 does (a `"\n"` first when the
-    /// old log does not end with one), atomically. Returns false when the
-    /// run does not exist.
-    pub async fn append_run_log(&self, run_id: i64, line: &str) -> Result<bool, StoreError> {
+    /// old log does not end with one), atomically, if the run belongs to
+    /// `organization_id` and its task to `collaboration_id`. Returns false
+    /// when no such run exists (see [`run_owner`](Self::run_owner) for why).
+    pub async fn append_run_log(
+        &self,
+        run_id: i64,
+        organization_id: i64,
+        collaboration_id: i64,
+        line: &str,
+    ) -> Result<bool, StoreError> {
         let done = on_pool!(self, p =>
             sqlx::query(
                 "UPDATE run SET log = CASE \
                    WHEN log IS NULL OR log = '' THEN $1 \
                    WHEN substr(log, length(log), 1) = $2 THEN log || $1 \
                    ELSE log || $2 || $1 END \
-                 WHERE id = $3",
+                 WHERE id = $3 AND organization_id = $4 \
+                   AND task_id IN (SELECT id FROM task WHERE collaboration_id = $5)",
             )
             .bind(line)
             .bind("\n")
             .bind(run_id)
+            .bind(organization_id)
+            .bind(collaboration_id)
             .execute(p)
             .await?
             .rows_affected()

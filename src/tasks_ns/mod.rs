@@ -555,13 +555,21 @@ async fn on_algorithm_log<A: Adapter>(
     ) else {
         return ignore(ctx, EVENT, "missing_run_id_or_log");
     };
-    if own_run(ctx, node, run_id, EVENT).await.is_none() {
-        return;
-    }
-    match ctx.store().append_run_log(run_id, line).await {
+    // One statement appends only to a run of the node's own; the look-up
+    // runs only when nothing was appended, to say why.
+    let appended = ctx
+        .store()
+        .append_run_log(run_id, node.organization_id, node.collaboration_id, line)
+        .await;
+    match appended {
         Ok(true) => {}
-        // Deleted since the look-up.
-        Ok(false) => return refused_unknown_run(ctx, node, run_id, EVENT),
+        Ok(false) => {
+            if own_run(ctx, node, run_id, EVENT).await.is_some() {
+                // It became the node's own run after the append.
+                refused_unknown_run(ctx, node, run_id, EVENT);
+            }
+            return;
+        }
         Err(e) => return ctx.db_failed("append run log", &e),
     }
     let payload = json!({
