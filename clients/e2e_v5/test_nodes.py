@@ -44,7 +44,11 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(fleet):
-    return World(fleet)
+    w = World(fleet)
+    yield w
+    for n in w.everyone:  # later modules start from a quiet fleet
+        n.close()
+    time.sleep(SETTLE)
 
 
 def test_connect_syncs_and_shares_node_details(world, fleet):
