@@ -8,7 +8,10 @@
 #   4. installs nginx when missing (Debian's package, as root), sets up the
 #      Python 3.10 virtualenv of vantage6-server 4.15.2 and runs the
 #      end-to-end suite (clients/e2e): the real vantage6 REST API and node
-#      socket code, three instances behind nginx, on SQLite and PostgreSQL.
+#      socket code, three instances behind nginx, on SQLite and PostgreSQL;
+#   5. sets up the Python 3.13 virtualenv of vantage6 5.0.3 and runs its
+#      end-to-end suite (clients/e2e_v5): real HQ, the real node socket code,
+#      two instances and a mixed fleet with HQ's own Flask-SocketIO.
 # Every stage runs even when an earlier one failed; the exit code is non-zero
 # when any stage failed. The runners' own summaries are printed.
 set -uo pipefail
@@ -154,6 +157,29 @@ if [ "$e2e_ok" = 1 ]; then
     [ "$rc" = 0 ] || failed+=("e2e pytest (exit $rc)")
 else
     failed+=("e2e pytest (not run)")
+fi
+
+stage "end-to-end suite (vantage6 5.0.3: HQ, real node code, pytest)"
+# vantage6 5.x needs Python 3.13 (PYTHON313 overrides); the venv is shared with
+# the 5.x compatibility suite.
+find_python313() {
+    local c
+    for c in "${PYTHON313:-}" python3.13 "$HOME"/.pyenv/versions/3.13*/bin/python3.13 \
+        /usr/bin/python3.13 /usr/local/bin/python3.13; do
+        [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 &&
+            "$c" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null &&
+            { command -v "$c"; return 0; }
+    done
+    return 1
+}
+if PY313=$(find_python313) && ensure_venv clients/.venv-v5 clients/requirements-v5.txt "$PY313"; then
+    V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio" \
+        clients/.venv-v5/bin/python -m pytest clients/e2e_v5 -p no:cacheprovider -rfEs --durations=15
+    rc=$?
+    [ "$rc" = 0 ] || failed+=("e2e v5 pytest (exit $rc)")
+else
+    echo "no Python 3.13 or its virtualenv (vantage6 5.x needs 3.13): set PYTHON313" >&2
+    failed+=("e2e v5 pytest (not run)")
 fi
 
 stage "summary"

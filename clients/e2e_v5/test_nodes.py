@@ -191,10 +191,10 @@ def test_delete_dataframe_deletes_the_nodes_files_and_the_pending_rows(world, fl
 def test_expired_token_relogin_reconnects_and_syncs(world, fleet, figures):
     node = world.nodes_a[2]
     others = [n for n in world.everyone if n is not node]
+    marks = Expect.mark(others)
     node.close()
-    Expect.exactly(Expect.mark(others), {n: [("node-offline", node_status(node)),
-                                             left(node, world.a.room)]
-                                         for n in world.nodes_a if n is not node})
+    Expect.exactly(marks, {n: [("node-offline", node_status(node)), left(node, world.a.room)]
+                           for n in world.nodes_a if n is not node})
     # a Keycloak token that expired 30 s ago (beyond HQ's 10 s leeway, within
     # python-keycloak's 60 s validation leeway)
     fleet.kc.lifetime = -30
