@@ -94,6 +94,26 @@ class Database:
         finally:
             conn.close()
 
+    def execute(self, sql: str, params: tuple = ()) -> None:
+        """One write (`?` placeholders), committed: what another of the
+        fleet's processes (HQ's offline sweep) would write."""
+        if self.backend == "sqlite":
+            conn = sqlite3.connect(self.path, timeout=10)
+            try:
+                with conn:
+                    conn.execute(sql, params)
+            finally:
+                conn.close()
+            return
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=self.name)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(sql.replace("?", "%s"), params)
+        finally:
+            conn.close()
+
     def drop(self):
         if self.backend != "postgres":
             return

@@ -14,9 +14,11 @@ names; v6-socketio refuses one for a foreign collaboration or run (README,
 """
 from __future__ import annotations
 
+import os
+
 from fleet import Expect, joined, left, node_status
 from harness5 import wait_until
-from rest5 import create_session, create_task
+from rest5 import create_dataframe, create_session, create_task
 
 
 def org_room(collab, org_id: int) -> str:
@@ -98,6 +100,32 @@ def test_mixed_fleet_with_hq_flask_socketio(fleet):
         marks = Expect.mark(everyone)
         sender.status_change(runs[sender], "active")
         Expect.exactly(marks, {n: [relayed(sender, runs[sender], "active")] for n in members})
+
+    # a completed run announces the dependent task: HQ's handler and ours
+    t2 = create_task(researcher, m, session, orgs, depends_on_ids=[task["id"]])
+    announce_t2 = ("new_task_update", {"id": t2["id"], "parent_id": None})
+    wait_until(lambda: all(f"get_task_and_add_to_queue({t2['id']})" in n.calls for n in members),
+               what="dependent task fetched")
+    for sender in (h0, r0):
+        marks = Expect.mark(everyone)
+        sender.status_change(runs[sender], "completed")
+        Expect.exactly(marks, {n: [announce_t2, relayed(sender, runs[sender], "completed")]
+                               for n in members})
+
+    # a dataframe deleted through HQ's REST: every node deletes its file and
+    # answers dataframe_deleted to its own server, which removes its row
+    df = create_dataframe(researcher, session, orgs)
+    wait_until(lambda: all(f"get_task_and_add_to_queue({df['last_session_task']['id']})"
+                           in n.calls for n in members), what="extraction task fetched")
+    files = [n.write_dataframe(session, df["name"]) for n in members]
+    marks = Expect.mark(everyone)
+    researcher.call("DELETE", f"session/dataframe/{df['id']}")
+    Expect.exactly(marks, {n: [("delete_dataframe", {"df_name": df["name"], "session_id": session})]
+                           for n in members})
+    wait_until(lambda: not any(os.path.exists(f) for f in files), what="files deleted")
+    wait_until(lambda: fleet.db.query(
+        "SELECT node_id FROM dataframetobedeletedatnode WHERE dataframe_name = ?",
+        (df["name"],)) == [], what="pending deletions removed on both sides")
 
     # a foreign collaboration's node naming M: HQ relays it, v6-socketio refuses
     for sender, reaches in ((x0, True), (x1, False)):

@@ -188,6 +188,104 @@ def test_delete_dataframe_deletes_the_nodes_files_and_the_pending_rows(world, fl
         (df["name"],)) == [], what="pending dataframe deletions removed")
 
 
+def test_completed_run_announces_the_dependent_task(world, fleet):
+    t1 = create_task(world.researcher, world.a, world.session, world.orgs_a)
+    runs = {n: n.queued_run(t1["id"]) for n in world.nodes_a}
+    marks = Expect.mark(world.everyone)
+    t2 = create_task(world.researcher, world.a, world.session, world.orgs_a,
+                     depends_on_ids=[t1["id"]])
+    announce_t2 = ("new_task_update", {"id": t2["id"], "parent_id": None})
+    Expect.exactly(marks, {n: [announce_t2] for n in world.nodes_a})
+    assert fleet.db.query("SELECT task_id, depends_on_id FROM task_depends_on WHERE task_id = ?",
+                          (t2["id"],)) == [(t2["id"], t1["id"])]
+    sender = world.nodes_a[1]
+    marks = Expect.mark(world.everyone)
+    sender.status_change(runs[sender], "completed")
+    # HQ 5.0.3's handler: the dependent task first, then the relay
+    completed = ("algorithm_status_change", {
+        "status": "completed", "run_id": runs[sender]["id"], "task_id": t1["id"],
+        "job_id": t1["job_id"], "collaboration_id": world.a.id, "node_id": sender.account.id,
+        "organization_id": sender.account.organization_id, "parent_id": None})
+    Expect.exactly(marks, {n: [announce_t2, completed] for n in world.nodes_a})
+    for node in world.nodes_a:
+        wait_until(lambda n=node: n.count(f"get_task_and_add_to_queue({t2['id']})") == 2,
+                   what=f"{node.label} fetched the dependent task twice")
+
+
+def test_pending_delete_dataframe_reaches_the_reconnecting_node(world, fleet):
+    df = create_dataframe(world.researcher, world.session, world.orgs_a)
+    wait_until(lambda: all(f"get_task_and_add_to_queue({df['last_session_task']['id']})"
+                           in n.calls for n in world.nodes_a), what="extraction task fetched")
+    files = {n: n.write_dataframe(world.session, df["name"]) for n in world.nodes_a}
+    away = world.nodes_a[1]  # instance 1
+    present = [world.nodes_a[0], world.nodes_a[2]]  # instance 0
+    marks = Expect.mark(world.everyone)
+    away.close()
+    Expect.exactly(marks, {n: [("node-offline", node_status(away)), left(away, world.a.room)]
+                           for n in present})
+
+    marks = Expect.mark(world.everyone)
+    world.researcher.call("DELETE", f"session/dataframe/{df['id']}")
+    instruction = ("delete_dataframe", {"df_name": df["name"], "session_id": world.session})
+    Expect.exactly(marks, {n: [instruction] for n in present})
+    pending = "SELECT node_id FROM dataframetobedeletedatnode WHERE dataframe_name = ?"
+    wait_until(lambda: fleet.db.query(pending, (df["name"],)) == [(away.account.id,)],
+               what="only the absent node's deletion pending")
+    assert [os.path.exists(files[n]) for n in world.nodes_a] == [False, True, False]
+
+    # it comes back (a restart: a new token): its own instruction, after its
+    # rooms, to its socket only
+    away.client.obtain_new_token()
+    marks = Expect.mark(world.everyone)
+    away.connect_to_socket()
+    Expect.exactly(marks, {
+        away: [("sync", None), joined(away, world.a.room),
+               joined(away, f"{world.a.room}_organization_{away.account.organization_id}"),
+               instruction],
+        **{n: [("node-online", node_status(away)), joined(away, world.a.room)] for n in present},
+    })
+    wait_until(lambda: not os.path.exists(files[away]), what=f"{away.label} deleted its file")
+    wait_until(lambda: fleet.db.query(pending, (df["name"],)) == [],
+               what="the reconnected node's pending deletion removed")
+
+
+def test_ping_recovers_a_node_the_offline_sweep_caught(world, fleet):
+    node = world.nodes_a[0]
+    others = [n for n in world.nodes_a if n is not node]
+    shared = node.count("share_node_details")
+    # what HQ's node-status worker writes for a node whose ping came late
+    fleet.db.execute("UPDATE authenticatable SET status = 'offline' WHERE id = ?",
+                     (node.account.id,))
+    marks = Expect.mark(world.everyone)
+    node.socketIO.emit("ping", namespace="/tasks")  # Node.__socket_ping_worker
+    online = ("node-online", node_status(node))
+    Expect.exactly(marks, {
+        # the recovering socket is still in its rooms: it hears its own
+        # node-online once per announced room (collaboration, organisation);
+        # HQ 5.0.3 sends it once per entry of its grown room list (6 times)
+        node: [("sync", None), online, online, joined(node, world.a.room),
+               joined(node, f"{world.a.room}_organization_{node.account.organization_id}")],
+        **{n: [("node-online", node_status(node)), joined(node, world.a.room)] for n in others},
+    })
+    node.wait_calls("share_node_details", shared + 1)
+    assert fleet.node_db_status(node.account.id) == "online"
+    assert fleet.db.query("SELECT last_seen FROM authenticatable WHERE id = ?",
+                          (node.account.id,))[0][0] is not None
+    wait_until(lambda: fleet.nodeconfig(node.account.id) == NODE_CONFIG, what="node details")
+    # the recovery did not add rooms: its departure is announced once per room
+    marks = Expect.mark(world.everyone)
+    node.close()
+    Expect.exactly(marks, {n: [("node-offline", node_status(node)), left(node, world.a.room)]
+                           for n in others})
+    marks = Expect.mark(world.everyone)
+    node.connect_to_socket()
+    Expect.exactly(marks, {
+        node: [("sync", None), joined(node, world.a.room),
+               joined(node, f"{world.a.room}_organization_{node.account.organization_id}")],
+        **{n: [("node-online", node_status(node)), joined(node, world.a.room)] for n in others},
+    })
+
+
 def test_expired_token_relogin_reconnects_and_syncs(world, fleet, figures):
     node = world.nodes_a[2]
     others = [n for n in world.everyone if n is not node]
