@@ -11,7 +11,9 @@ collaborations and nodes through HQ's REST API.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,16 +28,25 @@ BACKENDS = [b for b in os.environ.get("V6_TEST_BACKENDS", "sqlite,postgres").spl
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def fleet(request, tmp_path_factory) -> Fleet:
-    f = Fleet(request.param, tmp_path_factory.mktemp(f"fleet5-{request.param}"))
+def fleet(request) -> Fleet:
+    # a directory of its own, not pytest's tmp_path: pytest removes all but the
+    # last three of its run directories, whoever's run they are, and the
+    # fleet's SQLite database and logs live here. Kept when a test failed.
+    workdir = Path(tempfile.mkdtemp(prefix=f"v6-e2e5-{request.param}-"))
+    f = Fleet(request.param, workdir)
     try:
         f.start()
     except Exception:
         print(f.describe_failure())
         f.stop()
         raise
+    failed_before = request.session.testsfailed
     yield f
     f.stop()
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"\nfleet logs kept in {workdir}")
 
 
 @pytest.fixture(autouse=True)
