@@ -9,8 +9,9 @@ is replaced, keeping `Node`'s method names and checks
 (docs/vantage6-5x-socket.md §7.4): `sync_task_queue_with_HQ`,
 `get_task_and_add_to_queue`, `share_node_details`, `kill_containers` (the
 "running containers" are the runs it queued), `connect_to_socket`,
-`authenticate`. No ping loop: vantage6's first ping comes 5 s after connect
-and then every 60 s, longer than any scenario here.
+`authenticate`. Each connect starts vantage6's ping loop (first ping after
+5 s, then every 60 s, one more loop per reconnect as in vantage6), which keeps
+the node `online` through HQ's and v6-socketio's offline sweeps (65 s).
 
 One difference from a deployed node, on purpose: REST goes to HQ and the
 socket to `socket_url` (a v6-socketio instance, or HQ itself), where a
@@ -27,6 +28,7 @@ from types import SimpleNamespace
 import pyarrow as pa
 import socketio
 from vantage6.common.client.node_client import NodeClient
+from vantage6.common.globals import PING_INTERVAL_SECONDS
 from vantage6.node.k8s import session_manager
 from vantage6.node.k8s.session_manager import SessionFileManager
 from vantage6.node.socket import NodeTaskNamespace
@@ -110,6 +112,7 @@ class Node5:
         self.sockets: list[socketio.Client] = []
         self.socketIO: socketio.Client | None = None
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
         worker, events = self, self.events
 
         real_obtain = self.client.obtain_new_token
@@ -149,6 +152,7 @@ class Node5:
 
     def connect_to_socket(self) -> None:
         self._called("connect_to_socket")
+        self._stopped = threading.Event()  # a reconnect after close() pings again
         sio = socketio.Client(request_timeout=60)
         sio.register_namespace(self.namespace_class("/tasks"))
         self.socketIO = sio
@@ -159,6 +163,21 @@ class Node5:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.label}: could not connect the websocket channel")
             time.sleep(0.05)
+        threading.Thread(target=self._ping_worker, daemon=True).start()
+
+    def _ping_worker(self) -> None:
+        """Node.__socket_ping_worker: on whatever socket is current."""
+        if self._stopped.wait(5):
+            return
+        while True:
+            sio = self.socketIO
+            try:
+                if sio is not None and sio.connected:
+                    sio.emit("ping", namespace="/tasks")
+            except Exception:  # as vantage6: log and keep pinging
+                log.exception("%s: ping failed", self.label)
+            if self._stopped.wait(PING_INTERVAL_SECONDS):
+                return
 
     def sync_task_queue_with_HQ(self) -> None:  # noqa: N802 (vantage6's name)
         assert self.client.cryptor, "Encryption has not been setup"
@@ -272,6 +291,8 @@ class Node5:
         return self.socketIO is not None and self.socketIO.connected
 
     def close(self) -> None:
+        """Disconnects; a later connect_to_socket pings again."""
+        self._stopped.set()
         for sio in self.sockets:
             try:
                 sio.disconnect()
