@@ -42,7 +42,13 @@ def fleet(request) -> Fleet:
         raise
     failed_before = request.session.testsfailed
     yield f
+    # everything the fleet asked Keycloak (HQ's admin calls, node tokens,
+    # python-keycloak's realm-key look-ups) was answered; refused client
+    # secrets are a test's business
+    unanswered = [(m, p, s) for m, p, s in f.kc.answered
+                  if s >= 400 and not (s == 401 and p.endswith("/openid-connect/token"))]
     f.stop()
+    assert unanswered == [], f"the Keycloak stand-in could not answer: {unanswered}"
     if request.session.testsfailed == failed_before:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

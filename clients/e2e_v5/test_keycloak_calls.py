@@ -90,11 +90,3 @@ def test_node_and_user_accounts_through_hq_rest(fleet):
     ]
     assert kc.client(f"{username}-user-client") is None
     assert kc.client(f"{node.name}-node-client") is None
-
-
-def test_every_call_so_far_was_answered(fleet):
-    """Whatever ran before in this fleet (node tokens, realm-key look-ups of
-    python-keycloak, HQ's admin calls): no 4xx/5xx except refused secrets."""
-    bad = [(m, p, s) for m, p, s in since(fleet.kc, 0) if s >= 400
-           and not (s == 401 and p.endswith("/token"))]
-    assert bad == []
