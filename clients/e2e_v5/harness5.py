@@ -175,10 +175,11 @@ def write_hq_config(path: Path, *, db: Database, broker: Broker, api_port: int) 
             "loggers": [{"name": "urllib3", "level": "warning"},
                         {"name": "sqlalchemy.engine", "level": "warning"}],
         },
+        # no message_queue_format: the 5.x default (`args`, python-socketio
+        # 5.16.2's argument list, as HQ 5.0.3 publishes) is what the mixed
+        # fleet relies on
         "v6_socketio": {
             "ip": "127.0.0.1",
-            # HQ 5.0.3 runs python-socketio 5.16.2: `data` is the argument list
-            "message_queue_format": "args",
             "keycloak_key_refresh_interval": 1,
             "sweep_interval": 65,
         },
