@@ -165,8 +165,6 @@ pub(super) async fn on_dataframe_deleted(
         }
         return;
     }
-    info!(node = %node.name, df_name, session_id,
-        "instruction to delete dataframe was executed by node");
     match ctx
         .store()
         .delete_dataframe_deletion(df_name, session_id, node.id)
@@ -179,7 +177,8 @@ pub(super) async fn on_dataframe_deleted(
                     "{EVENT} for a dataframe the node was not told to delete");
             }
         }
-        Ok(_) => {}
+        Ok(_) => info!(node = %node.name, df_name, session_id,
+            "instruction to delete dataframe was executed by node"),
         Err(e) => ctx.db_failed("delete pending dataframe deletion", &e),
     }
 }
