@@ -523,7 +523,8 @@ async fn disconnect<A: Adapter>(
     }
 }
 
-/// `on_ping`: any identified client; status online and `last_seen` now.
+/// `on_ping` (4.x): any identified client; status online and `last_seen`
+/// now. 5.x: [`v5::on_ping`].
 async fn on_ping(ctx: &TasksContext, identity: &Identity) {
     let now = chrono::Utc::now().naive_utc();
     if let Err(e) = ctx.store().record_ping(identity.id(), now).await {
