@@ -81,6 +81,22 @@ def http_get(url: str, headers: dict | None = None, timeout: float = 5.0):
 def utcnow_naive() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
+@contextlib.contextmanager
+def broker_lock():
+    """The lock the adapter's RabbitMQ tests hold shared (broker_restart holds
+    it exclusive while it stops the broker)."""
+    import fcntl
+    import tempfile
+
+    path = Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "socketioxide-amqp-rabbitmq.lock"
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 
 @dataclass
 class Ent:
