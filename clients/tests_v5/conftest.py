@@ -182,10 +182,8 @@ def connect_node(clients, tokens):
         expected = node_connect_sequence(node) + list(extra)
         rec.wait_count(len(expected))
         if check:
-            from sio_testkit import SETTLE, pretty
-            import time
+            from sio_testkit import pretty
 
-            time.sleep(SETTLE)
             got = rec.snapshot()
             assert got == expected, f"{node.name} own connect sequence: {pretty(got)}"
         rec.clear()
