@@ -227,3 +227,43 @@ def test_events_from_users_and_unidentified_sockets_are_ignored(world, db, c1_me
     expect_silence(anon, *c1_members.values())
     assert db.run_log(world.r_a.id) is None
     assert not db.node_config(world.node_a1.id)
+
+
+# -- node_metrics_update, message -----------------------------------------------------------
+def test_node_metrics_update_is_exported(world, srv, connect_node):
+    """HQ 5.0.3 feeds node_metrics_update into Prometheus gauges labelled node_id, os, platform;
+    no DB write, no emit."""
+    from sio_testkit import wait_until
+
+    a1 = connect_node(world.node_a1)
+    a1.emit("node_metrics_update", {"cpu_percent": 12.5, "memory_percent": 40.25,
+                                    "num_algorithm_containers": 2, "os": "linux",
+                                    "platform": "x86_64", "gpu_load": [0.5, 75.0]})
+    nid = str(world.node_a1.id)
+
+    def samples(name):
+        return {tuple(sorted(lab.items())): v for n, lab, v in srv.metrics()
+                if n == name and lab.get("node_id") == nid}
+
+    wait_until(lambda: samples("cpu_percent"), what="cpu_percent of node_a1 in /metrics")
+    base = {"node_id": nid, "os": "linux", "platform": "x86_64"}
+    key = lambda **lab: tuple(sorted(lab.items()))  # noqa: E731
+    assert samples("cpu_percent") == {key(**base): 12.5}
+    assert samples("memory_percent") == {key(**base): 40.25}
+    assert samples("num_algorithm_containers") == {key(**base): 2}
+    assert samples("gpu_load") == {key(**base, gpu_id="0"): 0.5, key(**base, gpu_id="1"): 75.0}
+    expect_silence(a1)
+
+
+def test_message_and_unknown_events_are_only_logged(world, db, srv, c1_members):
+    a1 = c1_members["a1"]
+    a1.emit("message", "hello from a 5.x node")
+    a1.emit("message", {"not": "a string"})  # HQ raises TypeError; nothing is sent either way
+    a1.emit("error", "something failed")
+    a1.emit("no_such_event", {"x": 1})
+    expect_silence(*c1_members.values())
+    # and the socket is still served
+    a1.emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_a.id,
+                              "task_id": world.task1.id, "log": "still here"})
+    wait_db(lambda: db.run_log(world.r_a.id) == "still here", "r_a's log",
+            show=lambda: repr(db.run_log(world.r_a.id)))

@@ -128,3 +128,26 @@ def test_key_rotation_without_restart(world, db, srv, clients, tokens, keycloak)
     expect_exact({rb: node_connect_sequence(b1),
                   rec: [("node-online", node_status_payload(b1)), join_msg("Node", b1.name, c1)]})
     quiesce(rec, rb, stale)
+
+
+def test_token_from_the_client_credentials_grant(world, db, clients, keycloak):
+    """What vantage6-node 5.0.3 presents: the access token of its `<name>-node-client`'s
+    client-credentials grant (python-keycloak's form fields), `sub` = the service-account user,
+    which HQ stored as the node's keycloak_id."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    a1 = world.node_a1
+    client = keycloak.add_client(f"{a1.name}-node-client", client_type="node",
+                                 user_id=a1.extra["kc"])
+    form = urllib.parse.urlencode({
+        "client_id": client.client_id, "client_secret": client.secret,
+        "grant_type": "client_credentials", "scope": "openid",
+        "username": "", "password": "", "code": "", "redirect_uri": ""}).encode()
+    url = f"{keycloak.url}/realms/{keycloak.realm}/protocol/openid-connect/token"
+    with urllib.request.urlopen(urllib.request.Request(url, data=form), timeout=5) as resp:
+        token = json.load(resp)["access_token"]
+    rec = clients(token, label="a1-granted")
+    expect_exact({rec: node_connect_sequence(a1)})
+    assert db.auth_row(a1.id)[0] == "online"
