@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import random
 import time
@@ -373,12 +372,6 @@ class HQPublisher:
     def emit(self, event: str, data, room: str):
         self.mgr.emit(event, data, namespace="/tasks", room=room)
 
-    def raw_message(self, event: str, data, room: str) -> dict:
-        """What goes onto the queue for ``emit`` (python-socketio 5.16.2's format)."""
-        return {"method": "emit", "event": event, "data": [data], "binary": False,
-                "namespace": "/tasks", "room": room, "skip_sid": None, "callback": None,
-                "host_id": self.mgr.host_id}
-
 
 def wait_db(predicate, what: str, timeout: float = DEFAULT_TIMEOUT, show=lambda: ""):
     """Poll the database until ``predicate()``; explain on timeout."""
@@ -391,5 +384,28 @@ def wait_db(predicate, what: str, timeout: float = DEFAULT_TIMEOUT, show=lambda:
         time.sleep(0.03)
 
 
-def dumps(obj) -> str:
-    return json.dumps(obj, default=str)
+def counter(srv, reason: str, metric: str = "v6_socketio_ignored_events_total") -> float:
+    """A counter of the server's by reason: by default ``v6_socketio_ignored_events_total``
+    (events it dropped), or ``v6_socketio_unidentified_connections_total``."""
+    return sum(v for name, labels, v in srv.metrics()
+               if name == metric and labels.get("reason") == reason)
+
+
+class CountsRefusals:
+    """``with CountsRefusals(srv, reason, n):`` -- the block makes the server count ``n`` more
+    for ``reason`` in ``metric`` (waited for at the end)."""
+
+    def __init__(self, srv, reason: str, n: int = 1, metric: str = "v6_socketio_ignored_events_total"):
+        self.srv, self.reason, self.n, self.metric = srv, reason, n, metric
+
+    def __enter__(self):
+        self.before = counter(self.srv, self.reason, self.metric)
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            now = lambda: counter(self.srv, self.reason, self.metric)  # noqa: E731
+            wait_db(lambda: now() >= self.before + self.n,
+                    f"{self.n} more {self.metric}{{reason={self.reason!r}}}",
+                    show=lambda: f"before {self.before}, now {now()}")
+        return False

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import node_connect_sequence
 from sio_testkit import SETTLE, expect_exact, expect_silence, quiesce
-from support_v5 import wait_db
+from support_v5 import CountsRefusals, wait_db
 
 
 def delete_instruction(df_name, session_id):
@@ -72,10 +72,11 @@ def test_dataframe_deleted_removes_the_row(world, db, connect_node):
 def test_dataframe_deleted_for_a_missing_row_is_logged_not_fatal(world, db, srv, connect_node):
     a1 = world.node_a1
     rec = connect_node(a1)
-    rec.emit("dataframe_deleted", {"df_name": "never-pending", "session_id": world.sess1.id,
-                                   "node_id": a1.id})
-    rec.emit("dataframe_deleted", {"df_name": world.df1.name, "session_id": 2_000_000_000,
-                                   "node_id": a1.id})
+    with CountsRefusals(srv, "unknown_dataframe", 2):
+        rec.emit("dataframe_deleted", {"df_name": "never-pending", "session_id": world.sess1.id,
+                                       "node_id": a1.id})
+        rec.emit("dataframe_deleted", {"df_name": world.df1.name, "session_id": 2_000_000_000,
+                                       "node_id": a1.id})
     # the server still serves this socket: its ping is recorded
     rec.emit("ping")
     wait_db(lambda: db.auth_row(a1.id)[1] is not None, "a1's ping after the missing rows",
@@ -85,7 +86,7 @@ def test_dataframe_deleted_for_a_missing_row_is_logged_not_fatal(world, db, srv,
 
 
 @pytest.mark.parametrize("who", ["foreign_node", "user", "unidentified"])
-def test_dataframe_deleted_refused(world, db, clients, connect_node, connect_user, who):
+def test_dataframe_deleted_refused(world, db, srv, clients, connect_node, connect_user, who):
     """Ours: only the identified node itself, about its own node_id (HQ takes it from any
     socket, even an unidentified one, for any node)."""
     a1, b1 = world.node_a1, world.node_b1
@@ -100,7 +101,10 @@ def test_dataframe_deleted_refused(world, db, clients, connect_node, connect_use
     quiesce(ra, sender)
     db.add_pending_delete(world.df1.name, sid, a1.id)
     db.add_pending_delete(world.df1.name, sid, b1.id)
-    sender.emit("dataframe_deleted", {"df_name": world.df1.name, "session_id": sid, "node_id": a1.id})
+    reason = {"foreign_node": "foreign_node", "user": "not_a_node", "unidentified": "unidentified"}[who]
+    with CountsRefusals(srv, reason):
+        sender.emit("dataframe_deleted", {"df_name": world.df1.name, "session_id": sid,
+                                          "node_id": a1.id})
     if who == "foreign_node":
         # b1's own report after it: once b1's row is gone the refused one was handled
         sender.emit("dataframe_deleted", {"df_name": world.df1.name, "session_id": sid,

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from sio_testkit import SETTLE, expect_exact, expect_silence, pretty, quiesce
-from support_v5 import wait_db
+from support_v5 import CountsRefusals, wait_db
 
 
 @pytest.fixture()
@@ -108,7 +108,7 @@ def test_algorithm_log_appends_and_relays(world, db, c1_members, sender, run_nam
 
 
 @pytest.mark.parametrize("case", ["foreign_run", "other_organisation", "foreign_collaboration"])
-def test_algorithm_log_refused_for_foreign_run_or_collaboration(world, db, c1_members, case):
+def test_algorithm_log_refused_for_foreign_run_or_collaboration(world, db, srv, c1_members, case):
     """Ours: a node appends only to a run of its own (its organisation's, in its collaboration)
     and relays only to its collaboration (HQ appends to any run and relays to whatever
     collaboration the payload names)."""
@@ -122,7 +122,9 @@ def test_algorithm_log_refused_for_foreign_run_or_collaboration(world, db, c1_me
     else:  # own run, relayed to collaboration 2
         payload = {"collaboration_id": world.c2.id, "run_id": world.r_a.id,
                    "task_id": world.task1.id, "log": "intruder"}
-    a1.emit("algorithm_log", payload)
+    with CountsRefusals(srv, "foreign_collaboration" if case == "foreign_collaboration"
+                        else "foreign_run"):
+        a1.emit("algorithm_log", payload)
     # a legitimate line after it: once that is stored the refused one was handled
     a1.emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_c.id,
                               "task_id": world.task1.id, "log": "mine"})
@@ -159,7 +161,7 @@ def test_algorithm_status_change_missing_keys_are_null(world, db, c1_members):
 
 @pytest.mark.parametrize("case", ["foreign_collaboration", "foreign_run", "other_organisation",
                                   "unknown_run"])
-def test_algorithm_status_change_refused(world, db, c1_members, case):
+def test_algorithm_status_change_refused(world, db, srv, c1_members, case):
     a1 = c1_members["a1"]
     if case == "foreign_collaboration":
         payload = status_payload(world, world.r_a, "crashed", collaboration_id=world.c2.id)
@@ -169,7 +171,9 @@ def test_algorithm_status_change_refused(world, db, c1_members, case):
         payload = status_payload(world, world.r_b, "completed")
     else:
         payload = status_payload(world, world.r_a, "completed", run_id=2_000_000_000)
-    a1.emit("algorithm_status_change", payload)
+    reason = {"other_organisation": "foreign_run"}.get(case, case)
+    with CountsRefusals(srv, reason):
+        a1.emit("algorithm_status_change", payload)
     expect_silence(*c1_members.values())
 
 
@@ -212,18 +216,21 @@ def test_no_new_task_update_otherwise(world, db, connect_node, connect_user, cas
     expect_exact({sender: [ev], other: [ev] if node is world.node_a1 else []})
 
 
-def test_events_from_users_and_unidentified_sockets_are_ignored(world, db, c1_members, clients):
+def test_events_from_users_and_unidentified_sockets_are_ignored(world, db, srv, c1_members, clients):
     """Only nodes send algorithm updates (HQ: `_is_node`); an unidentified socket's events
     change nothing and do not break the server (HQ raises AttributeError)."""
     glob = c1_members["glob"]
     anon = clients(None, label="anonymous")
-    for rec in (glob, anon):
-        rec.emit("algorithm_status_change", status_payload(world, world.r_a, "completed"))
-        rec.emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_a.id,
-                                   "task_id": world.task1.id, "log": "not a node"})
-        rec.emit("node_info_update", {"encryption": "False"})
-        rec.emit("node_metrics_update", {"cpu_percent": 1.0, "os": "linux", "platform": "x86_64"})
-        rec.emit("ping")
+    for rec, reason in ((glob, "not_a_node"), (anon, "unidentified")):
+        # the four node events are dropped and counted (a user's ping is its own, see test_ping_v5)
+        with CountsRefusals(srv, reason, 4):
+            rec.emit("algorithm_status_change", status_payload(world, world.r_a, "completed"))
+            rec.emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_a.id,
+                                       "task_id": world.task1.id, "log": "not a node"})
+            rec.emit("node_info_update", {"encryption": "False"})
+            rec.emit("node_metrics_update", {"cpu_percent": 1.0, "os": "linux",
+                                             "platform": "x86_64"})
+    anon.emit("ping")
     expect_silence(anon, *c1_members.values())
     assert db.run_log(world.r_a.id) is None
     assert not db.node_config(world.node_a1.id)

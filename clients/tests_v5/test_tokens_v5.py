@@ -10,6 +10,9 @@ import pytest
 
 from conftest import KEY_REFRESH_INTERVAL, node_connect_sequence
 from sio_testkit import expect_exact, expect_silence, join_msg, node_status_payload, quiesce
+from support_v5 import CountsRefusals
+
+UNIDENTIFIED = "v6_socketio_unidentified_connections_total"
 
 
 def assert_unidentified(db, rec, node, observer, *, events=()):
@@ -46,9 +49,10 @@ def test_minimal_token_sub_only(world, db, clients, keycloak):
 
 
 @pytest.mark.parametrize("transport", ["polling", "websocket"])
-def test_expired_token(world, db, clients, tokens, connect_node, transport):
+def test_expired_token(world, db, srv, clients, tokens, connect_node, transport):
     b1 = connect_node(world.node_b1)
-    rec = clients(tokens.expired(world.node_a1), label="a1-expired", transport=transport)
+    with CountsRefusals(srv, "expired_token", metric=UNIDENTIFIED):
+        rec = clients(tokens.expired(world.node_a1), label="a1-expired", transport=transport)
     assert_unidentified(db, rec, world.node_a1, b1, events=[("expired_token", None)])
 
 
@@ -59,9 +63,10 @@ def test_expired_within_leeway_is_accepted(world, db, clients, tokens):
 
 
 @pytest.mark.parametrize("transport", ["polling", "websocket"])
-def test_wrong_key_is_invalid_token(world, db, clients, tokens, connect_node, transport):
+def test_wrong_key_is_invalid_token(world, db, srv, clients, tokens, connect_node, transport):
     b1 = connect_node(world.node_b1)
-    rec = clients(tokens.wrong_key(world.node_a1), label="a1-wrong-key", transport=transport)
+    with CountsRefusals(srv, "invalid_token", metric=UNIDENTIFIED):
+        rec = clients(tokens.wrong_key(world.node_a1), label="a1-wrong-key", transport=transport)
     assert_unidentified(db, rec, world.node_a1, b1, events=[("invalid_token", None)])
 
 
@@ -74,7 +79,7 @@ def test_wrong_key_and_expired_is_invalid_token(world, db, clients, tokens, conn
 
 @pytest.mark.parametrize("kind", ["hs256", "unknown_subject", "iat_in_future", "no_header",
                                   "garbage", "auth_payload_only", "refresh_type"])
-def test_silent_unidentified(world, db, clients, tokens, connect_node, kind):
+def test_silent_unidentified(world, db, srv, clients, tokens, connect_node, kind):
     b1 = connect_node(world.node_b1)
     a1 = world.node_a1
     kw = {}
@@ -93,11 +98,13 @@ def test_silent_unidentified(world, db, clients, tokens, connect_node, kind):
         kw["auth_payload"] = {"token": tokens.access(a1)}
     else:
         token = tokens.access(a1, claims={"type": "refresh"})
-    rec = clients(token, label=f"a1-{kind}", connect=kind != "auth_payload_only")
-    if kind == "auth_payload_only":
-        rec.sio.connect(rec.url, headers={}, auth=kw["auth_payload"], namespaces=["/tasks"],
-                        wait=True, wait_timeout=10)
-        assert rec.ns_connected.wait(10)
+    reason = "unknown_subject" if kind == "unknown_subject" else "rejected_token"
+    with CountsRefusals(srv, reason, metric=UNIDENTIFIED):
+        rec = clients(token, label=f"a1-{kind}", connect=kind != "auth_payload_only")
+        if kind == "auth_payload_only":
+            rec.sio.connect(rec.url, headers={}, auth=kw["auth_payload"], namespaces=["/tasks"],
+                            wait=True, wait_timeout=10)
+            assert rec.ns_connected.wait(10)
     assert_unidentified(db, rec, a1, b1)
 
 
