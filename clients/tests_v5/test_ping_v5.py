@@ -105,3 +105,23 @@ def test_user_ping_never_recovers(world, db, connect_node, connect_user):
     ping_and_wait(db, glob, user)
     expect_silence(glob, b1)
     assert db.auth_row(user.id)[0] == "online"
+
+
+def test_ping_recovery_replays_pending_deletions_to_the_node(world, db, connect_node):
+    a1 = world.node_a1
+    c1 = f"collaboration_{world.c1.id}"
+    c1_orga = f"collaboration_{world.c1.id}_organization_{world.org_a.id}"
+    online = ("node-online", node_status_payload(a1))
+    rec = connect_node(a1)
+    b1 = connect_node(world.node_b1)
+    quiesce(rec, b1)
+    # written while the node was connected (HQ's DELETE /session/dataframe), then the sweep
+    db.add_pending_delete(world.df1.name, world.sess1.id, a1.id)
+    db.set_auth(a1.id, status="offline")
+    ping_and_wait(db, rec, a1)
+    expect_exact({
+        rec: [("sync", None), online, online,
+              join_msg("Node", a1.name, c1), join_msg("Node", a1.name, c1_orga),
+              ("delete_dataframe", {"df_name": world.df1.name, "session_id": world.sess1.id})],
+        b1: [online, join_msg("Node", a1.name, c1)],
+    })
