@@ -9,9 +9,11 @@
 #      Python 3.10 virtualenv of vantage6-server 4.15.2 and runs the
 #      end-to-end suite (clients/e2e): the real vantage6 REST API and node
 #      socket code, three instances behind nginx, on SQLite and PostgreSQL;
-#   5. sets up the Python 3.13 virtualenv of vantage6 5.0.3 and runs its
-#      end-to-end suite (clients/e2e_v5): real HQ, the real node socket code,
-#      two instances and a mixed fleet with HQ's own Flask-SocketIO.
+#   5. sets up the Python 3.13 virtualenv of vantage6 5.0.3 (clients/.venv-v5)
+#      and runs the 5.x compatibility suite (clients/tests_v5) on SQLite and
+#      PostgreSQL, then its end-to-end suite (clients/e2e_v5): real HQ, the
+#      real node socket code, two instances and a mixed fleet with HQ's own
+#      Flask-SocketIO.
 # Every stage runs even when an earlier one failed; the exit code is non-zero
 # when any stage failed. The runners' own summaries are printed.
 set -uo pipefail
@@ -72,19 +74,26 @@ ensure_venv() { # dir requirements [python]
         sha256sum "$req" >"$stamp"
 }
 
-# vantage6-server 4.15.2 runs on Python 3.10 only (PYTHON310 overrides).
-find_python310() {
-    local c
-    for c in "${PYTHON310:-}" python3.10 "$(command -v pyenv >/dev/null && pyenv root)/versions/"3.10*/bin/python3.10 \
-        "$HOME"/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do
+# The first Python interpreter of version $1 (major.minor); $2, when set, is tried first.
+find_python() { # version [override]
+    local v=$1 c
+    for c in "${2:-}" "python$v" "$(command -v pyenv >/dev/null && pyenv root)/versions/$v"*/bin/"python$v" \
+        "$HOME"/.pyenv/versions/"$v"*/bin/"python$v" "/usr/bin/python$v" "/usr/local/bin/python$v"; do
         [ -n "$c" ] || continue
-        if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
+        if command -v "$c" >/dev/null 2>&1 &&
+            "$c" -c "import sys; assert '%d.%d' % sys.version_info[:2] == '$v'" 2>/dev/null; then
             command -v "$c"
             return 0
         fi
     done
     return 1
 }
+
+# vantage6-server 4.15.2 runs on Python 3.10 only (PYTHON310 overrides).
+find_python310() { find_python 3.10 "${PYTHON310:-}"; }
+
+# vantage6 5.0.3 (HQ, node) needs Python 3.13 (PYTHON313 overrides).
+find_python313() { find_python 3.13 "${PYTHON313:-}"; }
 
 ensure_nginx() {
     if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
@@ -159,26 +168,31 @@ else
     failed+=("e2e pytest (not run)")
 fi
 
-stage "end-to-end suite (vantage6 5.0.3: HQ, real node code, pytest)"
-# vantage6 5.x needs Python 3.13 (PYTHON313 overrides); the venv is shared with
-# the 5.x compatibility suite.
-find_python313() {
-    local c
-    for c in "${PYTHON313:-}" python3.13 "$HOME"/.pyenv/versions/3.13*/bin/python3.13 \
-        /usr/bin/python3.13 /usr/local/bin/python3.13; do
-        [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 &&
-            "$c" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null &&
-            { command -v "$c"; return 0; }
-    done
-    return 1
-}
-if PY313=$(find_python313) && ensure_venv clients/.venv-v5 clients/requirements-v5.txt "$PY313"; then
+stage "vantage6 5.x compatibility suite (HQ 5.0.3 models, Keycloak stand-in, pytest)"
+v5_ok=1
+if PY313=$(find_python313); then
+    ensure_venv clients/.venv-v5 clients/requirements-v5.txt "$PY313" || { failed+=("v5 dependencies"); v5_ok=0; }
+else
+    echo "Python 3.13 not found (vantage6 5.0.3 needs it): set PYTHON313 or install python3.13" >&2
+    failed+=("python3.13")
+    v5_ok=0
+fi
+if [ "$v5_ok" = 1 ]; then
+    V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio" \
+        clients/.venv-v5/bin/python -m pytest clients/tests_v5 -p no:cacheprovider -rfEs --durations=15
+    rc=$?
+    [ "$rc" = 0 ] || failed+=("v5 pytest (exit $rc)")
+else
+    failed+=("v5 pytest (not run)")
+fi
+
+stage "vantage6 5.x end-to-end suite (HQ 5.0.3, real node code, pytest)"
+if [ "$v5_ok" = 1 ]; then
     V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio" \
         clients/.venv-v5/bin/python -m pytest clients/e2e_v5 -p no:cacheprovider -rfEs --durations=15
     rc=$?
     [ "$rc" = 0 ] || failed+=("e2e v5 pytest (exit $rc)")
 else
-    echo "no Python 3.13 or its virtualenv (vantage6 5.x needs 3.13): set PYTHON313" >&2
     failed+=("e2e v5 pytest (not run)")
 fi
 

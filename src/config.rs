@@ -19,6 +19,7 @@ use crate::{
     affinity::{is_valid_instance_name, InstanceName, MAX_INSTANCE_NAME_LEN},
     auth::{DEFAULT_DECODE_ALGORITHMS, DEFAULT_DECODE_LEEWAY},
     database_url::{DatabaseUrl, DatabaseUrlError},
+    generation::Vantage6Generation,
     keycloak::KeySource,
 };
 
@@ -199,8 +200,10 @@ pub struct Config {
     pub max_payload: u64,
     /// Packets that may be queued for one client.
     pub max_buffer_size: usize,
-    /// The python-socketio message format on the RabbitMQ exchange.
-    pub message_queue_format: MessageQueueFormat,
+    /// The python-socketio message format on the RabbitMQ exchange, when
+    /// set; otherwise the generation's (see
+    /// [`message_queue_format_for`](Self::message_queue_format_for)).
+    pub message_queue_format: Option<MessageQueueFormat>,
     /// Log format.
     pub log_format: LogFormat,
     /// The name the reverse proxy knows this instance by (`instance_name`).
@@ -359,6 +362,16 @@ impl Config {
         overrides: &ServeOverrides,
     ) -> Result<(Config, ConfigWarnings), ConfigError> {
         Self::load_for(path, overrides, Purpose::Serve)
+    }
+
+    /// The message format on the RabbitMQ exchange: the setting, else the
+    /// python-socketio of `generation`'s server (vantage6 4.15.2 runs
+    /// python-socketio 5.14, `legacy`; HQ 5.0.3 runs 5.16.2, `args`).
+    pub fn message_queue_format_for(&self, generation: Vantage6Generation) -> MessageQueueFormat {
+        self.message_queue_format.unwrap_or(match generation {
+            Vantage6Generation::V4 => MessageQueueFormat::Legacy,
+            Vantage6Generation::V5 => MessageQueueFormat::Args,
+        })
     }
 
     /// Reads `path` for `emit`, which sends no tokens: a file without
@@ -558,10 +571,7 @@ impl Config {
                 .unwrap_or(DEFAULT_MAX_BUFFER_SIZE),
             "packet",
         )?;
-        let message_queue_format = overrides
-            .message_queue_format
-            .or(own.message_queue_format)
-            .unwrap_or(MessageQueueFormat::Legacy);
+        let message_queue_format = overrides.message_queue_format.or(own.message_queue_format);
         let log_format = overrides
             .log_format
             .or(own.log_format)

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use socketioxide_amqp::BrokerUri;
 use tracing_subscriber::{fmt, EnvFilter};
 use v6_socketio::{
-    config::{Config, LogFormat, MessageQueueFormat, ServeOverrides},
+    config::{Config, GenerationSetting, LogFormat, MessageQueueFormat, ServeOverrides},
     demo::{self, DemoOptions},
     emit::{self, EmitRequest},
     generation::Vantage6Generation,
@@ -79,7 +79,8 @@ enum Command {
         #[arg(long, default_value = "/tasks")]
         namespace: String,
         /// python-socketio message format: legacy (up to 5.15.0, vantage6 4.15.2) or args
-        /// (5.15.1+) [default: from --config, else legacy]
+        /// (5.15.1+) [default: from --config (args when it sets vantage6_generation: 5), else
+        /// legacy]
         #[arg(long, env = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT", value_enum)]
         message_queue_format: Option<MessageQueueFormat>,
     },
@@ -168,9 +169,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .context("the configuration file has no `rabbitmq.uri`")?,
                 (None, None) => anyhow::bail!("give --config or --rabbitmq-uri"),
             };
-            let format = message_queue_format
-                .or(file.map(|f| f.message_queue_format))
-                .unwrap_or(MessageQueueFormat::Legacy);
+            // Without a database the generation is the file's setting.
+            let format = message_queue_format.unwrap_or(match &file {
+                Some(f) if f.vantage6_generation == GenerationSetting::V5 => {
+                    f.message_queue_format_for(Vantage6Generation::V5)
+                }
+                Some(f) => f.message_queue_format_for(Vantage6Generation::V4),
+                None => MessageQueueFormat::Legacy,
+            });
             let request = EmitRequest {
                 rabbitmq_uri,
                 exchange,

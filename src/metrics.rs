@@ -95,6 +95,7 @@ struct Inner {
     db_errors: Counter,
     identification_retries: Counter,
     identifications_waiting: Gauge,
+    ping_recoveries: Counter,
     broadcast_closed: Counter,
     broadcast_full: Counter,
 }
@@ -182,6 +183,12 @@ impl Metrics {
             "Connected sockets whose identification waits for the database",
             identifications_waiting.clone(),
         );
+        let ping_recoveries = Counter::default();
+        registry.register(
+            "v6_socketio_ping_recoveries",
+            "5.x: pings of nodes the database had marked offline, answered with the connect sequence",
+            ping_recoveries.clone(),
+        );
         let broadcast_closed = Counter::default();
         registry.register(
             "v6_socketio_broadcast_closed_sockets",
@@ -206,6 +213,7 @@ impl Metrics {
                 db_errors,
                 identification_retries,
                 identifications_waiting,
+                ping_recoveries,
                 broadcast_closed,
                 broadcast_full,
             }),
@@ -299,6 +307,11 @@ impl Metrics {
         self.inner.identification_retries.inc();
     }
 
+    /// Counts a 5.x ping that recovered a node's session.
+    pub fn ping_recovery(&self) {
+        self.inner.ping_recoveries.inc();
+    }
+
     /// A socket's identification started (`+1`) or stopped (`-1`) waiting
     /// for the database.
     pub fn identification_waiting(&self, delta: i64) {
@@ -358,7 +371,12 @@ mod tests {
         m.identification_waiting(1);
         m.identification_waiting(1);
         m.identification_waiting(-1);
+        m.ping_recovery();
         let text = m.render();
+        assert!(
+            text.contains("v6_socketio_ping_recoveries_total 1"),
+            "{text}"
+        );
         assert!(
             text.contains("v6_socketio_identification_retries_total 2"),
             "{text}"

@@ -73,6 +73,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     store.check_schema().await.map_err(db_err)?;
     let schema = generation::of_schema(store.has_keycloak_id_column().await.map_err(db_err)?);
     let generation = generation::resolve(&config, schema)?;
+    if generation == Vantage6Generation::V5 {
+        store.check_schema_v5().await.map_err(db_err)?;
+    }
+    let queue_format = config.message_queue_format_for(generation);
     info!(
         generation = %generation,
         setting = ?config.vantage6_generation,
@@ -83,7 +87,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         socketio_builder(
             &config,
             TasksContext::new(store.clone(), verifier.clone(), metrics.clone())
-                .with_first_event_delay(config.first_event_delay),
+                .with_first_event_delay(config.first_event_delay)
+                .with_generation(generation),
         )
     };
 
@@ -107,12 +112,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             };
             let ctr = AmqpAdapterCtr::connect_with_config(
                 AmqpConfig::new(uri.clone()),
-                AdapterConfig::default()
-                    .with_python_data_format(data_format(config.message_queue_format)),
+                AdapterConfig::default().with_python_data_format(data_format(queue_format)),
             )
             .await
             .map_err(broker_err)?;
-            info!(uri = %uri, vhost = uri.vhost(), host_id = ctr.host_id(), "sharing rooms over RabbitMQ");
+            info!(uri = %uri, vhost = uri.vhost(), host_id = ctr.host_id(),
+                message_queue_format = ?queue_format, "sharing rooms over RabbitMQ");
             let metrics = Metrics::with_collectors(vec![Box::new(BrokerCollector(ctr.clone()))]);
             let broker = ctr.clone();
             let readiness = http::Readiness {

@@ -13,7 +13,9 @@ use std::{
 use clap::Parser;
 use jsonwebtoken::Algorithm;
 use v6_socketio::{
-    config::{Config, ConfigError, GenerationSetting, KeycloakRealm, ServeOverrides},
+    config::{
+        Config, ConfigError, GenerationSetting, KeycloakRealm, MessageQueueFormat, ServeOverrides,
+    },
     generation::{resolve, Vantage6Generation},
     keycloak::KeySource,
     store::{create_demo_database, create_demo_database_v5},
@@ -140,6 +142,29 @@ fn defaults_are_hqs() {
         resolve(&c, Vantage6Generation::V4).expect("4.x"),
         Vantage6Generation::V4
     );
+    // The queue format follows the python-socketio of the generation's
+    // server (4.15.2: 5.14, HQ 5.0.3: 5.16.2) unless it is set.
+    assert_eq!(c.message_queue_format, None);
+    assert_eq!(
+        c.message_queue_format_for(Vantage6Generation::V4),
+        MessageQueueFormat::Legacy
+    );
+    assert_eq!(
+        c.message_queue_format_for(Vantage6Generation::V5),
+        MessageQueueFormat::Args
+    );
+    for (text, format) in [
+        ("legacy", MessageQueueFormat::Legacy),
+        ("args", MessageQueueFormat::Args),
+    ] {
+        let yaml = format!(
+            "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {{message_queue_format: {text}}}\n"
+        );
+        let c = from_yaml(&yaml, &ServeOverrides::default()).expect(text);
+        for g in [Vantage6Generation::V4, Vantage6Generation::V5] {
+            assert_eq!(c.message_queue_format_for(g), format, "{text} in {g}");
+        }
+    }
     for (text, g) in [
         ("auto", GenerationSetting::Auto),
         ("4", GenerationSetting::V4),
@@ -344,6 +369,37 @@ async fn serve_detects_logs_and_refuses_contradictions() {
         lines
             .iter()
             .any(|l| l.contains("serving vantage6 5.x (database schema: 5.x)")),
+        "{lines:?}"
+    );
+    // A 5.x schema without a 5.x table the handlers use: refused.
+    let partial = dir.path().join("v5-partial.sqlite");
+    create_demo_database_v5(&partial).await.expect("5.x db");
+    {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", partial.display()))
+            .await
+            .expect("open");
+        conn.execute("DROP TABLE dataframetobedeletedatnode")
+            .await
+            .expect("drop");
+        conn.close().await.expect("close");
+    }
+    let (code, lines) = serve(
+        &write(
+            "partial.yaml",
+            format!(
+                "uri: sqlite:///{}\nv6_socketio: {{keycloak_public_key_file: {}}}\n",
+                partial.display(),
+                pem.display()
+            ),
+        ),
+        &[],
+    );
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("error: ") && l.contains("dataframetobedeletedatnode")),
         "{lines:?}"
     );
     // auto + 4.x schema: 4.x, as before.

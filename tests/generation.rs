@@ -9,7 +9,10 @@ use v6_socketio::{
     generation::{self, Vantage6Generation},
     identity::{EventScope, Identity},
     rooms,
-    store::{create_demo_database, create_demo_database_v5, Store, StoreError, Unknown},
+    store::{
+        create_demo_database, create_demo_database_v5, DataframeDeletion, DependentTask,
+        PingRecorded, Store, StoreError, Unknown,
+    },
 };
 
 const NODE_A: &str = "0b6c1f9e-5d2a-4c1e-9a53-1d7f0c2e4a01";
@@ -119,8 +122,11 @@ CREATE TABLE "Permission" (role_id INTEGER REFERENCES role (id), user_id INTEGER
 CREATE TABLE "UserPermission" (rule_id INTEGER REFERENCES rule (id), user_id INTEGER REFERENCES "user" (id));
 CREATE TABLE role_rule_association (role_id INTEGER REFERENCES role (id), rule_id INTEGER REFERENCES rule (id));
 CREATE TABLE nodeconfig (id SERIAL PRIMARY KEY, node_id INTEGER REFERENCES node (id), "key" VARCHAR, value VARCHAR);
-CREATE TABLE task (id SERIAL PRIMARY KEY, collaboration_id INTEGER, job_id INTEGER, parent_id INTEGER);
+CREATE TABLE task (id SERIAL PRIMARY KEY, name VARCHAR, collaboration_id INTEGER, job_id INTEGER, parent_id INTEGER REFERENCES task (id), init_org_id INTEGER NOT NULL);
 CREATE TABLE run (id SERIAL PRIMARY KEY, task_id INTEGER, organization_id INTEGER, status TEXT, log TEXT);
+CREATE TABLE task_depends_on (task_id INTEGER NOT NULL REFERENCES task (id), depends_on_id INTEGER NOT NULL REFERENCES task (id), PRIMARY KEY (task_id, depends_on_id));
+CREATE TABLE session (name VARCHAR, user_id INTEGER NOT NULL REFERENCES "user" (id), collaboration_id INTEGER NOT NULL REFERENCES collaboration (id), id SERIAL PRIMARY KEY);
+CREATE TABLE dataframetobedeletedatnode (dataframe_name VARCHAR, session_id INTEGER REFERENCES session (id), node_id INTEGER REFERENCES node (id), id SERIAL PRIMARY KEY);
 INSERT INTO organization (id, name) VALUES (1, 'a'), (2, 'b');
 INSERT INTO collaboration (id, name, encrypted) VALUES (1, 'c1', false), (2, 'c2', false);
 INSERT INTO "Member" VALUES (1, 1), (2, 1), (1, 2);
@@ -131,7 +137,151 @@ INSERT INTO rule (id, name, operation, scope) VALUES (1, 'event', 'receive', 'co
 INSERT INTO role (id, name) VALUES (1, 'Researcher');
 INSERT INTO role_rule_association VALUES (1, 1), (1, 2);
 INSERT INTO "Permission" VALUES (1, 2);
+INSERT INTO task (id, name, collaboration_id, job_id, init_org_id) VALUES (1, 'task-1', 1, 1, 1);
+INSERT INTO run (id, task_id, organization_id, status) VALUES (1, 1, 2, 'pending');
 "#;
+
+/// The 5.x rows the handlers' queries read, in SQL both dialects accept:
+/// tasks 2 and 3 depend on task 1 (3 in another collaboration, a subtask
+/// of 2), task 4 on task 2; node 1 has two dataframes to delete, `other`
+/// one of the same name.
+fn v5_rows(other: i64) -> String {
+    format!(
+        r#"
+INSERT INTO task (id, name, collaboration_id, job_id, parent_id, init_org_id) VALUES
+    (2, 'task-2', 1, 2, NULL, 1), (3, 'task-3', 2, 2, 2, 1), (4, 'task-4', 1, 4, NULL, 1);
+INSERT INTO task_depends_on (task_id, depends_on_id) VALUES (3, 1), (2, 1), (4, 2);
+INSERT INTO session (id, name, user_id, collaboration_id) VALUES (1, 'session-1', {user}, 1);
+INSERT INTO dataframetobedeletedatnode (id, dataframe_name, session_id, node_id) VALUES
+    (1, 'df_a', 1, 1), (2, 'df_b', 1, 1), (3, 'df_a', 1, {other});
+UPDATE authenticatable SET status = 'offline' WHERE id = 1;
+"#,
+        user = if other == 2 { 3 } else { 2 }
+    )
+}
+
+/// The 5.x store queries on a database holding [`v5_rows`]; node 1's run 1
+/// is of task 1.
+async fn assert_v5_queries(store: &Store, other: i64) {
+    store.check_schema_v5().await.expect("5.x tables");
+    // The run's task, for the dependent-task look-up.
+    let owner = store.run_owner(1).await.expect("q").expect("run 1");
+    assert_eq!(owner.task_id, Some(1));
+    let task = |id, parent_id, collaboration_id| DependentTask {
+        id,
+        parent_id,
+        collaboration_id: Some(collaboration_id),
+    };
+    assert_eq!(
+        store.dependent_tasks(1).await.expect("q"),
+        vec![task(2, None, 1), task(3, Some(2), 2)]
+    );
+    assert_eq!(
+        store.dependent_tasks(2).await.expect("q"),
+        vec![task(4, None, 1)]
+    );
+    assert_eq!(store.dependent_tasks(4).await.expect("q"), vec![]);
+    assert_eq!(store.dependent_tasks(99).await.expect("q"), vec![]);
+
+    // Pending deletions: each node its own.
+    let df = |name: &str| DataframeDeletion {
+        dataframe_name: Some(name.to_owned()),
+        session_id: Some(1),
+    };
+    assert_eq!(
+        store.pending_dataframe_deletions(1).await.expect("q"),
+        vec![df("df_a"), df("df_b")]
+    );
+    assert_eq!(
+        store.pending_dataframe_deletions(other).await.expect("q"),
+        vec![df("df_a")]
+    );
+    assert_eq!(
+        store
+            .delete_dataframe_deletion("df_a", 1, 1)
+            .await
+            .expect("q"),
+        1
+    );
+    // Gone; another session or another name is no row either.
+    assert_eq!(
+        store
+            .delete_dataframe_deletion("df_a", 1, 1)
+            .await
+            .expect("q"),
+        0
+    );
+    assert_eq!(
+        store
+            .delete_dataframe_deletion("df_b", 2, 1)
+            .await
+            .expect("q"),
+        0
+    );
+    assert_eq!(
+        store.pending_dataframe_deletions(1).await.expect("q"),
+        vec![df("df_b")]
+    );
+    assert_eq!(
+        store.pending_dataframe_deletions(other).await.expect("q"),
+        vec![df("df_a")],
+        "the other node's row of the same name is kept"
+    );
+
+    // Ping: offline → recovered; then the one-statement path.
+    let t = chrono::Utc::now().naive_utc();
+    let second = chrono::Duration::seconds(1);
+    assert_eq!(
+        store.record_node_ping(1, t).await.expect("q"),
+        PingRecorded::WasNotOnline
+    );
+    assert_eq!(
+        store.record_node_ping(1, t).await.expect("q"),
+        PingRecorded::WasOnline
+    );
+    // last_seen is t: not before t - 1 s, before t + 1 s.
+    assert_eq!(store.sweep_offline_nodes(t - second).await.expect("q"), 0);
+    assert_eq!(store.sweep_offline_nodes(t + second).await.expect("q"), 1);
+    assert_eq!(
+        store.record_node_ping(1, t + second).await.expect("q"),
+        PingRecorded::WasNotOnline
+    );
+    assert_eq!(
+        store.record_node_ping(1, t + second).await.expect("q"),
+        PingRecorded::WasOnline
+    );
+    assert_eq!(
+        store.record_node_ping(99, t).await.expect("q"),
+        PingRecorded::NoSuchRow
+    );
+}
+
+#[tokio::test]
+async fn sqlite_5x_store_queries() {
+    let (_dir, store, mut conn) = sqlite(true).await;
+    conn.execute("INSERT INTO collaboration (id, name) VALUES (2, 'c2')")
+        .await
+        .expect("collaboration 2");
+    conn.execute(v5_rows(2).as_str()).await.expect("rows");
+    assert_v5_queries(&store, 2).await;
+}
+
+#[tokio::test]
+async fn sqlite_5x_schema_check_names_a_missing_5x_table() {
+    let (_dir, store, mut conn) = sqlite(true).await;
+    conn.execute("DROP TABLE task_depends_on")
+        .await
+        .expect("drop");
+    let err = store.check_schema_v5().await.expect_err("incomplete 5.x");
+    assert!(err.to_string().contains("task_depends_on"), "{err}");
+    // The 4.x demo database lacks both.
+    let (_d4, s4, _) = sqlite(false).await;
+    let err = s4.check_schema_v5().await.expect_err("4.x");
+    assert!(
+        err.to_string().contains("dataframetobedeletedatnode"),
+        "{err}"
+    );
+}
 
 /// A PostgreSQL database of this test's own; dropped by [`PgDb::drop_db`].
 struct PgDb {
@@ -139,6 +289,10 @@ struct PgDb {
 }
 
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn pg_url(name: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
 
 impl PgDb {
     async fn create(tag: &str, ddl: &str) -> (Self, Store) {
@@ -154,7 +308,7 @@ impl PgDb {
             .execute(format!("CREATE DATABASE {name}").as_str())
             .await
             .expect("create database");
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let url = pg_url(&name);
         let mut conn = PgConnection::connect(&url).await.expect("connect");
         conn.execute(ddl).await.expect("schema");
         conn.close().await.expect("close");
@@ -186,6 +340,7 @@ async fn postgres_schema_tells_the_generation_and_5x_identities_resolve() {
         .replace("(id, type, keycloak_id, status)", "(id, type, status)");
     let (db4, s4) = PgDb::create("4x", &ddl_4x).await;
     let (db5, s5) = PgDb::create("5x", PG_5X).await;
+    let db5_name = db5.name.clone();
     let result = async move {
         assert!(!s4.has_keycloak_id_column().await.expect("probe 4.x"));
         assert!(s5.has_keycloak_id_column().await.expect("probe 5.x"));
@@ -219,6 +374,12 @@ async fn postgres_schema_tells_the_generation_and_5x_identities_resolve() {
                 .expect("query"),
             Err(Unknown::NoSuchId)
         );
+        let mut conn = PgConnection::connect(&pg_url(&db5_name))
+            .await
+            .expect("connect");
+        conn.execute(v5_rows(3).as_str()).await.expect("rows");
+        conn.close().await.expect("close");
+        assert_v5_queries(&s5, 3).await;
         // 4.x lookups by id keep working on the 4.x schema.
         assert!(matches!(
             s4.identify(1).await.expect("query"),

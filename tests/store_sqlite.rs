@@ -93,6 +93,7 @@ async fn run_log_and_owner() {
     let (_dir, store, mut conn) = demo_store().await;
     let owner = |organization_id, job_id| RunOwner {
         organization_id: Some(organization_id),
+        task_id: Some(1),
         collaboration_id: Some(1),
         job_id,
     };
@@ -114,6 +115,7 @@ async fn run_log_and_owner() {
         store.run_owner(3).await.expect("q"),
         Some(RunOwner {
             organization_id: Some(1),
+            task_id: None,
             collaboration_id: None,
             job_id: None,
         })

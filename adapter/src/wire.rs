@@ -1183,6 +1183,36 @@ mod tests {
         assert_eq!(event_value(&e, DataFormat::Args, true).unwrap(), several);
     }
 
+    /// What a python peer's `emit` becomes in each reading: HQ 5.0.3
+    /// (python-socketio 5.16.2) publishes the argument list, vantage6 4.15.2
+    /// (5.14) the bare argument.
+    #[test]
+    fn python_data_in_both_readings() {
+        let read = |data: &str, format| {
+            let body = format!(r#"{{"method":"emit","event":"e","data":{data},"host_id":"h"}}"#);
+            let Message::Emit(e) = decode(body.as_bytes()).unwrap() else {
+                panic!("not an emit")
+            };
+            match event_value(&e, format, false).unwrap() {
+                Value::Str(text, None) => text.to_string(),
+                other => panic!("{other:?}"),
+            }
+        };
+        for (data, args, value) in [
+            // 5.16: one object, no argument.
+            (r#"[{"a":1}]"#, r#"["e",{"a":1}]"#, r#"["e",[{"a":1}]]"#),
+            ("[null]", r#"["e"]"#, r#"["e",[null]]"#),
+            // 5.14: the bare object; `null` for none.
+            (r#"{"a":1}"#, r#"["e",{"a":1}]"#, r#"["e",{"a":1}]"#),
+            ("null", r#"["e"]"#, r#"["e"]"#),
+            // Ambiguous: a 5.14 list argument reads as two arguments in `Args`.
+            ("[1,2]", r#"["e",1,2]"#, r#"["e",[1,2]]"#),
+        ] {
+            assert_eq!(read(data, DataFormat::Args), args, "{data} as args");
+            assert_eq!(read(data, DataFormat::Value), value, "{data} as value");
+        }
+    }
+
     #[test]
     fn x_nargs_mismatch_is_an_error() {
         for body in [

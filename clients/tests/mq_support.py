@@ -14,12 +14,10 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import subprocess
-import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -29,6 +27,7 @@ import kombu
 import support
 from jsonbytes import decode, encode
 from lineproc import LineProcess
+from sio_testkit import broker_lock  # noqa: F401  (re-exported: support.broker_lock)
 from support import CLIENTS, DEFAULT_TIMEOUT, REPO, Recorder, free_port
 
 AMQP_URL = os.environ.get("V6_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
@@ -41,19 +40,6 @@ CLUSTER_NS = "/cluster"
 # ---------------------------------------------------------------------------
 # broker
 # ---------------------------------------------------------------------------
-@contextlib.contextmanager
-def broker_lock():
-    """The lock the adapter's RabbitMQ tests hold shared (broker_restart holds
-    it exclusive while it stops the broker)."""
-    path = Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "socketioxide-amqp-rabbitmq.lock"
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def broker_available() -> str | None:
     """None when RabbitMQ answers, else the reason."""
     try:

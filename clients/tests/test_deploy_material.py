@@ -86,7 +86,7 @@ class ServeOptions:
         self.text = help_text
         self.flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", help_text))
         self.short_flags = set(re.findall(r"(?<![\w-])(-[a-zA-Z])\b", help_text))
-        self.env = set(re.findall(r"\[env: ([A-Z0-9_]+)=", help_text))
+        self.env = set(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", help_text))
 
 
 @pytest.fixture(scope="module")

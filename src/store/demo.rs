@@ -140,7 +140,8 @@ async fn create(
 /// The vantage6 5.0.3 layout of the same tables (`create_all` of HQ 5.0.3
 /// on SQLite, trimmed to what this server reads and writes): `keycloak_id`
 /// and `keycloak_client_id` on `authenticatable`, no `api_key` or passwords,
-/// rule operation and scope stored as lowercase values.
+/// rule operation and scope stored as lowercase values, and the 5.x-only
+/// `task_depends_on`, `session` and `dataframetobedeletedatnode`.
 const SCHEMA_V5: &str = r#"
 CREATE TABLE organization (
     name VARCHAR, domain VARCHAR, address1 VARCHAR, address2 VARCHAR, zipcode VARCHAR,
@@ -189,6 +190,20 @@ CREATE TABLE run (
     arguments TEXT, task_id INTEGER REFERENCES task (id), organization_id INTEGER REFERENCES organization (id),
     result TEXT, assigned_at DATETIME, started_at DATETIME, finished_at DATETIME, status TEXT, log TEXT,
     cleanup_at DATETIME, blob_storage_used BOOLEAN, action VARCHAR, id INTEGER NOT NULL PRIMARY KEY
+);
+CREATE TABLE task_depends_on (
+    task_id INTEGER NOT NULL REFERENCES task (id), depends_on_id INTEGER NOT NULL REFERENCES task (id),
+    PRIMARY KEY (task_id, depends_on_id)
+);
+CREATE TABLE session (
+    name VARCHAR, user_id INTEGER NOT NULL REFERENCES "user" (id),
+    collaboration_id INTEGER NOT NULL REFERENCES collaboration (id), study_id INTEGER,
+    created_at DATETIME, last_used_at DATETIME, scope VARCHAR, image VARCHAR,
+    id INTEGER NOT NULL PRIMARY KEY, UNIQUE (name, collaboration_id)
+);
+CREATE TABLE dataframetobedeletedatnode (
+    dataframe_name VARCHAR, session_id INTEGER REFERENCES session (id),
+    node_id INTEGER REFERENCES node (id), id INTEGER NOT NULL PRIMARY KEY
 );
 "#;
 

@@ -1,5 +1,5 @@
-//! The only module that speaks SQL: reads and writes the vantage6 4.x
-//! database (SQLite or PostgreSQL) through an async sqlx pool.
+//! The only module that speaks SQL: reads and writes the vantage6 4.x or
+//! 5.x database (SQLite or PostgreSQL) through an async sqlx pool.
 //!
 //! The vantage6 server owns the schema; `serve` never creates or alters a
 //! table. Queries are written once in SQL that both dialects accept
@@ -64,16 +64,52 @@ pub enum Unknown {
     OtherType(Option<String>),
 }
 
-/// Whose a run is: its organisation, and its task's collaboration and job id
-/// (each `None` when the column is NULL or, for the task's, the task is missing).
+/// Whose a run is: its organisation and task, and its task's collaboration
+/// and job id (each `None` when the column is NULL or, for the task's, the
+/// task is missing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOwner {
     /// `run.organization_id`.
     pub organization_id: Option<i64>,
+    /// `run.task_id`.
+    pub task_id: Option<i64>,
     /// `task.collaboration_id` of the run's task.
     pub collaboration_id: Option<i64>,
     /// `task.job_id` of the run's task.
     pub job_id: Option<i64>,
+}
+
+/// What a 5.x node's ping found ([`Store::record_node_ping`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingRecorded {
+    /// The status was `online`: only `last_seen` was written.
+    WasOnline,
+    /// The status was not `online` (e.g. the offline sweep caught the node
+    /// late); it is now, with `last_seen`.
+    WasNotOnline,
+    /// No `authenticatable` row with that id.
+    NoSuchRow,
+}
+
+/// A `dataframetobedeletedatnode` row: a dataframe a node has yet to
+/// delete (5.x).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataframeDeletion {
+    /// `dataframe_name`.
+    pub dataframe_name: Option<String>,
+    /// `session_id`.
+    pub session_id: Option<i64>,
+}
+
+/// A task that depends on another (5.x `task_depends_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DependentTask {
+    /// `task.id`.
+    pub id: i64,
+    /// `task.parent_id`.
+    pub parent_id: Option<i64>,
+    /// `task.collaboration_id`.
+    pub collaboration_id: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -159,7 +195,29 @@ impl Store {
             on_pool!(self, p => sqlx::query(&sql).fetch_optional(p).await.map(|_| ())).map_err(
                 |e| {
                     StoreError::Inconsistent(format!(
-                        "table {table} is not readable ({e}); is `uri` a vantage6 4.x database?"
+                        "table {table} is not readable ({e}); is `uri` a vantage6 database?"
+                    ))
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// 5.x: also checks the tables only vantage6 5.x has and this server
+    /// uses (pending dataframe deletions, task dependencies).
+    pub async fn check_schema_v5(&self) -> Result<(), StoreError> {
+        for (table, columns) in [
+            (
+                "dataframetobedeletedatnode",
+                "dataframe_name, session_id, node_id",
+            ),
+            ("task_depends_on", "task_id, depends_on_id"),
+        ] {
+            let sql = format!("SELECT {columns} FROM {table} LIMIT 1");
+            on_pool!(self, p => sqlx::query(&sql).fetch_optional(p).await.map(|_| ())).map_err(
+                |e| {
+                    StoreError::Inconsistent(format!(
+                        "table {table} is not readable ({e}); is `uri` a vantage6 5.x database?"
                     ))
                 },
             )?;
@@ -364,6 +422,113 @@ impl Store {
         Ok(())
     }
 
+    /// A 5.x node's `ping`: `last_seen` = `now`, and status online if it was
+    /// not. The common case (still online) is one statement; only when it
+    /// changed nothing does a second one set the status too and tell
+    /// whether the row exists.
+    pub async fn record_node_ping(
+        &self,
+        auth_id: i64,
+        now: NaiveDateTime,
+    ) -> Result<PingRecorded, StoreError> {
+        let touched = on_pool!(self, p =>
+            sqlx::query("UPDATE authenticatable SET last_seen = $1 WHERE id = $2 AND status = $3")
+                .bind_timestamp(now)
+                .bind(auth_id)
+                .bind(AuthStatus::Online.as_str())
+                .execute(p)
+                .await?
+                .rows_affected()
+        );
+        if touched > 0 {
+            return Ok(PingRecorded::WasOnline);
+        }
+        let set = on_pool!(self, p =>
+            sqlx::query("UPDATE authenticatable SET status = $1, last_seen = $2 WHERE id = $3")
+                .bind(AuthStatus::Online.as_str())
+                .bind_timestamp(now)
+                .bind(auth_id)
+                .execute(p)
+                .await?
+                .rows_affected()
+        );
+        Ok(if set > 0 {
+            PingRecorded::WasNotOnline
+        } else {
+            PingRecorded::NoSuchRow
+        })
+    }
+
+    /// 5.x: the dataframes `node_id` has yet to delete
+    /// (`dataframetobedeletedatnode` rows), in insertion order.
+    pub async fn pending_dataframe_deletions(
+        &self,
+        node_id: i64,
+    ) -> Result<Vec<DataframeDeletion>, StoreError> {
+        let rows: Vec<(Option<String>, Option<i64>)> = on_pool!(self, p =>
+            sqlx::query_as(
+                "SELECT dataframe_name, CAST(session_id AS BIGINT) \
+                 FROM dataframetobedeletedatnode WHERE node_id = $1 ORDER BY id",
+            )
+            .bind(node_id)
+            .fetch_all(p)
+            .await?
+        );
+        Ok(rows
+            .into_iter()
+            .map(|(dataframe_name, session_id)| DataframeDeletion {
+                dataframe_name,
+                session_id,
+            })
+            .collect())
+    }
+
+    /// 5.x `dataframe_deleted`: deletes the node's pending-deletion rows of
+    /// that dataframe; returns how many there were.
+    pub async fn delete_dataframe_deletion(
+        &self,
+        dataframe_name: &str,
+        session_id: i64,
+        node_id: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(on_pool!(self, p =>
+            sqlx::query(
+                "DELETE FROM dataframetobedeletedatnode \
+                 WHERE dataframe_name = $1 AND session_id = $2 AND node_id = $3",
+            )
+            .bind(dataframe_name)
+            .bind(session_id)
+            .bind(node_id)
+            .execute(p)
+            .await?
+            .rows_affected()
+        ))
+    }
+
+    /// 5.x: the tasks that depend on `task_id` (`task_depends_on` rows with
+    /// `depends_on_id = task_id`, HQ's `Task.required_by`), by id.
+    pub async fn dependent_tasks(&self, task_id: i64) -> Result<Vec<DependentTask>, StoreError> {
+        let rows: Vec<(i64, Option<i64>, Option<i64>)> = on_pool!(self, p =>
+            sqlx::query_as(
+                "SELECT CAST(t.id AS BIGINT), CAST(t.parent_id AS BIGINT), \
+                 CAST(t.collaboration_id AS BIGINT) \
+                 FROM task_depends_on d JOIN task t ON t.id = d.task_id \
+                 WHERE d.depends_on_id = $1 ORDER BY t.id",
+            )
+            .bind(task_id)
+            .fetch_all(p)
+            .await?
+        );
+        Ok(rows
+            .into_iter()
+            .map(|(id, parent_id, collaboration_id)| DependentTask {
+                id,
+                parent_id,
+                collaboration_id,
+            })
+            .collect())
+    }
+
     /// Marks `online` nodes whose `last_seen` is before `before` as
     /// `offline`; returns how many. Nodes that never pinged (NULL
     /// `last_seen`) are left alone.
@@ -420,23 +585,25 @@ impl Store {
     /// The organisation, collaboration and job id of a run; `None` when the
     /// run does not exist.
     pub async fn run_owner(&self, run_id: i64) -> Result<Option<RunOwner>, StoreError> {
-        let row: Option<(Option<i64>, Option<i64>, Option<i64>)> = on_pool!(self, p =>
+        type Row = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+        let row: Option<Row> = on_pool!(self, p =>
             sqlx::query_as(
-                "SELECT CAST(r.organization_id AS BIGINT), CAST(t.collaboration_id AS BIGINT), \
-                 CAST(t.job_id AS BIGINT) FROM run r LEFT JOIN task t ON t.id = r.task_id \
-                 WHERE r.id = $1",
+                "SELECT CAST(r.organization_id AS BIGINT), CAST(r.task_id AS BIGINT), \
+                 CAST(t.collaboration_id AS BIGINT), CAST(t.job_id AS BIGINT) \
+                 FROM run r LEFT JOIN task t ON t.id = r.task_id WHERE r.id = $1",
             )
             .bind(run_id)
             .fetch_optional(p)
             .await?
         );
-        Ok(
-            row.map(|(organization_id, collaboration_id, job_id)| RunOwner {
+        Ok(row.map(
+            |(organization_id, task_id, collaboration_id, job_id)| RunOwner {
                 organization_id,
+                task_id,
                 collaboration_id,
                 job_id,
-            }),
-        )
+            },
+        ))
     }
 
     /// Appends a line to `run.log` as vantage6 does (a `"\n"` first when the

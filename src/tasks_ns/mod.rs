@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use socketioxide::{
     adapter::Adapter,
     extract::{SocketRef, State},
+    socket::DisconnectReason,
     BroadcastError, SocketError, SocketIo,
 };
 use socketioxide_core::adapter::DefinedAdapter;
@@ -23,12 +24,14 @@ use socketioxide_core::adapter::DefinedAdapter;
 use tracing::{debug, error, info, warn};
 
 mod queue;
+mod v5;
 
 use queue::{Job, JobReceiver, SessionStart};
 
 use crate::{
     auth::Verifier,
     config::DEFAULT_FIRST_EVENT_DELAY,
+    generation::Vantage6Generation,
     identity::{Identity, NodeIdentity},
     log_limit::LogLimiter,
     metrics::{Metrics, NodeLabels},
@@ -45,6 +48,7 @@ pub const NAMESPACE: &str = "/tasks";
 pub struct TasksContext {
     inner: Arc<ContextInner>,
     first_event_delay: Duration,
+    generation: Vantage6Generation,
 }
 
 #[derive(Debug)]
@@ -66,7 +70,20 @@ impl TasksContext {
                 log_limit: LogLimiter::default(),
             }),
             first_event_delay: DEFAULT_FIRST_EVENT_DELAY,
+            generation: Vantage6Generation::V4,
         }
+    }
+
+    /// Sets the vantage6 generation whose behaviour the handlers follow
+    /// (default 4.x).
+    #[must_use]
+    pub fn with_generation(mut self, generation: Vantage6Generation) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    fn is_v5(&self) -> bool {
+        self.generation == Vantage6Generation::V5
     }
 
     /// Sets how long a connection's first server-initiated event waits
@@ -150,8 +167,8 @@ async fn run_session<A: Adapter>(s: SocketRef<A>, ctx: TasksContext, mut jobs: J
         match job {
             Job::Connect => session = connect(&s, &ctx).await,
             Job::Event(event, data) => handle_event(&s, &ctx, &session, &event, data).await,
-            Job::Disconnect => {
-                disconnect(&s, &ctx, session).await;
+            Job::Disconnect(reason) => {
+                disconnect(&s, &ctx, session, reason).await;
                 break;
             }
         }
@@ -178,18 +195,23 @@ async fn handle_event<A: Adapter>(
         "error" => return error!(sid = %s.id, error = %text_of(data), "client reported an error"),
         "ping" => {}
         e if NODE_EVENTS.contains(&e) => {}
+        "dataframe_deleted" if ctx.is_v5() => {}
         _ => {
             debug!(sid = %s.id, event, "event without handler");
             return ctx.metrics().ignored_event("unknown_event");
         }
     }
     ctx.metrics().event_received(event);
-    let Session::Identified { identity, .. } = session else {
+    let Session::Identified { identity, rooms } = session else {
         debug!(sid = %s.id, event, "event from an unidentified client ignored");
         return ctx.metrics().ignored_event("unidentified");
     };
     if event == "ping" {
-        return on_ping(ctx, identity).await;
+        return if ctx.is_v5() {
+            v5::on_ping(s, ctx, identity, rooms).await
+        } else {
+            on_ping(ctx, identity).await
+        };
     }
     let Some((node, data)) = node_payload(ctx, identity, event, data) else {
         return;
@@ -198,12 +220,14 @@ async fn handle_event<A: Adapter>(
         "algorithm_status_change" => on_algorithm_status_change(s, ctx, node, data).await,
         "node_info_update" => on_node_info_update(ctx, node, data).await,
         "algorithm_log" => on_algorithm_log(s, ctx, node, data).await,
+        "dataframe_deleted" => v5::on_dataframe_deleted(ctx, node, data).await,
         _ => on_node_metrics_update(ctx, node, data),
     }
 }
 
 /// `on_connect`: verify the handshake's token, mark the client online,
-/// send a node its `sync`, announce it and join its rooms.
+/// send a node its `sync`, announce it and join its rooms; in 5.x, then
+/// send the node its pending dataframe deletions.
 async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
     if let Some(skipped) = ctx.lifecycle_line("client_connected") {
         info!(sid = %s.id, not_logged_before = skipped, "client connected");
@@ -225,7 +249,22 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
         emit_to_socket(s, "sync");
         announce_node(s, ctx, node, &rooms, "node-online").await;
     }
-    for room in &rooms {
+    join_rooms_and_notify(s, ctx, &identity, &rooms).await;
+    if let (Identity::Node(node), true) = (&identity, ctx.is_v5()) {
+        v5::send_dataframe_deletion_instructions(s, ctx, node).await;
+    }
+    Session::Identified { identity, rooms }
+}
+
+/// Joins each room and tells each announced one (the joiner included).
+/// Joining a room the socket is already in changes nothing.
+async fn join_rooms_and_notify<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &TasksContext,
+    identity: &Identity,
+    rooms: &[String],
+) {
+    for room in rooms {
         s.join(room.clone());
         if is_announced(room) {
             emit_to_room(
@@ -233,14 +272,13 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
                 ctx,
                 room,
                 "message",
-                &rooms::join_message(&identity, room),
+                &rooms::join_message(identity, room),
             )
             .await;
         }
         // A user may join hundreds of rooms: let the transport drain meanwhile.
         tokio::task::yield_now().await;
     }
-    Session::Identified { identity, rooms }
 }
 
 /// Pause after the first identification attempt that failed on the database.
@@ -442,10 +480,15 @@ impl FirstEventHold {
 /// `on_disconnect`: leave the rooms with a message, mark offline, and for a
 /// node announce `node-offline` and delete its configuration rows. The
 /// departing socket leaves each room before the room is told, so it gets
-/// none of its own departure events.
-async fn disconnect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext, session: Session) {
+/// none of its own departure events. The reason is logged (as 5.x does).
+async fn disconnect<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &TasksContext,
+    session: Session,
+    reason: DisconnectReason,
+) {
     let Session::Identified { identity, rooms } = session else {
-        debug!(sid = %s.id, "client disconnected before identification");
+        debug!(sid = %s.id, %reason, "client disconnected before identification");
         return;
     };
     for room in &rooms {
@@ -475,12 +518,13 @@ async fn disconnect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext, session: S
         }
     }
     if let Some(skipped) = ctx.lifecycle_line("client_disconnected") {
-        info!(sid = %s.id, name = identity.name(), not_logged_before = skipped,
+        info!(sid = %s.id, name = identity.name(), %reason, not_logged_before = skipped,
             "client disconnected");
     }
 }
 
-/// `on_ping`: any identified client; status online and `last_seen` now.
+/// `on_ping` (4.x): any identified client; status online and `last_seen`
+/// now. 5.x: [`v5::on_ping`].
 async fn on_ping(ctx: &TasksContext, identity: &Identity) {
     let now = chrono::Utc::now().naive_utc();
     if let Err(e) = ctx.store().record_ping(identity.id(), now).await {
@@ -503,12 +547,19 @@ async fn on_algorithm_status_change<A: Adapter>(
     let Some(run_id) = data.get("run_id").and_then(Value::as_i64) else {
         return ignore(ctx, EVENT, "missing_run_id");
     };
-    let Some(RunOwner { job_id, .. }) = own_run(ctx, node, run_id, EVENT).await else {
+    let Some(RunOwner {
+        job_id, task_id, ..
+    }) = own_run(ctx, node, run_id, EVENT).await
+    else {
         return;
     };
     let field = |k: &str| data.get(k).cloned().unwrap_or(Value::Null);
     let status = field("status");
     info!(node = %node.name, run_id, ?job_id, %status, "algorithm status change");
+    // 5.x: the tasks waiting on this one hear of it first, as in HQ.
+    if ctx.is_v5() && status.as_str() == Some("completed") {
+        v5::notify_dependent_tasks(s, ctx, task_id).await;
+    }
     let payload = json!({
         "status": status,
         "run_id": run_id,

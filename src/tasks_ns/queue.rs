@@ -40,8 +40,8 @@ pub enum Job {
     /// A client event: its name and its first argument (`None` when there
     /// was none or it could not be decoded).
     Event(String, Option<Value>),
-    /// The socket disconnected; the last job.
-    Disconnect,
+    /// The socket disconnected, for this reason; the last job.
+    Disconnect(DisconnectReason),
 }
 
 /// The receiving side, owned by the session task.
@@ -144,9 +144,12 @@ pub struct Disconnected;
 
 impl<A: Adapter> FromDisconnectParts<A> for Disconnected {
     type Error = Infallible;
-    fn from_disconnect_parts(s: &Arc<Socket<A>>, _: DisconnectReason) -> Result<Self, Infallible> {
+    fn from_disconnect_parts(
+        s: &Arc<Socket<A>>,
+        reason: DisconnectReason,
+    ) -> Result<Self, Infallible> {
         if let Some(sender) = s.extensions.get::<JobSender>() {
-            let _ = sender.tx.send(Job::Disconnect);
+            let _ = sender.tx.send(Job::Disconnect(reason));
         }
         Ok(Disconnected)
     }
