@@ -128,6 +128,8 @@ def test_mixed_fleet_with_hq_flask_socketio(fleet):
         (df["name"],)) == [], what="pending deletions removed on both sides")
 
     # a foreign collaboration's node naming M: HQ relays it, v6-socketio refuses
+    refused = ("v6_socketio_ignored_events_total", {"reason": "foreign_collaboration"})
+    refused_before = fleet.instances[1].metric(*refused)
     for sender, reaches in ((x0, True), (x1, False)):
         marks = Expect.mark(everyone)
         sender.socketIO.emit("algorithm_status_change", data={
@@ -137,6 +139,8 @@ def test_mixed_fleet_with_hq_flask_socketio(fleet):
         }, namespace="/tasks")
         foreign = relayed(sender, runs[r1], "failed")
         Expect.exactly(marks, {n: [foreign] for n in members} if reaches else {})
+    # x1's instance refused it (counted), not lost it
+    assert fleet.instances[1].metric(*refused) == refused_before + 1
 
     # algorithm_log from each side reaches both, appended once to the run
     for sender in (h0, r1):
