@@ -10,7 +10,9 @@ every node of the fleet hears about HQ-served nodes (twice when it is also in
 the collaboration room); v6-socketio announces to the collaboration room only.
 HQ relays an `algorithm_status_change` to whatever collaboration its payload
 names; v6-socketio refuses one for a foreign collaboration or run (README,
-"Differences").
+"Differences"). HQ replays a returning node's pending `delete_dataframe` to the
+collaboration before the node has joined, so our nodes get it and the HQ node
+does not.
 """
 from __future__ import annotations
 
@@ -126,6 +128,38 @@ def test_mixed_fleet_with_hq_flask_socketio(fleet):
     wait_until(lambda: fleet.db.query(
         "SELECT node_id FROM dataframetobedeletedatnode WHERE dataframe_name = ?",
         (df["name"],)) == [], what="pending deletions removed on both sides")
+
+    # HQ 5.0.3's replay of a pending deletion (docs §3.12): h0 is away during
+    # the DELETE; when it comes back to HQ, HQ emits its instruction to the
+    # collaboration before h0 has joined: the v6-socketio-served nodes get
+    # it, h0 does not, and its row stays
+    df2 = create_dataframe(researcher, session, orgs)
+    wait_until(lambda: all(f"get_task_and_add_to_queue({df2['last_session_task']['id']})"
+                           in n.calls for n in members), what="extraction task fetched")
+    files = {n: n.write_dataframe(session, df2["name"]) for n in members}
+    marks = Expect.mark(everyone)
+    h0.close()
+    offline_h0 = ("node-offline", node_status(h0))
+    Expect.exactly(marks, {r0: [offline_h0, offline_h0, left(h0, m.room)],
+                           r1: [offline_h0, offline_h0, left(h0, m.room)],
+                           x0: [offline_h0], x1: [offline_h0]})
+    marks = Expect.mark(everyone)
+    researcher.call("DELETE", f"session/dataframe/{df2['id']}")
+    instruction = ("delete_dataframe", {"df_name": df2["name"], "session_id": session})
+    Expect.exactly(marks, {r0: [instruction], r1: [instruction]})
+    pending = "SELECT node_id FROM dataframetobedeletedatnode WHERE dataframe_name = ?"
+    wait_until(lambda: fleet.db.query(pending, (df2["name"],)) == [(h0.account.id,)],
+               what="only h0's deletion pending")
+    h0.client.obtain_new_token()
+    marks = Expect.mark(everyone)
+    h0.connect_to_socket()
+    Expect.exactly(marks, {
+        h0: own_joins(h0, m),
+        **{n: [online_h0, online_h0, instruction, joined(h0, m.room)] for n in (r0, r1)},
+        x0: [online_h0], x1: [online_h0],
+    })
+    assert os.path.exists(files[h0])
+    assert fleet.db.query(pending, (df2["name"],)) == [(h0.account.id,)]
 
     # a foreign collaboration's node naming M: HQ relays it, v6-socketio refuses
     refused = ("v6_socketio_ignored_events_total", {"reason": "foreign_collaboration"})
