@@ -15,7 +15,8 @@ It answers exactly the calls vantage6 5.0.3 makes (docs/vantage6-5x-socket.md §
 
 Beyond Keycloak, for tests: ``rotate_key()`` replaces the realm key (what a Keycloak key rotation
 does), ``mint()`` signs any claims with the current (or another) key, and ``calls`` records every
-request as ``(method, path)``. Every request is also printed to stderr when ``verbose``.
+request as ``(method, path)`` (``answered``: with the status it got). Every request is also printed
+to stderr when ``verbose``.
 
 Standard library plus PyJWT and cryptography (both in the vantage6 5.x virtualenv). Run it in a
 thread (``with KeycloakStandIn() as kc: ...``) or as a process::
@@ -91,6 +92,7 @@ class KeycloakStandIn:
         self.verbose = verbose
         self.key = new_rsa_key()
         self.calls: list[tuple[str, str]] = []
+        self.answered: list[tuple[str, str, int]] = []  # (method, path, status), in order
         self._lock = threading.Lock()
         self.users: dict[str, dict] = {}  # id -> Keycloak user representation
         self.clients: dict[str, _Client] = {}  # uuid -> client
@@ -206,6 +208,8 @@ class KeycloakStandIn:
                                                               self.headers)
                 except Exception as exc:  # a stand-in bug must show, not hang the client
                     status, body, headers = 500, {"error": repr(exc)}, {}
+                with standin._lock:
+                    standin.answered.append((method, parts.path, status))
                 payload = b"" if body is None else json.dumps(body).encode()
                 self.send_response(status)
                 for k, v in headers.items():

@@ -11,7 +11,9 @@
 #      socket code, three instances behind nginx, on SQLite and PostgreSQL;
 #   5. sets up the Python 3.13 virtualenv of vantage6 5.0.3 (clients/.venv-v5)
 #      and runs the 5.x compatibility suite (clients/tests_v5) on SQLite and
-#      PostgreSQL.
+#      PostgreSQL, then its end-to-end suite (clients/e2e_v5): real HQ, the
+#      real node socket code, two instances and a mixed fleet with HQ's own
+#      Flask-SocketIO.
 # Every stage runs even when an earlier one failed; the exit code is non-zero
 # when any stage failed. The runners' own summaries are printed.
 set -uo pipefail
@@ -182,6 +184,16 @@ if [ "$v5_ok" = 1 ]; then
     [ "$rc" = 0 ] || failed+=("v5 pytest (exit $rc)")
 else
     failed+=("v5 pytest (not run)")
+fi
+
+stage "vantage6 5.x end-to-end suite (HQ 5.0.3, real node code, pytest)"
+if [ "$v5_ok" = 1 ]; then
+    V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio" \
+        clients/.venv-v5/bin/python -m pytest clients/e2e_v5 -p no:cacheprovider -rfEs --durations=15
+    rc=$?
+    [ "$rc" = 0 ] || failed+=("e2e v5 pytest (exit $rc)")
+else
+    failed+=("e2e v5 pytest (not run)")
 fi
 
 stage "summary"
