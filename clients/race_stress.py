@@ -138,8 +138,7 @@ def one_cycle(url: str, transport: str, kind: str, token: str) -> None:
         if namespace.sync_at is not None:
             with lock:
                 latencies.append(namespace.sync_at - started)
-        time.sleep(0.02)  # let the emit leave before closing
-        sio.disconnect()
+        disconnect_after_sends(sio)
     else:
         # the handler disconnected; wait for the read loop to end
         end = time.monotonic() + TIMEOUT
@@ -148,6 +147,20 @@ def one_cycle(url: str, transport: str, kind: str, token: str) -> None:
         if sio.eio.state != "disconnected":
             count(f"{kind}_still_connected")
             sio.disconnect()
+
+
+def disconnect_after_sends(sio: socketio.Client) -> None:
+    """`sio.disconnect()` once `on_sync`'s emit has left. python-engineio's
+    client loses the close packets when `disconnect()` runs while a
+    long-polling POST is in flight (its write loop sees the state change
+    after the POST and exits without sending the queue): the client then
+    waits for its pending GET until the server's next ping, 25 s."""
+    eio = sio.eio
+    deadline = time.monotonic() + TIMEOUT
+    while (eio.state == "connected" and eio.write_loop_task is not None
+           and eio.queue.unfinished_tasks and time.monotonic() < deadline):
+        time.sleep(0.005)
+    sio.disconnect()
 
 
 def worker(args, tokens: dict[str, str]) -> None:
