@@ -683,8 +683,25 @@ def parse_prometheus(textdata: str) -> list[tuple[str, dict, float]]:
 # ---------------------------------------------------------------------------
 # event-recording clients
 # ---------------------------------------------------------------------------
+def _handle_messages_in_arrival_order(sio: socketio.Client) -> None:
+    """python-engineio's client hands every received message to a thread of
+    its own, so under load the handlers (and a recorder's list) can see two
+    packets in the opposite order of their arrival. A recorder's handlers
+    only append to a list: run them in the read loop, one after the other."""
+    eio = sio.eio
+    trigger = eio._trigger_event
+
+    def in_order(event, *args, **kwargs):
+        if event == "message":
+            kwargs["run_async"] = False
+        return trigger(event, *args, **kwargs)
+
+    eio._trigger_event = in_order
+
+
 class Recorder:
-    """python-socketio client on /tasks that records events in arrival order."""
+    """python-socketio client on /tasks that records events in arrival order
+    (see `_handle_messages_in_arrival_order`)."""
 
     def __init__(self, server_url: str, token: str | None = None, *, label: str = "",
                  transports=None, headers: dict | None = None, auth_header: str | None = None):
@@ -703,6 +720,7 @@ class Recorder:
         self.sio.on("*", self._on_any, namespace=NS)
         self.sio.on("connect", self._on_connect, namespace=NS)
         self.sio.on("disconnect", self._on_disconnect, namespace=NS)
+        _handle_messages_in_arrival_order(self.sio)
         self.ns_connected = threading.Event()
         self.disconnected = threading.Event()
 
