@@ -109,6 +109,17 @@ ensure_venv() { # dir requirements [python]
         sha256sum "$req" >"$stamp"
 }
 
+# clients/js/node_modules, reinstalled (npm ci) when package-lock.json changes.
+# Left alone otherwise: npm ci empties node_modules first, also when it is a
+# symlink to a copy other checkouts use.
+ensure_node_modules() {
+    if (cd clients/js && sha256sum --quiet -c node_modules/.package-lock.sha256) 2>/dev/null; then
+        return 0
+    fi
+    (cd clients/js && npm ci --no-audit --no-fund --loglevel=error &&
+        sha256sum package-lock.json >node_modules/.package-lock.sha256)
+}
+
 # vantage6-server 4.15.2 runs on Python 3.10 only (PYTHON310 overrides).
 find_python310() {
     local c
@@ -168,7 +179,7 @@ setup_dependencies() {
     ensure_venv clients/.venv clients/requirements.txt || deps_ok=0
     ensure_venv clients/.venv-sio518 clients/requirements-socketio-latest.txt || deps_ok=0
     if command -v npm >/dev/null; then
-        (cd clients/js && npm ci --no-audit --no-fund --loglevel=error) || deps_ok=0
+        ensure_node_modules || deps_ok=0
     else
         echo "npm is not installed: the JavaScript client tests cannot run" >&2
         deps_ok=0
