@@ -699,6 +699,21 @@ def _handle_messages_in_arrival_order(sio: socketio.Client) -> None:
     eio._trigger_event = in_order
 
 
+def disconnect_after_sends(sio: socketio.Client, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """`sio.disconnect()` once the packets already emitted have been sent.
+    python-engineio's client loses the close packets when `disconnect()` runs
+    while its write loop is in the middle of a long-polling POST (the loop
+    sees the state change after the POST and exits without sending the
+    queue); the client then waits for its pending GET until the server's next
+    ping, 25 s, and the server keeps the session until the ping timeout."""
+    eio = sio.eio
+    deadline = time.monotonic() + timeout
+    while (eio.state == "connected" and eio.write_loop_task is not None
+           and eio.queue.unfinished_tasks and time.monotonic() < deadline):
+        time.sleep(0.005)
+    sio.disconnect()
+
+
 class Recorder:
     """python-socketio client on /tasks that records events in arrival order
     (see `_handle_messages_in_arrival_order`)."""
@@ -751,7 +766,7 @@ class Recorder:
 
     def disconnect(self):
         if self.sio.connected:
-            self.sio.disconnect()
+            disconnect_after_sends(self.sio)
 
     def emit(self, event, data=None):
         if data is None:
