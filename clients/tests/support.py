@@ -642,7 +642,10 @@ class ServerProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(5)
+                # a graceful stop may wait 10 s for the clients' disconnects
+                # (src/server.rs, DRAIN_TIMEOUT) before it closes the broker
+                # connection and deletes its queue: do not kill it before
+                self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
