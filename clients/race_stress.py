@@ -35,6 +35,8 @@ from collections import Counter
 
 import socketio
 
+from sio_testkit import disconnect_after_sends
+
 NS = "/tasks"
 DEBUG = bool(__import__("os").environ.get("RACE_STRESS_DEBUG"))
 if DEBUG:
@@ -138,8 +140,7 @@ def one_cycle(url: str, transport: str, kind: str, token: str) -> None:
         if namespace.sync_at is not None:
             with lock:
                 latencies.append(namespace.sync_at - started)
-        time.sleep(0.02)  # let the emit leave before closing
-        sio.disconnect()
+        disconnect_after_sends(sio, TIMEOUT)
     else:
         # the handler disconnected; wait for the read loop to end
         end = time.monotonic() + TIMEOUT

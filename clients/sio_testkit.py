@@ -221,7 +221,10 @@ class ServerProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(5)
+                # a graceful stop may wait 10 s for the clients' disconnects
+                # (src/server.rs, DRAIN_TIMEOUT) before it closes the broker
+                # connection and deletes its queue: do not kill it before
+                self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
@@ -262,8 +265,40 @@ def parse_prometheus(textdata: str) -> list[tuple[str, dict, float]]:
 # ---------------------------------------------------------------------------
 # event-recording clients
 # ---------------------------------------------------------------------------
+def _handle_messages_in_arrival_order(sio: socketio.Client) -> None:
+    """python-engineio's client hands every received message to a thread of
+    its own, so under load the handlers (and a recorder's list) can see two
+    packets in the opposite order of their arrival. A recorder's handlers
+    only append to a list: run them in the read loop, one after the other."""
+    eio = sio.eio
+    trigger = eio._trigger_event
+
+    def in_order(event, *args, **kwargs):
+        if event == "message":
+            kwargs["run_async"] = False
+        return trigger(event, *args, **kwargs)
+
+    eio._trigger_event = in_order
+
+
+def disconnect_after_sends(sio: socketio.Client, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """`sio.disconnect()` once the packets already emitted have been sent.
+    python-engineio's client loses the close packets when `disconnect()` runs
+    while its write loop is in the middle of a long-polling POST (the loop
+    sees the state change after the POST and exits without sending the
+    queue); the client then waits for its pending GET until the server's next
+    ping, 25 s, and the server keeps the session until the ping timeout."""
+    eio = sio.eio
+    deadline = time.monotonic() + timeout
+    while (eio.state == "connected" and eio.write_loop_task is not None
+           and eio.queue.unfinished_tasks and time.monotonic() < deadline):
+        time.sleep(0.005)
+    sio.disconnect()
+
+
 class Recorder:
-    """python-socketio client on /tasks that records events in arrival order."""
+    """python-socketio client on /tasks that records events in arrival order
+    (see `_handle_messages_in_arrival_order`)."""
 
     def __init__(self, server_url: str, token: str | None = None, *, label: str = "",
                  transports=None, headers: dict | None = None, auth_header: str | None = None):
@@ -282,6 +317,7 @@ class Recorder:
         self.sio.on("*", self._on_any, namespace=NS)
         self.sio.on("connect", self._on_connect, namespace=NS)
         self.sio.on("disconnect", self._on_disconnect, namespace=NS)
+        _handle_messages_in_arrival_order(self.sio)
         self.ns_connected = threading.Event()
         self.disconnected = threading.Event()
 
@@ -312,7 +348,7 @@ class Recorder:
 
     def disconnect(self):
         if self.sio.connected:
-            self.sio.disconnect()
+            disconnect_after_sends(self.sio)
 
     def emit(self, event, data=None):
         if data is None:

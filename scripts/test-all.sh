@@ -2,20 +2,25 @@
 # Runs every test of the project on a fresh machine:
 #   1. starts PostgreSQL and RabbitMQ when they are installed but not running;
 #   2. builds the workspace and runs the Rust tests (unit + integration);
-#   3. sets up the Python virtualenvs (clients/requirements*.txt) and the npm
-#      packages of clients/js, then runs the compatibility suite (pytest)
-#      against the real server binary, on SQLite and PostgreSQL;
-#   4. installs nginx when missing (Debian's package, as root), sets up the
-#      Python 3.10 virtualenv of vantage6-server 4.15.2 and runs the
-#      end-to-end suite (clients/e2e): the real vantage6 REST API and node
-#      socket code, three instances behind nginx, on SQLite and PostgreSQL;
-#   5. sets up the Python 3.13 virtualenv of vantage6 5.0.3 (clients/.venv-v5)
-#      and runs the 5.x compatibility suite (clients/tests_v5) on SQLite and
-#      PostgreSQL, then its end-to-end suite (clients/e2e_v5): real HQ, the
-#      real node socket code, two instances and a mixed fleet with HQ's own
-#      Flask-SocketIO.
+#      meanwhile, in the background, sets up the Python virtualenvs
+#      (clients/requirements*.txt), the npm packages of clients/js and nginx
+#      (Debian's package, as root, when missing);
+#   3. runs the compatibility suite (pytest) against the real server binary,
+#      on SQLite and PostgreSQL, as two concurrent pytest processes: the
+#      modules that use RabbitMQ (marker `broker`) and all others;
+#   4. runs the end-to-end suite (clients/e2e): the real vantage6 REST API
+#      and node socket code, three instances behind nginx, one concurrent
+#      pytest process per database backend (each deployment has a RabbitMQ
+#      virtual host of its own);
+#   5. runs the vantage6 5.x compatibility suite (clients/tests_v5, in the
+#      Python 3.13 virtualenv clients/.venv-v5) on SQLite and PostgreSQL, then
+#      the 5.x end-to-end suite (clients/e2e_v5): real HQ 5.0.3, the real
+#      vantage6-node 5.0.3 socket code, two instances and a mixed fleet with
+#      HQ's own Flask-SocketIO.
 # Every stage runs even when an earlier one failed; the exit code is non-zero
-# when any stage failed. The runners' own summaries are printed.
+# when any stage failed. The runners' own summaries are printed, each
+# runner's output in one piece once it has finished (logs and pytest's
+# temporary directories stay in target/test-all/).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,7 +28,42 @@ cd "$ROOT"
 PYTHON=${PYTHON:-python3}
 failed=()
 
-stage() { printf '\n==== %s (at %d s) ====\n' "$*" "$SECONDS"; }
+LOGS="$ROOT/target/test-all"
+mkdir -p "$LOGS"
+stage_names=()
+stage_starts=()
+stage() {
+    printf '\n==== %s (at %d s) ====\n' "$*" "$SECONDS"
+    stage_names+=("$*")
+    stage_starts+=("$SECONDS")
+}
+
+# Concurrent runners: `runner_start NAME CMD...` runs CMD in the background
+# with its output in $LOGS/NAME.log; `runners_finish` waits for all of them,
+# prints each log whole and adds every runner that exited non-zero (pytest
+# exits 5 when it collected nothing: a failure too) to `failed`.
+runner_names=()
+runner_pids=()
+runner_start() {
+    local name=$1
+    shift
+    "$@" >"$LOGS/$name.log" 2>&1 &
+    runner_names+=("$name")
+    runner_pids+=("$!")
+    echo "started $name (pid $!): $*"
+}
+runners_finish() {
+    local i rc
+    for i in "${!runner_pids[@]}"; do
+        wait "${runner_pids[$i]}"
+        rc=$?
+        printf '\n---- %s: exit %d (finished by %d s) ----\n' "${runner_names[$i]}" "$rc" "$SECONDS"
+        cat "$LOGS/${runner_names[$i]}.log"
+        [ "$rc" = 0 ] || failed+=("${runner_names[$i]} (exit $rc)")
+    done
+    runner_names=()
+    runner_pids=()
+}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -74,6 +114,17 @@ ensure_venv() { # dir requirements [python]
         sha256sum "$req" >"$stamp"
 }
 
+# clients/js/node_modules, reinstalled (npm ci) when package-lock.json changes.
+# Left alone otherwise: npm ci empties node_modules first, also when it is a
+# symlink to a copy other checkouts use.
+ensure_node_modules() {
+    if (cd clients/js && sha256sum --quiet -c node_modules/.package-lock.sha256) 2>/dev/null; then
+        return 0
+    fi
+    (cd clients/js && npm ci --no-audit --no-fund --loglevel=error &&
+        sha256sum package-lock.json >node_modules/.package-lock.sha256)
+}
+
 # The first Python interpreter of version $1 (major.minor); $2, when set, is tried first.
 find_python() { # version [override]
     local v=$1 c
@@ -113,9 +164,71 @@ ensure_nginx() {
     return 1
 }
 
+# `docker compose config` checks deploy/compose.yaml (clients/tests/test_deploy_material.py);
+# without Docker's compose plugin, Debian's docker-compose does (no daemon needed).
+ensure_compose() {
+    if docker compose version >/dev/null 2>&1 || docker-compose version >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing docker-compose (Debian package, to validate deploy/compose.yaml)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose ||
+            { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose; }
+        return $?
+    fi
+    echo "neither \`docker compose\` nor docker-compose is installed, and it cannot be installed here (needs root and apt-get)" >&2
+    return 1
+}
+
 stage "services"
 ensure_postgres || failed+=("postgres")
 ensure_rabbitmq || failed+=("rabbitmq")
+
+# Python, npm, nginx and docker-compose while cargo builds (network and disk, little CPU).
+# Its results are read from files: the subshell cannot change `failed`.
+setup_dependencies() {
+    local deps_ok=1 e2e_ok=1 py310 py313
+    ensure_venv clients/.venv clients/requirements.txt || deps_ok=0
+    ensure_venv clients/.venv-sio518 clients/requirements-socketio-latest.txt || deps_ok=0
+    if command -v npm >/dev/null; then
+        ensure_node_modules || deps_ok=0
+    else
+        echo "npm is not installed: the JavaScript client tests cannot run" >&2
+        deps_ok=0
+    fi
+    [ "$deps_ok" = 1 ] || echo "dependencies" >>"$LOGS/deps.failed"
+    # nginx: the end-to-end suite and `nginx -t` of the compatibility suite;
+    # compose: its check of deploy/compose.yaml (without them those checks
+    # skip, saying so, and this stage fails)
+    ensure_nginx || { echo "nginx" >>"$LOGS/deps.failed"; e2e_ok=0; }
+    ensure_compose || echo "docker-compose" >>"$LOGS/deps.failed"
+    if py310=$(find_python310); then
+        ensure_venv clients/.venv-e2e clients/requirements-e2e.txt "$py310" ||
+            { echo "e2e dependencies" >>"$LOGS/deps.failed"; e2e_ok=0; }
+    else
+        echo "Python 3.10 not found (vantage6-server 4.15.2 needs it): set PYTHON310 or install python3.10" >&2
+        echo "python3.10" >>"$LOGS/deps.failed"
+        e2e_ok=0
+    fi
+    if py313=$(find_python313); then
+        if ensure_venv clients/.venv-v5 clients/requirements-v5.txt "$py313"; then
+            touch "$LOGS/v5-deps.ok"
+        else
+            echo "v5 dependencies" >>"$LOGS/deps.failed"
+        fi
+    else
+        echo "Python 3.13 not found (vantage6 5.0.3 needs it): set PYTHON313 or install python3.13" >&2
+        echo "python3.13" >>"$LOGS/deps.failed"
+    fi
+    [ "$deps_ok" = 1 ] || e2e_ok=0 # the UI listener is clients/js
+    [ "$deps_ok" = 1 ] && touch "$LOGS/deps.ok"
+    [ "$e2e_ok" = 1 ] && touch "$LOGS/e2e-deps.ok"
+    return 0
+}
+rm -f "$LOGS/deps.failed" "$LOGS/deps.ok" "$LOGS/e2e-deps.ok" "$LOGS/v5-deps.ok"
+echo "setting up the Python virtualenvs, npm packages and nginx in the background ($LOGS/dependencies.log)"
+setup_dependencies >"$LOGS/dependencies.log" 2>&1 &
+deps_pid=$!
 
 stage "cargo build"
 if ! cargo build --workspace --all-targets --locked; then
@@ -126,77 +239,65 @@ stage "cargo test"
 cargo test --workspace --locked || failed+=("cargo test")
 
 stage "python and npm dependencies"
-deps_ok=1
-ensure_venv clients/.venv clients/requirements.txt || deps_ok=0
-ensure_venv clients/.venv-sio518 clients/requirements-socketio-latest.txt || deps_ok=0
-if command -v npm >/dev/null; then
-    (cd clients/js && npm ci --no-audit --no-fund --loglevel=error) || deps_ok=0
-else
-    echo "npm is not installed: the JavaScript client tests cannot run" >&2
-    deps_ok=0
+wait "$deps_pid"
+cat "$LOGS/dependencies.log"
+if [ -f "$LOGS/deps.failed" ]; then
+    while read -r what; do failed+=("$what"); done <"$LOGS/deps.failed"
 fi
-[ "$deps_ok" = 1 ] || failed+=("dependencies")
 
-stage "compatibility suite (pytest)"
-if [ "$deps_ok" = 1 ]; then
-    V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio" \
-        clients/.venv/bin/python -m pytest clients/tests -p no:cacheprovider -rfEs --durations=15
-    rc=$?
-    # pytest exits 5 when it collected nothing: that is a failure here.
-    [ "$rc" = 0 ] || failed+=("pytest (exit $rc)")
+export V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio"
+PYTEST=(-p no:cacheprovider -rfEs --durations=15)
+
+stage "compatibility suite (pytest, two concurrent processes)"
+if [ -f "$LOGS/deps.ok" ]; then
+    runner_start "pytest-broker" clients/.venv/bin/python -m pytest clients/tests "${PYTEST[@]}" \
+        -m broker --basetemp "$LOGS/pytest-broker"
+    runner_start "pytest-other" clients/.venv/bin/python -m pytest clients/tests "${PYTEST[@]}" \
+        -m "not broker" --basetemp "$LOGS/pytest-other"
+    runners_finish
 else
     failed+=("pytest (not run)")
 fi
 
-stage "end-to-end suite (vantage6 4.15.2 + nginx, pytest)"
-e2e_ok=1
-ensure_nginx || { failed+=("nginx"); e2e_ok=0; }
-if PY310=$(find_python310); then
-    ensure_venv clients/.venv-e2e clients/requirements-e2e.txt "$PY310" || { failed+=("e2e dependencies"); e2e_ok=0; }
-else
-    echo "Python 3.10 not found (vantage6-server 4.15.2 needs it): set PYTHON310 or install python3.10" >&2
-    failed+=("python3.10")
-    e2e_ok=0
-fi
-[ "$deps_ok" = 1 ] || e2e_ok=0 # the UI listener is clients/js
-if [ "$e2e_ok" = 1 ]; then
-    V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio" \
-        clients/.venv-e2e/bin/python -m pytest clients/e2e -p no:cacheprovider -rfEs --durations=15
-    rc=$?
-    [ "$rc" = 0 ] || failed+=("e2e pytest (exit $rc)")
+stage "end-to-end suite (vantage6 4.15.2 + nginx, pytest, one process per backend)"
+if [ -f "$LOGS/e2e-deps.ok" ]; then
+    for backend in sqlite postgres; do
+        # the race stress runs once, in the SQLite process
+        runner_start "e2e-$backend" env V6_TEST_BACKENDS="$backend" V6_TEST_RACE_BACKEND=sqlite \
+            clients/.venv-e2e/bin/python -m pytest clients/e2e "${PYTEST[@]}" --basetemp "$LOGS/e2e-$backend"
+    done
+    runners_finish
 else
     failed+=("e2e pytest (not run)")
 fi
 
+# The 5.x suites run after the 4.x ones: the compatibility suite shares the
+# default virtual host and the flask-socketio exchange with the 4.x broker
+# tests (each end-to-end fleet has a virtual host of its own).
 stage "vantage6 5.x compatibility suite (HQ 5.0.3 models, Keycloak stand-in, pytest)"
-v5_ok=1
-if PY313=$(find_python313); then
-    ensure_venv clients/.venv-v5 clients/requirements-v5.txt "$PY313" || { failed+=("v5 dependencies"); v5_ok=0; }
-else
-    echo "Python 3.13 not found (vantage6 5.0.3 needs it): set PYTHON313 or install python3.13" >&2
-    failed+=("python3.13")
-    v5_ok=0
-fi
-if [ "$v5_ok" = 1 ]; then
-    V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio" \
-        clients/.venv-v5/bin/python -m pytest clients/tests_v5 -p no:cacheprovider -rfEs --durations=15
-    rc=$?
-    [ "$rc" = 0 ] || failed+=("v5 pytest (exit $rc)")
+if [ -f "$LOGS/v5-deps.ok" ]; then
+    runner_start "pytest-v5" clients/.venv-v5/bin/python -m pytest clients/tests_v5 "${PYTEST[@]}" \
+        --basetemp "$LOGS/pytest-v5"
+    runners_finish
 else
     failed+=("v5 pytest (not run)")
 fi
 
 stage "vantage6 5.x end-to-end suite (HQ 5.0.3, real node code, pytest)"
-if [ "$v5_ok" = 1 ]; then
-    V6_SOCKETIO_BIN="$ROOT/target/debug/v6-socketio" \
-        clients/.venv-v5/bin/python -m pytest clients/e2e_v5 -p no:cacheprovider -rfEs --durations=15
-    rc=$?
-    [ "$rc" = 0 ] || failed+=("e2e v5 pytest (exit $rc)")
+if [ -f "$LOGS/v5-deps.ok" ]; then
+    runner_start "e2e-v5" clients/.venv-v5/bin/python -m pytest clients/e2e_v5 "${PYTEST[@]}" \
+        --basetemp "$LOGS/e2e-v5"
+    runners_finish
 else
     failed+=("e2e v5 pytest (not run)")
 fi
 
 stage "summary"
+for i in "${!stage_names[@]}"; do
+    end=${stage_starts[$((i + 1))]:-$SECONDS}
+    printf '%6d s  %s\n' "$((end - stage_starts[i]))" "${stage_names[$i]}"
+done
+printf '%6d s  in all\n' "$SECONDS"
 if [ ${#failed[@]} -eq 0 ]; then
     echo "all stages passed"
     exit 0

@@ -29,6 +29,7 @@ from vantage6.node.socket import NodeTaskNamespace
 
 from harness import DEFAULT_TIMEOUT, ROOT, wait_until
 from lineproc import LineProcess, wait_on
+from sio_testkit import disconnect_after_sends
 from rest import NodeAccount
 
 log = logging.getLogger("e2e.clients")
@@ -235,14 +236,17 @@ class StubNodeWorker:
         })
 
     def disconnect(self) -> None:
+        """A test's own disconnect (see `sio_testkit.disconnect_after_sends`: vantage6's
+        own disconnects, `on_expired_token` and `on_invalid_token`, run in the real namespace
+        class and are not changed)."""
         if self.socketIO is not None:
-            self.socketIO.disconnect()
+            disconnect_after_sends(self.socketIO, 10.0)
 
     def close(self) -> None:
         self._stopped.set()
         for sio in self.sockets:
             try:
-                sio.disconnect()
+                disconnect_after_sends(sio, 10.0)
             except Exception:  # already gone
                 pass
 

@@ -32,6 +32,31 @@ from support import (  # noqa: E402
 BACKENDS = [b for b in os.environ.get("V6_TEST_BACKENDS", "sqlite,postgres").split(",") if b]
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "broker: the module uses RabbitMQ (mq_support). scripts/test-all.sh runs `-m broker` and "
+        "`-m 'not broker'` as two concurrent pytest processes: broker tests share the default "
+        "virtual host and the `flask-socketio` exchange, where rooms named after database ids "
+        "would cross, so they all stay in one process.")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every module that uses RabbitMQ carries `pytestmark = pytest.mark.broker`
+    and no other does: a test file that forgets it would run next to the
+    broker tests and could receive their broadcasts."""
+    wrong = set()
+    for item in items:
+        module = item.module
+        uses_broker = "mq_support" in Path(module.__file__).read_text()
+        if uses_broker != (item.get_closest_marker("broker") is not None):
+            wrong.add(f"{Path(module.__file__).name}: uses mq_support={uses_broker}, "
+                      f"marked broker={not uses_broker}")
+    if wrong:
+        raise pytest.UsageError("the `broker` marker does not match RabbitMQ use:\n  "
+                                + "\n  ".join(sorted(wrong)))
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def db(request, tmp_path_factory) -> DB:
     backend = request.param

@@ -41,6 +41,7 @@ from support import (
     server_binary,
 )
 
+pytestmark = pytest.mark.broker  # uses RabbitMQ: runs in the broker shard (conftest.py)
 VHOST = "vantage6"
 ODD_VHOST = "v6 uri/test"  # percent-encoded in the URI as v6%20uri%2Ftest
 ODD_USER, ODD_PASSWORD = "v6 user@uri", "p@ss:w/rd%"

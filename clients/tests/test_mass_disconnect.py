@@ -44,6 +44,7 @@ import wsproto.events as wse
 import mq_support
 from support import ServerProcess, World, http_get, parse_prometheus, wait_until
 
+pytestmark = pytest.mark.broker  # uses RabbitMQ: runs in the broker shard (conftest.py)
 N = int(os.environ.get("V6_TEST_MASS_SOCKETS", "2000"))
 CONNECTING_AT_ONCE = 50
 EVENT_PREFIX = "42/tasks,"

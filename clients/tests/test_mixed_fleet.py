@@ -61,6 +61,7 @@ from support import (
     server_binary,
 )
 
+pytestmark = pytest.mark.broker  # uses RabbitMQ: runs in the broker shard (conftest.py)
 broker = pytest.fixture(scope="module")(mq_support.broker_fixture)
 
 

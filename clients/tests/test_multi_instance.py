@@ -38,6 +38,7 @@ from support import (
 from support import Recorder
 
 
+pytestmark = pytest.mark.broker  # uses RabbitMQ: runs in the broker shard (conftest.py)
 broker = pytest.fixture(scope="module")(mq_support.broker_fixture)
 
 
