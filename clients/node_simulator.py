@@ -44,6 +44,7 @@ import threading
 import time
 
 import socketio
+from socketio import packet as socketio_packet
 
 log = logging.getLogger("node_simulator")
 
@@ -95,17 +96,57 @@ def jwt_sub(token: str):
         return None
 
 
+def _data_of(args) -> object:
+    return None if not args else (args[0] if len(args) == 1 else list(args))
+
+
+def _has_bytes(value) -> bool:
+    """Whether a decoded event carries binary (only binary packets do)."""
+    if isinstance(value, (bytes, bytearray)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_has_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_bytes(v) for v in value.values())
+    return False
+
+
+def record_in_arrival_order(sio: socketio.Client, out) -> None:
+    """Writes every event packet of /tasks to ``out`` as it arrives, in the
+    read loop, before its handler runs. python-engineio's client hands every
+    message to a thread of its own, so handlers (vantage6's too) may run in
+    another order than the server sent: the record must not depend on that.
+    Handlers still run as vantage6-node runs them. Binary events (none in
+    vantage6) are recorded at dispatch instead."""
+    trigger = sio.eio._trigger_event
+
+    def in_arrival_order(event, *args, **kwargs):
+        if event == "message" and args and isinstance(args[0], str):
+            try:
+                pkt = socketio_packet.Packet(encoded_packet=args[0])
+            except Exception:  # not ours to judge: the client reports it
+                pkt = None
+            if (pkt is not None and pkt.packet_type == socketio_packet.EVENT
+                    and (pkt.namespace or "/") == "/tasks" and isinstance(pkt.data, list)
+                    and pkt.data and not str(pkt.data[0]).startswith("__")):
+                out.write({"event": pkt.data[0], "data": _data_of(pkt.data[1:])})
+        return trigger(event, *args, **kwargs)
+
+    sio.eio._trigger_event = in_arrival_order
+
+
 class NodeTaskNamespace(socketio.ClientNamespace):
     """Mirror of vantage6.node.socket.NodeTaskNamespace (4.15.2)."""
 
     node_worker_ref: "SimulatedNode" = None
 
     def trigger_event(self, event, *args):
-        # record every event (also those without a handler) before dispatch
+        # binary events are recorded here, at dispatch; the others in arrival
+        # order by `record_in_arrival_order`
         node = self.node_worker_ref
-        if event not in ("connect", "disconnect", "connect_error") and not event.startswith("__"):
-            data = None if not args else (args[0] if len(args) == 1 else list(args))
-            node.out.write({"event": event, "data": data})
+        if (_has_bytes(args) and event not in ("connect", "disconnect", "connect_error")
+                and not event.startswith("__")):
+            node.out.write({"event": event, "data": _data_of(args)})
         return super().trigger_event(event, *args)
 
     def on_message(self, msg):
@@ -237,6 +278,7 @@ class SimulatedNode:
                 engineio_logger=self.args.debug,
             )
             sio.register_namespace(NodeTaskNamespace("/tasks"))
+            record_in_arrival_order(sio, self.out)
             NodeTaskNamespace.node_worker_ref = self
             self.sio = sio
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
