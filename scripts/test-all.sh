@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine:
 #   1. starts PostgreSQL and RabbitMQ when they are installed but not running;
-#   2. builds the workspace and runs the Rust tests (unit + integration);
+#   2. builds the workspace, runs the Rust tests (unit + integration), then
+#      `cargo fmt --check` and `cargo clippy -D warnings` (findings fail);
 #      meanwhile, in the background, sets up the Python virtualenvs
 #      (clients/requirements*.txt), the npm packages of clients/js and nginx
 #      (Debian's package, as root, when missing);
@@ -237,6 +238,10 @@ fi
 
 stage "cargo test"
 cargo test --workspace --locked || failed+=("cargo test")
+
+stage "cargo fmt and clippy"
+cargo fmt --all --check || failed+=("cargo fmt (run \`cargo fmt\`)")
+cargo clippy --workspace --all-targets --locked -- -D warnings || failed+=("cargo clippy")
 
 stage "python and npm dependencies"
 wait "$deps_pid"
