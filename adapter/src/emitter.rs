@@ -30,8 +30,8 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::{
-    adapter::Error,
     broker::{AmqpConfig, AmqpDriver, Driver},
+    error::Error,
     wire::{self, CloseRoom, DataFormat, Disconnect, Emit, Message, RoomMembership, Targets},
 };
 
