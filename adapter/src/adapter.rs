@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::{
-    broker::{AmqpDriver, Driver},
+    broker::Driver,
     ctr::{lock, AmqpAdapterCtr, Shared},
     dispatch::dispatch,
     error::Error,
@@ -42,7 +42,7 @@ use crate::{
 /// The socketioxide adapter over a [`Driver`]. Use the [`AmqpAdapter`] alias for RabbitMQ.
 ///
 /// One instance exists per namespace; they share an [`AmqpAdapterCtr`].
-pub struct CustomAmqpAdapter<E, D = AmqpDriver> {
+pub struct CustomAmqpAdapter<E, D> {
     pub(crate) shared: Arc<Shared<D>>,
     pub(crate) local: CoreLocalAdapter<E>,
     pub(crate) ns: String,
@@ -53,7 +53,8 @@ pub struct CustomAmqpAdapter<E, D = AmqpDriver> {
 }
 
 /// The RabbitMQ adapter: `SocketIo::builder().with_adapter::<AmqpAdapter<_>>(ctr)`.
-pub type AmqpAdapter<E> = CustomAmqpAdapter<E, AmqpDriver>;
+#[cfg(feature = "amqp")]
+pub type AmqpAdapter<E> = CustomAmqpAdapter<E, crate::broker::AmqpDriver>;
 
 impl<E, D> DefinedAdapter for CustomAmqpAdapter<E, D> {}
 
@@ -89,7 +90,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         self.peers.live(Instant::now())
     }
 
-    pub(crate) fn target_of(&self, opts: &BroadcastOptions) -> Option<Uid> {
+    pub(crate) fn target_server(&self, opts: &BroadcastOptions) -> Option<Uid> {
         opts.server_id.filter(|s| *s != self.uid)
     }
 
@@ -221,7 +222,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
         let msg = self
             .emit_message(&packet, &opts, None)
             .map_err(|e| BroadcastError::Adapter(e.into()))?;
-        let target = self.target_of(&opts);
+        let target = self.target_server(&opts);
         let local = match target {
             None => self.local.broadcast(packet, opts),
             Some(_) => Ok(()),
@@ -245,7 +246,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
             return Ok(AckStream::local(local));
         }
         let ack_timeout = timeout.unwrap_or_else(|| self.local.ack_timeout());
-        let target = self.target_of(&opts);
+        let target = self.target_server(&opts);
         let expected = if target.is_some() {
             1
         } else {
@@ -313,7 +314,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
                 .disconnect_socket(opts)
                 .map_err(BroadcastError::Socket);
         }
-        let target = self.target_of(&opts);
+        let target = self.target_server(&opts);
         let req = self.request(RequestOp::DisconnectSockets, &opts, 0);
         let local = match target {
             None => self.local.disconnect_socket(opts),
@@ -328,7 +329,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
         if opts.is_local(self.uid) {
             return Ok(self.local.rooms(opts).into_iter().collect());
         }
-        let target = self.target_of(&opts);
+        let target = self.target_server(&opts);
         let expected = if target.is_some() {
             1
         } else {
@@ -356,7 +357,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
         if opts.is_local(self.uid) {
             return Ok(self.local.fetch_sockets(opts));
         }
-        let target = self.target_of(&opts);
+        let target = self.target_server(&opts);
         let expected = if target.is_some() {
             1
         } else {
@@ -392,7 +393,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         opts: BroadcastOptions,
         rooms: Vec<Room>,
     ) -> Result<(), Error> {
-        let target = self.target_of(&opts);
+        let target = self.target_server(&opts);
         let mut req = self.request(op, &opts, 0);
         req.rooms = rooms.iter().map(|r| r.to_string()).collect();
         if target.is_none() {

@@ -10,13 +10,17 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    broker::{AmqpConfig, AmqpDriver, Driver},
+    broker::Driver,
     config::AdapterConfig,
     error::Error,
-    metrics::{inc, Counters, Metrics},
+    metrics::{inc, AdapterMetrics, Counters},
     peers::Peers,
-    uri::BrokerUri,
     wire::{self, Message},
+};
+#[cfg(feature = "amqp")]
+use crate::{
+    broker::{AmqpConfig, AmqpDriver},
+    uri::BrokerUri,
 };
 
 pub(crate) struct Shared<D> {
@@ -47,7 +51,7 @@ impl<D: Driver> Shared<D> {
             }
             Err(e) => {
                 inc(&self.counters.publish_errors);
-                Err(e.into())
+                Err(Error::broker(e))
             }
         }
     }
@@ -64,7 +68,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// to the builder.
 ///
 /// [`SocketIoBuilder::with_adapter`]: https://docs.rs/socketioxide/latest/socketioxide/struct.SocketIoBuilder.html#method.with_adapter
-pub struct AmqpAdapterCtr<D = AmqpDriver> {
+pub struct AmqpAdapterCtr<D> {
     pub(crate) shared: Arc<Shared<D>>,
 }
 
@@ -84,6 +88,7 @@ impl<D> std::fmt::Debug for AmqpAdapterCtr<D> {
     }
 }
 
+#[cfg(feature = "amqp")]
 impl AmqpAdapterCtr<AmqpDriver> {
     /// Connects to RabbitMQ at `uri` (read with kombu's rules, see [`BrokerUri`]) with the
     /// default settings (exchange `flask-socketio`).
@@ -151,7 +156,7 @@ impl<D: Driver> AmqpAdapterCtr<D> {
     }
 
     /// A snapshot of the traffic counters.
-    pub fn metrics(&self) -> Metrics {
+    pub fn metrics(&self) -> AdapterMetrics {
         self.shared.counters.snapshot()
     }
 }

@@ -26,7 +26,7 @@ use crate::{
     adapter::CustomAmqpAdapter,
     broker::Driver,
     metrics::inc,
-    python::Target,
+    python::Recipients,
     requests::Incoming,
     wire::{
         self, DataFormat, Emit, Heartbeat, HeartbeatKind, Message, Reply, Request, RequestOp,
@@ -99,8 +99,8 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         };
         let target = match &e.x_opts {
             Some(opts) if opts.server_id.is_some_and(|s| s != self.uid) => return,
-            Some(opts) => Target::Opts(opts.clone()),
-            None => self.python_target(&e),
+            Some(opts) => Recipients::Opts(opts.clone()),
+            None => self.python_recipients(&e),
         };
         let packet = Packet::event(self.ns.clone(), value);
         if let (Some(req_id), Some(reply_to)) = (e.x_req, e.x_reply_to.clone()) {

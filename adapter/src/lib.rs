@@ -8,7 +8,7 @@
 //!
 //! * [`AmqpAdapter`] is the socketioxide adapter, built from an [`AmqpAdapterCtr`] (the broker
 //!   connection shared by the namespaces of one `SocketIo`).
-//! * [`Emitter`] publishes without a server (like python-socketio's write-only manager).
+//! * [`AmqpEmitter`] publishes without a server (like python-socketio's write-only manager).
 //! * [`wire`] holds the message types; [`broker`] the transport seam, the lapin driver and an
 //!   in-memory broker for tests.
 //!
@@ -40,7 +40,7 @@
 //!
 //! # The parts of the crate
 //!
-//! * `config`, `metrics`, `error`: [`AdapterConfig`], [`Metrics`], [`Error`];
+//! * `config`, `metrics`, `error`: [`AdapterConfig`], [`AdapterMetrics`], [`Error`];
 //! * `ctr`: [`AmqpAdapterCtr`], the state shared by the namespaces of one `SocketIo`;
 //! * `dispatch`: the task reading the instance's queue and routing messages to namespaces;
 //! * `adapter`: [`CustomAmqpAdapter`] and its `CoreAdapter` implementation;
@@ -151,16 +151,21 @@ mod publish;
 mod python;
 mod requests;
 mod stream;
+#[cfg(feature = "amqp")]
 pub mod uri;
 pub mod wire;
 
-pub use adapter::{AmqpAdapter, CustomAmqpAdapter, InitRes};
+#[cfg(feature = "amqp")]
+pub use adapter::AmqpAdapter;
+pub use adapter::{CustomAmqpAdapter, InitRes};
+#[cfg(feature = "amqp")]
 pub use broker::{AmqpConfig, AmqpDriver};
 pub use config::{AdapterConfig, DEFAULT_MAX_MESSAGE_SIZE};
 pub use ctr::AmqpAdapterCtr;
-pub use emitter::Emitter;
-pub use error::Error;
-pub use metrics::Metrics;
+pub use emitter::AmqpEmitter;
+pub use error::{DriverError, Error};
+pub use metrics::AdapterMetrics;
 pub use stream::AckStream;
+#[cfg(feature = "amqp")]
 pub use uri::{BrokerUri, UriError};
 pub use wire::DataFormat;

@@ -1,10 +1,10 @@
-//! The counters of the adapter's broker traffic ([`Metrics`]).
+//! The counters of the adapter's broker traffic ([`AdapterMetrics`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of the adapter's broker traffic, see [`AmqpAdapterCtr::metrics`](crate::AmqpAdapterCtr::metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Metrics {
+pub struct AdapterMetrics {
     /// Messages published (fanout or direct), heartbeats and replies included.
     pub published: u64,
     /// `emit` messages published: one per broadcast or remote-socket emit that leaves this
@@ -46,8 +46,8 @@ pub(crate) fn inc(c: &AtomicU64) {
 
 impl Counters {
     /// A snapshot of the counters.
-    pub(crate) fn snapshot(&self) -> Metrics {
-        Metrics {
+    pub(crate) fn snapshot(&self) -> AdapterMetrics {
+        AdapterMetrics {
             published: self.published.load(Ordering::Relaxed),
             emits: self.emits.load(Ordering::Relaxed),
             publish_errors: self.publish_errors.load(Ordering::Relaxed),

@@ -17,7 +17,7 @@ use crate::{
     error::Error,
     wire::{
         self, CallbackRef, Emit, Heartbeat, HeartbeatKind, Message, Reply, Request, RequestOp,
-        Response, Targets,
+        Response, RoomList,
     },
 };
 
@@ -29,7 +29,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             uid: self.uid.to_string(),
             req_id,
             reply_to: self.shared.driver.queue_name().to_owned(),
-            target: self.target_of(opts).map(|t| t.to_string()),
+            target: self.target_server(opts).map(|t| t.to_string()),
             op,
             opts: opts.clone(),
             rooms: Vec::new(),
@@ -93,17 +93,17 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             ),
         };
         let room = if !opts.rooms.is_empty() {
-            Targets::from_list(opts.rooms.iter().map(|r| r.to_string()).collect())
+            RoomList::from_list(opts.rooms.iter().map(|r| r.to_string()).collect())
         } else if !is_broadcast {
             opts.sid
-                .map(|s| Targets::One(s.to_string()))
+                .map(|s| RoomList::One(s.to_string()))
                 .unwrap_or_default()
         } else {
-            Targets::None
+            RoomList::None
         };
         let skip_sid = match opts.sid {
-            Some(sid) if is_broadcast => Targets::One(sid.to_string()),
-            _ => Targets::None,
+            Some(sid) if is_broadcast => RoomList::One(sid.to_string()),
+            _ => RoomList::None,
         };
         let callback = ack.map(|(id, _)| CallbackRef {
             room: room.to_vec().into_iter().next().unwrap_or_default(),

@@ -18,7 +18,7 @@ use crate::{adapter::CustomAmqpAdapter, broker::Driver, stream::LocalAcks, wire:
 /// The sockets an incoming emit is for.
 // Built once per incoming message and consumed at once: boxing would only add an allocation.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Target {
+pub(crate) enum Recipients {
     Opts(BroadcastOptions),
     Sids(Vec<Sid>),
 }
@@ -35,7 +35,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
     }
 
     /// Which local sockets a python `emit` is for.
-    pub(crate) fn python_target(&self, e: &Emit) -> Target {
+    pub(crate) fn python_recipients(&self, e: &Emit) -> Recipients {
         let skip: Vec<Sid> = e
             .skip_sid
             .to_vec()
@@ -48,11 +48,11 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         if rooms.is_empty() {
             if skip.len() <= 1 {
                 opts.sid = skip.first().copied();
-                return Target::Opts(opts);
+                return Recipients::Opts(opts);
             }
             let mut sids = self.local.sockets(opts);
             sids.retain(|s| !skip.contains(s));
-            return Target::Sids(sids);
+            return Recipients::Sids(sids);
         }
         // In python every sid is a room; socketioxide sockets are not in a room named after
         // their sid unless they joined it, so sids are matched directly too.
@@ -60,7 +60,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         opts.rooms = rooms.into_iter().map(Cow::Owned).collect();
         if sid_rooms.is_empty() && skip.len() <= 1 {
             opts.sid = skip.first().copied();
-            return Target::Opts(opts);
+            return Recipients::Opts(opts);
         }
         let mut sids = self.local.sockets(opts);
         for sid in sid_rooms {
@@ -69,17 +69,17 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             }
         }
         sids.retain(|s| !skip.contains(s));
-        Target::Sids(sids)
+        Recipients::Sids(sids)
     }
 
     pub(crate) fn local_broadcast(
         &self,
         packet: Packet,
-        target: Target,
+        target: Recipients,
     ) -> Result<(), Vec<SocketError>> {
         match target {
-            Target::Opts(opts) => self.local.broadcast(packet, opts),
-            Target::Sids(sids) => {
+            Recipients::Opts(opts) => self.local.broadcast(packet, opts),
+            Recipients::Sids(sids) => {
                 let errs: Vec<SocketError> = sids
                     .into_iter()
                     .filter_map(|sid| {
@@ -101,14 +101,14 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
     pub(crate) fn local_broadcast_with_ack(
         &self,
         packet: Packet,
-        target: Target,
+        target: Recipients,
         timeout: Option<Duration>,
     ) -> (LocalAcks<E>, u32) {
         let mut streams = SelectAll::new();
         let mut count = 0;
         let opts = match target {
-            Target::Opts(opts) => vec![opts],
-            Target::Sids(sids) => sids.into_iter().map(BroadcastOptions::new).collect(),
+            Recipients::Opts(opts) => vec![opts],
+            Recipients::Sids(sids) => sids.into_iter().map(BroadcastOptions::new).collect(),
         };
         for opts in opts {
             let (s, n) = self.local.broadcast_with_ack(packet.clone(), opts, timeout);

@@ -370,7 +370,7 @@ async fn emitter_reaches_servers_like_a_python_publisher() {
     let mut a = Client::connect(&io).await;
     let mut b = Client::connect(&io).await;
     io.local().sockets().into_iter().for_each(|s| s.join("r"));
-    let emitter = socketioxide_amqp::Emitter::new(broker.driver());
+    let emitter = socketioxide_amqp::AmqpEmitter::new(broker.driver());
     let mut tap = broker.tap();
     emitter
         .to("r")
@@ -380,7 +380,7 @@ async fn emitter_reaches_servers_like_a_python_publisher() {
         .unwrap();
     assert_eq!(a.next().await, r#"2["ev",{"k":1}]"#);
     let sent = emits(published(&mut tap)).remove(0);
-    assert_eq!(sent.room, wire::Targets::One("r".into()));
+    assert_eq!(sent.room, wire::RoomList::One("r".into()));
     assert!(sent.x_opts.is_none(), "plain python message");
 
     emitter
@@ -412,7 +412,7 @@ async fn python_5_15_0_value_format() {
     // python-socketio 5.15.0 `emit('ev', [1, 2])`: one list argument.
     broker.inject(py_emit("ev", json!([1, 2]), serde_json::Value::Null));
     assert_eq!(a.next().await, r#"2["ev",[1,2]]"#);
-    let emitter = socketioxide_amqp::Emitter::with_data_format(
+    let emitter = socketioxide_amqp::AmqpEmitter::with_data_format(
         broker.driver(),
         socketioxide_amqp::DataFormat::Value,
     );

@@ -35,7 +35,7 @@ pub use ext::{Heartbeat, HeartbeatKind, Reply, Request, RequestOp, Response, Wir
 pub use payload::{
     args_fields, callback_args, callback_value, event_fields, event_value, DataFormat, EventFields,
 };
-pub use python::{Callback, CallbackRef, CloseRoom, Disconnect, Emit, RoomMembership, Targets};
+pub use python::{Callback, CallbackRef, CloseRoom, Disconnect, Emit, RoomList, RoomMembership};
 
 /// An error while decoding or encoding a broker message.
 #[derive(Debug, thiserror::Error)]

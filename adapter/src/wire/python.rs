@@ -14,7 +14,7 @@ use socketioxide_core::adapter::BroadcastOptions;
 /// Python allows any hashable as a room; numbers and other non-string items are kept as their
 /// JSON text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Targets {
+pub enum RoomList {
     /// `null`: no restriction (every client for `room`, nobody for `skip_sid`).
     #[default]
     None,
@@ -24,26 +24,26 @@ pub enum Targets {
     Many(Vec<String>),
 }
 
-impl Targets {
-    /// The targets as a list (empty for [`Targets::None`]).
+impl RoomList {
+    /// The targets as a list (empty for [`RoomList::None`]).
     pub fn to_vec(&self) -> Vec<String> {
         match self {
-            Targets::None => Vec::new(),
-            Targets::One(s) => vec![s.clone()],
-            Targets::Many(v) => v.clone(),
+            RoomList::None => Vec::new(),
+            RoomList::One(s) => vec![s.clone()],
+            RoomList::Many(v) => v.clone(),
         }
     }
     /// Builds `null`, a string or an array from a list, as python-socketio would.
     pub fn from_list(mut list: Vec<String>) -> Self {
         match list.len() {
-            0 => Targets::None,
-            1 => Targets::One(list.remove(0)),
-            _ => Targets::Many(list),
+            0 => RoomList::None,
+            1 => RoomList::One(list.remove(0)),
+            _ => RoomList::Many(list),
         }
     }
-    /// `true` for [`Targets::None`].
+    /// `true` for [`RoomList::None`].
     pub fn is_none(&self) -> bool {
-        matches!(self, Targets::None)
+        matches!(self, RoomList::None)
     }
 }
 
@@ -54,22 +54,22 @@ fn json_to_string(v: Json) -> String {
     }
 }
 
-impl Serialize for Targets {
+impl Serialize for RoomList {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Targets::None => s.serialize_none(),
-            Targets::One(r) => s.serialize_str(r),
-            Targets::Many(v) => v.serialize(s),
+            RoomList::None => s.serialize_none(),
+            RoomList::One(r) => s.serialize_str(r),
+            RoomList::Many(v) => v.serialize(s),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Targets {
+impl<'de> Deserialize<'de> for RoomList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(match Json::deserialize(d)? {
-            Json::Null => Targets::None,
-            Json::Array(items) => Targets::Many(items.into_iter().map(json_to_string).collect()),
-            other => Targets::One(json_to_string(other)),
+            Json::Null => RoomList::None,
+            Json::Array(items) => RoomList::Many(items.into_iter().map(json_to_string).collect()),
+            other => RoomList::One(json_to_string(other)),
         })
     }
 }
@@ -160,10 +160,10 @@ pub struct Emit {
     pub namespace: String,
     /// The rooms to reach (`null` = everybody in the namespace). A sid is also a room.
     #[serde(default)]
-    pub room: Targets,
+    pub room: RoomList,
     /// The sids not to reach.
     #[serde(default)]
-    pub skip_sid: Targets,
+    pub skip_sid: RoomList,
     /// When set, every receiving client's ack is sent back as a [`Callback`].
     #[serde(default, deserialize_with = "lenient_callback")]
     pub callback: Option<CallbackRef>,

@@ -79,8 +79,8 @@ fn decode_emit_fields() {
     };
     assert_eq!(e.event, "bin");
     assert!(e.binary);
-    assert_eq!(e.room, Targets::Many(vec!["r1".into(), "r2".into()]));
-    assert_eq!(e.skip_sid, Targets::One("abc".into()));
+    assert_eq!(e.room, RoomList::Many(vec!["r1".into(), "r2".into()]));
+    assert_eq!(e.skip_sid, RoomList::One("abc".into()));
     assert_eq!(e.host_id, "29359f22c4e0480e8f2718beb2381ea7");
     let v = event_value(&e, DataFormat::Args, false).unwrap();
     let Value::Str(text, Some(bins)) = v else {
@@ -183,8 +183,8 @@ fn event_fields_round_trip() {
         data: f.data,
         binary: f.binary,
         namespace: "/".into(),
-        room: Targets::None,
-        skip_sid: Targets::None,
+        room: RoomList::None,
+        skip_sid: RoomList::None,
         callback: None,
         host_id: new_host_id(),
         x_uid: None,
@@ -210,8 +210,8 @@ fn emit_of(fields: EventFields) -> Emit {
         data: fields.data,
         binary: fields.binary,
         namespace: "/".into(),
-        room: Targets::None,
-        skip_sid: Targets::None,
+        room: RoomList::None,
+        skip_sid: RoomList::None,
         callback: None,
         host_id: new_host_id(),
         x_uid: Some("AAAAAAAAAAAAAAAA".into()),
@@ -446,7 +446,7 @@ fn lenient_fields() {
         panic!()
     };
     assert_eq!(e.namespace, "/");
-    assert_eq!(e.room, Targets::Many(vec!["1".into(), "a".into()]));
+    assert_eq!(e.room, RoomList::Many(vec!["1".into(), "a".into()]));
     let null_ns = r#"{"method":"close_room","room":"r","namespace":null,"host_id":"h"}"#;
     assert_eq!(decode(null_ns.as_bytes()).unwrap().namespace(), "/");
     assert_eq!(e.skip_sid.to_vec(), ["x", "y"]);

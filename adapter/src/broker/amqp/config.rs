@@ -28,10 +28,10 @@ pub struct AmqpConfig {
     /// Capacity of the channel between the consumer and the adapter (default 1024).
     pub buffer: usize,
     /// How long a publish may take, confirm included, before it fails with
-    /// [`BrokerError::Timeout`](crate::broker::BrokerError::Timeout) (default 5 s). Bounds the wait on a silently dead connection.
+    /// [`AmqpError::Timeout`](super::AmqpError::Timeout) (default 5 s). Bounds the wait on a silently dead connection.
     pub publish_timeout: Duration,
     /// How long opening a connection (TCP, AMQP handshake, declarations) may take before the
-    /// attempt fails with [`BrokerError::ConnectTimeout`](crate::broker::BrokerError::ConnectTimeout) (default 10 s). Without it, an attempt
+    /// attempt fails with [`AmqpError::ConnectTimeout`](super::AmqpError::ConnectTimeout) (default 10 s). Without it, an attempt
     /// that reached a broker while it was shutting down could wait forever and stop the
     /// reconnect loop.
     pub connect_timeout: Duration,

@@ -40,7 +40,7 @@
 //! Instead a supervisor task owns the connection; when the consumer stream ends or a publish fails
 //! on a dead connection it reconnects with exponential backoff (100 ms to 10 s by default, without
 //! limit) and redeclares the exchange, the queue, the binding and the consumer.
-//! While disconnected, publishing fails at once with [`BrokerError::NotConnected`]; local delivery
+//! While disconnected, publishing fails at once with [`AmqpError::NotConnected`]; local delivery
 //! in the adapter is not affected. A publish that times out ([`AmqpConfig::publish_timeout`]) also
 //! makes the supervisor drop the connection and reconnect: a connection that died without a TCP
 //! reset would otherwise look alive until the AMQP heartbeats notice.
@@ -70,7 +70,31 @@ mod config;
 
 pub use config::AmqpConfig;
 
-use super::{BrokerError, Driver, MessageStream};
+/// An error of the [`AmqpDriver`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AmqpError {
+    /// There is currently no connection to the broker (it is down or we are reconnecting).
+    #[error("not connected to the broker")]
+    NotConnected,
+    /// The broker refused the message (publisher confirm `nack`).
+    #[error("the broker rejected the message")]
+    Nacked,
+    /// The broker did not confirm the publish in time (see [`AmqpConfig::publish_timeout`]).
+    #[error("the broker did not confirm the publish in time")]
+    Timeout,
+    /// Opening a connection took longer than [`AmqpConfig::connect_timeout`].
+    #[error("the broker connection could not be opened in time")]
+    ConnectTimeout,
+    /// The driver was closed.
+    #[error("the broker driver is closed")]
+    Closed,
+    /// An AMQP error from lapin.
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+use super::{Driver, MessageStream};
 
 const NO_GEN: u64 = u64::MAX;
 
@@ -123,17 +147,17 @@ impl AmqpDriver {
     ///
     /// The first connection must succeed (so that a wrong URI or credentials are reported);
     /// later losses are handled by the reconnect loop. Must be called within a tokio runtime.
-    pub async fn connect(config: AmqpConfig) -> Result<Self, BrokerError> {
+    pub async fn connect(config: AmqpConfig) -> Result<Self, AmqpError> {
         Self::start(config, true).await
     }
 
     /// Connects and declares the exchange, without a queue: the driver can only publish.
     /// Used by the [`Emitter`](crate::Emitter).
-    pub async fn connect_publisher(config: AmqpConfig) -> Result<Self, BrokerError> {
+    pub async fn connect_publisher(config: AmqpConfig) -> Result<Self, AmqpError> {
         Self::start(config, false).await
     }
 
-    async fn start(config: AmqpConfig, consume: bool) -> Result<Self, BrokerError> {
+    async fn start(config: AmqpConfig, consume: bool) -> Result<Self, AmqpError> {
         let queue = config
             .queue_name
             .clone()
@@ -187,13 +211,13 @@ impl AmqpDriver {
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), AmqpError> {
         if self.inner.closed.load(Ordering::Relaxed) {
-            return Err(BrokerError::Closed);
+            return Err(AmqpError::Closed);
         }
         let gen = self.inner.session_gen.load(Ordering::Acquire);
         let Some(channel) = read(&self.inner.channel).clone() else {
-            return Err(BrokerError::NotConnected);
+            return Err(AmqpError::NotConnected);
         };
         let props = BasicProperties::default()
             .with_content_type("text/plain".into())
@@ -213,14 +237,14 @@ impl AmqpDriver {
         };
         let res = tokio::time::timeout(self.inner.config.publish_timeout, publish).await;
         match res {
-            Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::Nacked),
+            Ok(Ok(Confirmation::Nack(_))) => Err(AmqpError::Nacked),
             Ok(Ok(_)) => Ok(()),
             Err(_) => {
                 // No answer in time: the connection may be silently dead (its heartbeats would
                 // notice only much later). The supervisor drops it and reconnects.
                 self.inner.stale_gen.store(gen, Ordering::Release);
                 self.inner.broken.notify_one();
-                Err(BrokerError::Timeout)
+                Err(AmqpError::Timeout)
             }
             Ok(Err(e)) => {
                 // Let the supervisor check the connection and reconnect if it is dead.
@@ -232,12 +256,14 @@ impl AmqpDriver {
 }
 
 impl Driver for AmqpDriver {
-    async fn publish(&self, body: Vec<u8>) -> Result<(), BrokerError> {
+    type Error = AmqpError;
+
+    async fn publish(&self, body: Vec<u8>) -> Result<(), AmqpError> {
         self.publish_raw(&self.inner.config.exchange, "", &body)
             .await
     }
 
-    async fn send_to(&self, queue: &str, body: Vec<u8>) -> Result<(), BrokerError> {
+    async fn send_to(&self, queue: &str, body: Vec<u8>) -> Result<(), AmqpError> {
         self.publish_raw("", queue, &body).await
     }
 
@@ -285,20 +311,20 @@ async fn open_session(
     config: &AmqpConfig,
     queue: &str,
     consume: bool,
-) -> Result<Session, BrokerError> {
+) -> Result<Session, AmqpError> {
     tokio::time::timeout(
         config.connect_timeout,
         try_open_session(config, queue, consume),
     )
     .await
-    .map_err(|_| BrokerError::ConnectTimeout)?
+    .map_err(|_| AmqpError::ConnectTimeout)?
 }
 
 async fn try_open_session(
     config: &AmqpConfig,
     queue: &str,
     consume: bool,
-) -> Result<Session, BrokerError> {
+) -> Result<Session, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(
         format!(
             "socketioxide-amqp {}",
@@ -530,11 +556,11 @@ mod tests {
         .with_connect_timeout(Duration::from_millis(200));
         let started = std::time::Instant::now();
         let res = AmqpDriver::connect(config.clone()).await;
-        assert!(matches!(res, Err(BrokerError::ConnectTimeout)), "{res:?}");
+        assert!(matches!(res, Err(AmqpError::ConnectTimeout)), "{res:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
         // The reconnect loop uses the same bounded attempt.
         let res = open_session(&config, "q", true).await;
-        assert!(matches!(res, Err(BrokerError::ConnectTimeout)));
+        assert!(matches!(res, Err(AmqpError::ConnectTimeout)));
         accept.abort();
     }
 }
