@@ -315,7 +315,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
                 .map_err(BroadcastError::Socket);
         }
         let target = self.target_server(&opts);
-        let req = self.request(RequestOp::DisconnectSockets, &opts, 0);
+        let req = self.request(RequestOp::DisconnectSockets, &opts, None);
         let local = match target {
             None => self.local.disconnect_socket(opts),
             Some(_) => Ok(()),
@@ -341,7 +341,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
         };
         if expected > 0 {
             let (req_id, rx, _guard) = self.register();
-            let req = self.request(RequestOp::Rooms, &opts, req_id);
+            let req = self.request(RequestOp::Rooms, &opts, Some(req_id));
             self.send(&Message::Request(req), target).await?;
             self.collect(rx, expected, |r| {
                 if let Reply::Rooms { rooms: r } = r {
@@ -369,7 +369,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
         };
         if expected > 0 {
             let (req_id, rx, _guard) = self.register();
-            let req = self.request(RequestOp::FetchSockets, &opts, req_id);
+            let req = self.request(RequestOp::FetchSockets, &opts, Some(req_id));
             self.send(&Message::Request(req), target).await?;
             self.collect(rx, expected, |r| {
                 if let Reply::Sockets { sockets: s } = r {
@@ -394,7 +394,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         rooms: Vec<Room>,
     ) -> Result<(), Error> {
         let target = self.target_server(&opts);
-        let mut req = self.request(op, &opts, 0);
+        let mut req = self.request(op, &opts, None);
         req.rooms = rooms.iter().map(|r| r.to_string()).collect();
         if target.is_none() {
             match op {

@@ -7,6 +7,7 @@ use crate::wire::DataFormat;
 
 /// Adapter settings (the broker settings are in [`AmqpConfig`](crate::AmqpConfig)).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AdapterConfig {
     /// How long `fetch_sockets` and `rooms` wait for replies from other servers, and the extra
     /// time an ack stream waits on top of the ack timeout (default 5 s).

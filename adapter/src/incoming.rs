@@ -9,7 +9,6 @@
 
 use std::{
     borrow::Cow,
-    str::FromStr,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
@@ -19,7 +18,6 @@ use serde_json::Value as Json;
 use socketioxide_core::{
     adapter::{errors::SocketError, BroadcastFlags, BroadcastOptions, SocketEmitter},
     packet::Packet,
-    Uid,
 };
 
 use crate::{
@@ -39,7 +37,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
     pub(crate) fn targets_missing_socket(&self, opts: &BroadcastOptions) -> bool {
         match opts.sid {
             Some(sid) if opts.rooms.is_empty() && !opts.has_flag(BroadcastFlags::Broadcast) => {
-                self.local_sid(&sid.to_string()).is_none()
+                !self.is_local(sid)
             }
             _ => false,
         }
@@ -114,12 +112,12 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
                 while let Some((sid, res)) = acks.next().await {
                     let reply = match res {
                         Ok(v) => Reply::Ack {
-                            sid: sid.to_string(),
+                            sid,
                             value: Some(WireValue::from_value(&v)),
                             error: None,
                         },
                         Err(err) => Reply::Ack {
-                            sid: sid.to_string(),
+                            sid,
                             value: None,
                             error: Some(serde_json::to_value(&err).unwrap_or(Json::Null)),
                         },
@@ -166,49 +164,47 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
     }
 
     pub(crate) async fn on_request(&self, r: Request) {
-        if r.target
-            .as_deref()
-            .is_some_and(|t| t != self.uid.to_string())
-        {
+        if r.target.is_some_and(|t| t != self.uid) {
             return;
         }
         let opts = r.opts;
-        match r.op {
-            RequestOp::FetchSockets => {
+        match (r.op, r.req_id) {
+            (RequestOp::FetchSockets, Some(req_id)) => {
                 let sockets = self.local.fetch_sockets(opts);
-                self.reply(&r.reply_to, r.req_id, Reply::Sockets { sockets })
+                self.reply(&r.reply_to, req_id, Reply::Sockets { sockets })
                     .await;
             }
-            RequestOp::Rooms => {
+            (RequestOp::Rooms, Some(req_id)) => {
                 let rooms = self
                     .local
                     .rooms(opts)
                     .into_iter()
                     .map(Cow::into_owned)
                     .collect();
-                self.reply(&r.reply_to, r.req_id, Reply::Rooms { rooms })
+                self.reply(&r.reply_to, req_id, Reply::Rooms { rooms })
                     .await;
             }
-            RequestOp::AddSockets if !self.targets_missing_socket(&opts) => {
+            (RequestOp::FetchSockets | RequestOp::Rooms, None) => {
+                inc(&self.shared.counters.invalid);
+                tracing::debug!(op = ?r.op, "a request for a reply without a request id");
+            }
+            (RequestOp::AddSockets, _) if !self.targets_missing_socket(&opts) => {
                 self.local.add_sockets(opts, r.rooms);
             }
-            RequestOp::DelSockets if !self.targets_missing_socket(&opts) => {
+            (RequestOp::DelSockets, _) if !self.targets_missing_socket(&opts) => {
                 self.local.del_sockets(opts, r.rooms);
             }
-            RequestOp::DisconnectSockets => {
+            (RequestOp::DisconnectSockets, _) => {
                 if let Err(e) = self.local.disconnect_socket(opts) {
                     tracing::debug!(?e, "remote disconnect failed for some sockets");
                 }
             }
-            RequestOp::AddSockets | RequestOp::DelSockets => {}
+            (RequestOp::AddSockets | RequestOp::DelSockets, _) => {}
         }
     }
 
     pub(crate) async fn on_heartbeat(&self, h: Heartbeat) {
-        let Ok(uid) = Uid::from_str(&h.uid) else {
-            inc(&self.shared.counters.invalid);
-            return;
-        };
+        let uid = h.uid;
         if uid == self.uid {
             return;
         }

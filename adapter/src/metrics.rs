@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of the adapter's broker traffic, see [`AmqpAdapterCtr::metrics`](crate::AmqpAdapterCtr::metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AdapterMetrics {
     /// Messages published (fanout or direct), heartbeats and replies included.
     pub published: u64,

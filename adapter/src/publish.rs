@@ -22,14 +22,19 @@ use crate::{
 };
 
 impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
-    pub(crate) fn request(&self, op: RequestOp, opts: &BroadcastOptions, req_id: u64) -> Request {
+    pub(crate) fn request(
+        &self,
+        op: RequestOp,
+        opts: &BroadcastOptions,
+        req_id: Option<u64>,
+    ) -> Request {
         Request {
             host_id: self.shared.host_id.clone(),
             namespace: self.ns.clone(),
-            uid: self.uid.to_string(),
+            uid: self.uid,
             req_id,
             reply_to: self.shared.driver.queue_name().to_owned(),
-            target: self.target_server(opts).map(|t| t.to_string()),
+            target: self.target_server(opts),
             op,
             opts: opts.clone(),
             rooms: Vec::new(),
@@ -40,7 +45,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         let msg = Message::Response(Response {
             host_id: self.shared.host_id.clone(),
             namespace: self.ns.clone(),
-            uid: self.uid.to_string(),
+            uid: self.uid,
             req_id,
             reply,
         });
@@ -53,7 +58,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         let msg = Message::Heartbeat(Heartbeat {
             host_id: self.shared.host_id.clone(),
             namespace: self.ns.clone(),
-            uid: self.uid.to_string(),
+            uid: self.uid,
             reply_to: self.shared.driver.queue_name().to_owned(),
             kind,
         });
@@ -119,7 +124,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             skip_sid,
             callback,
             host_id: self.shared.host_id.clone(),
-            x_uid: Some(self.uid.to_string()),
+            x_uid: Some(self.uid),
             x_opts: Some(opts.clone()),
             x_req: ack.map(|(id, _)| id),
             x_reply_to: ack.map(|_| self.shared.driver.queue_name().to_owned()),

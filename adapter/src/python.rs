@@ -24,14 +24,18 @@ pub(crate) enum Recipients {
 }
 
 impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
-    /// A local socket with this sid, if any.
+    /// A local socket with this (python) sid, if any.
     pub(crate) fn local_sid(&self, sid: &str) -> Option<Sid> {
         let sid = Sid::from_str(sid).ok()?;
-        let found = !self
+        self.is_local(sid).then_some(sid)
+    }
+
+    /// Whether socket `sid` is connected here.
+    pub(crate) fn is_local(&self, sid: Sid) -> bool {
+        !self
             .local
             .fetch_sockets(BroadcastOptions::new(sid))
-            .is_empty();
-        found.then_some(sid)
+            .is_empty()
     }
 
     /// Which local sockets a python `emit` is for.

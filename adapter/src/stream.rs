@@ -78,11 +78,10 @@ impl<E: SocketEmitter> AckStream<E> {
 }
 
 pub(crate) fn decode_ack<E: SocketEmitter>(
-    sid: &str,
+    sid: Sid,
     value: Option<WireValue>,
     error: Option<Json>,
 ) -> Option<AckStreamItem<E::AckError>> {
-    let sid = Sid::from_str(sid).ok()?;
     if let Some(v) = value {
         return match v.into_value() {
             Ok(v) => Some((sid, Ok(v))),
@@ -131,12 +130,15 @@ impl<E: SocketEmitter> Stream for AckStream<E> {
                     }
                     Poll::Ready(Some(Incoming::Reply(Reply::Ack { sid, value, error }))) => {
                         remote.acks_received += 1;
-                        if let Some(item) = decode_ack::<E>(&sid, value, error) {
+                        if let Some(item) = decode_ack::<E>(sid, value, error) {
                             return Poll::Ready(Some(item));
                         }
                     }
                     Poll::Ready(Some(Incoming::PyCallback(cb))) => {
-                        // Python sids are not socketioxide sids.
+                        // A python callback does not name the acking socket: its `sid` echoes
+                        // the emit's first room, which is a socketioxide sid only when the
+                        // emit targeted one socket. Otherwise the ack is yielded for
+                        // `Sid::ZERO`, as the stream's items must carry a sid.
                         let sid = Sid::from_str(&cb.sid).unwrap_or(Sid::ZERO);
                         return Poll::Ready(Some((sid, Ok(wire::callback_value(&cb.args)))));
                     }

@@ -111,6 +111,7 @@ pub enum UriError {
 ///
 /// `Display` and `Debug` hide the password.
 #[derive(Clone, PartialEq)]
+#[non_exhaustive]
 pub struct BrokerUri {
     amqp: AMQPUri,
     tls: OwnedTLSConfig,

@@ -3,11 +3,11 @@
 //! and [`Heartbeat`] (`x_heartbeat`).
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value as Json;
 use socketioxide_core::{
     adapter::{BroadcastOptions, RemoteSocketData},
-    Value,
+    Sid, Uid, Value,
 };
 
 use super::{payload::decode_bins, WireError, BASE64};
@@ -15,6 +15,7 @@ use super::{payload::decode_bins, WireError, BASE64};
 /// What a [`Request`] asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RequestOp {
     /// Reply with the matching sockets ([`Reply::Sockets`]).
     FetchSockets,
@@ -30,20 +31,23 @@ pub enum RequestOp {
 
 /// Extension (`x_request`): a socketioxide-only request to the other instances.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Request {
     /// The sending host.
     pub host_id: String,
     /// The namespace.
     pub namespace: String,
     /// The socketioxide server id of the sender.
-    pub uid: String,
-    /// The request id, echoed in the responses.
-    pub req_id: u64,
+    pub uid: Uid,
+    /// The request id, echoed in the responses; `None` for requests without a reply (written
+    /// `0` on the wire).
+    #[serde(with = "zero_is_none")]
+    pub req_id: Option<u64>,
     /// The queue to send responses to.
     pub reply_to: String,
     /// The only server that should act on it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    pub target: Option<Uid>,
     /// What to do.
     pub op: RequestOp,
     /// Which sockets.
@@ -54,8 +58,22 @@ pub struct Request {
     pub rooms: Vec<String>,
 }
 
+/// `req_id` as the wire has it: a number, `0` for "no reply wanted" (request ids start at 1).
+mod zero_is_none {
+    use super::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(id: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(id.unwrap_or(0))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Ok(Some(u64::deserialize(d)?).filter(|id| *id != 0))
+    }
+}
+
 /// A payload of an ack, as carried in a [`Reply::Ack`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct WireValue {
     /// The JSON text of a string payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +121,7 @@ impl WireValue {
 /// The body of a [`Response`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Reply {
     /// Answer to [`RequestOp::FetchSockets`].
     Sockets {
@@ -122,7 +141,7 @@ pub enum Reply {
     /// One client's ack (or its failure).
     Ack {
         /// The acking socket.
-        sid: String,
+        sid: Sid,
         /// The ack payload, on success.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         value: Option<WireValue>,
@@ -135,13 +154,14 @@ pub enum Reply {
 /// Extension (`x_response`): a reply to a [`Request`] or to an ack-requesting [`Emit`], sent
 /// directly to the requester's queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Response {
     /// The replying host.
     pub host_id: String,
     /// The namespace.
     pub namespace: String,
     /// The socketioxide server id of the replier.
-    pub uid: String,
+    pub uid: Uid,
     /// The request id.
     pub req_id: u64,
     /// The reply.
@@ -151,6 +171,7 @@ pub struct Response {
 /// The kind of a [`Heartbeat`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum HeartbeatKind {
     /// Sent once when a namespace starts: every peer answers with a direct `beat`.
     Init,
@@ -162,13 +183,14 @@ pub enum HeartbeatKind {
 
 /// Extension (`x_heartbeat`): liveness of socketioxide instances, used for `server_count`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Heartbeat {
     /// The sending host.
     pub host_id: String,
     /// The namespace.
     pub namespace: String,
     /// The socketioxide server id of the sender.
-    pub uid: String,
+    pub uid: Uid,
     /// The sender's queue, for direct messages.
     pub reply_to: String,
     /// The kind.

@@ -39,6 +39,7 @@ pub use python::{Callback, CallbackRef, CloseRoom, Disconnect, Emit, RoomList, R
 
 /// An error while decoding or encoding a broker message.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// The body is not valid JSON.
     #[error("message is not valid JSON: {0}")]
@@ -81,6 +82,7 @@ pub enum WireError {
 /// Any message on the exchange.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Message {
     /// python-socketio `emit`.
     Emit(Emit),

@@ -30,6 +30,7 @@ pub(super) fn decode_bins(bins: &[String]) -> Result<Option<VecDeque<Bytes>>, Wi
 
 /// The `event`, `data`, `binary` and `x_nargs` fields for a socketioxide event payload.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct EventFields {
     /// The event name.
     pub event: String,
@@ -44,6 +45,7 @@ pub struct EventFields {
 
 /// How python-socketio lays out the arguments in the `data` field of an `emit`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DataFormat {
     /// python-socketio 5.15.1 and later: `data` is the list of arguments; a one-element list
     /// `[null]` means "no argument" (Python cannot send a single `None` argument).

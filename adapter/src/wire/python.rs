@@ -7,13 +7,14 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value as Json;
-use socketioxide_core::adapter::BroadcastOptions;
+use socketioxide_core::{adapter::BroadcastOptions, Uid};
 
 /// A room or sid list as python-socketio writes it: `null`, one string, or an array of strings.
 ///
 /// Python allows any hashable as a room; numbers and other non-string items are kept as their
 /// JSON text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RoomList {
     /// `null`: no restriction (every client for `room`, nobody for `skip_sid`).
     #[default]
@@ -105,6 +106,7 @@ fn lenient_ns<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 ///
 /// Anything that is not a 3-element array is read as "no callback", like python-socketio does.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CallbackRef {
     /// The emit target the callback is for (normally one sid); echoed back as `sid`.
     pub room: String,
@@ -145,6 +147,7 @@ fn lenient_callback<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CallbackRe
 /// The first nine fields are python-socketio's, in its order. The `x_*` fields are our
 /// extensions, only written by socketioxide instances and omitted when empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Emit {
     /// The event name.
     pub event: String,
@@ -172,7 +175,7 @@ pub struct Emit {
     pub host_id: String,
     /// Extension: the socketioxide server id of the sender.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub x_uid: Option<String>,
+    pub x_uid: Option<Uid>,
     /// Extension: the exact socketioxide broadcast options (rooms, except, flags, target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_opts: Option<BroadcastOptions>,
@@ -201,6 +204,7 @@ pub struct Emit {
 ///
 /// Unlike every other message, `host_id` is the **destination**.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Callback {
     /// The host the callback is for.
     #[serde(deserialize_with = "lenient_string")]
@@ -220,6 +224,7 @@ pub struct Callback {
 
 /// `disconnect`: disconnect a client, wherever it is connected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Disconnect {
     /// The client's sid.
     #[serde(deserialize_with = "lenient_string")]
@@ -234,6 +239,7 @@ pub struct Disconnect {
 
 /// `enter_room` / `leave_room`: add a client to, or remove it from, a room.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RoomMembership {
     /// The client's sid.
     #[serde(deserialize_with = "lenient_string")]
@@ -251,6 +257,7 @@ pub struct RoomMembership {
 
 /// `close_room`: remove every client from a room.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct CloseRoom {
     /// The room.
     #[serde(deserialize_with = "lenient_string")]

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde_json::Value as Json;
 use socketioxide_core::{
     adapter::{BroadcastFlags, BroadcastOptions},
-    Value,
+    Sid, Uid, Value,
 };
 
 use super::*;
@@ -214,7 +214,7 @@ fn emit_of(fields: EventFields) -> Emit {
         skip_sid: RoomList::None,
         callback: None,
         host_id: new_host_id(),
-        x_uid: Some("AAAAAAAAAAAAAAAA".into()),
+        x_uid: Some(Uid::new()),
         x_opts: Some(BroadcastOptions::default()),
         x_req: None,
         x_reply_to: None,
@@ -490,8 +490,8 @@ fn extension_messages_round_trip() {
         Message::Request(Request {
             host_id: new_host_id(),
             namespace: "/".into(),
-            uid: "AAAAAAAAAAAAAAAA".into(),
-            req_id: 7,
+            uid: Uid::new(),
+            req_id: Some(7),
             reply_to: "q".into(),
             target: None,
             op: RequestOp::AddSockets,
@@ -501,10 +501,10 @@ fn extension_messages_round_trip() {
         Message::Response(Response {
             host_id: "h".into(),
             namespace: "/".into(),
-            uid: "u".into(),
+            uid: Uid::new(),
             req_id: 7,
             reply: Reply::Ack {
-                sid: "s".into(),
+                sid: Sid::new(),
                 value: Some(WireValue::from_value(&Value::Str(
                     "[1]".into(),
                     Some([Bytes::from_static(b"x")].into()),
@@ -515,7 +515,7 @@ fn extension_messages_round_trip() {
         Message::Heartbeat(Heartbeat {
             host_id: "h".into(),
             namespace: "/".into(),
-            uid: "u".into(),
+            uid: Uid::new(),
             reply_to: "q".into(),
             kind: HeartbeatKind::Init,
         }),
@@ -523,6 +523,40 @@ fn extension_messages_round_trip() {
     for m in msgs {
         assert_eq!(decode(&encode(&m).unwrap()).unwrap(), m);
     }
+}
+
+/// A request without a reply has no id; the wire carries `0` for it, as it always did.
+#[test]
+fn request_without_reply_is_id_zero_on_the_wire() {
+    let uid = Uid::new();
+    let req = Message::Request(Request {
+        host_id: "h".into(),
+        namespace: "/".into(),
+        uid,
+        req_id: None,
+        reply_to: "q".into(),
+        target: Some(uid),
+        op: RequestOp::DisconnectSockets,
+        opts: BroadcastOptions::default(),
+        rooms: Vec::new(),
+    });
+    let body = encode(&req).unwrap();
+    let json: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["req_id"], Json::from(0));
+    assert_eq!(json["uid"], Json::from(uid.to_string()));
+    assert_eq!(json["target"], Json::from(uid.to_string()));
+    assert_eq!(decode(&body).unwrap(), req);
+    // A uid that is not one makes the message invalid.
+    let bad = String::from_utf8(body)
+        .unwrap()
+        .replace(&uid.to_string(), "nope");
+    assert!(matches!(
+        decode(bad.as_bytes()),
+        Err(WireError::Invalid {
+            method: "x_request",
+            ..
+        })
+    ));
 }
 
 #[test]

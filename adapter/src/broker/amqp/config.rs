@@ -6,6 +6,7 @@ use crate::BrokerUri;
 
 /// Configuration of the RabbitMQ connection and topology.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AmqpConfig {
     /// The broker, read with kombu's rules (see [`BrokerUri`]).
     pub uri: BrokerUri,
