@@ -31,7 +31,6 @@ use tracing::Instrument;
 use crate::{
     broker::Driver,
     ctr::{lock, AmqpAdapterCtr, Shared},
-    dispatch::dispatch,
     error::Error,
     peers::Peers,
     requests::Pending,
@@ -113,10 +112,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             .unwrap_or_else(|p| p.into_inner())
             .insert(self.ns.clone(), Arc::downgrade(&self.peers));
         let mut tasks = Vec::new();
-        if let Some(stream) = self.shared.driver.subscribe() {
-            // Shared by every namespace: it ends with the driver, not with this namespace.
-            tokio::spawn(dispatch(Arc::downgrade(&self.shared), stream));
-        }
+        self.shared.start_dispatcher();
         let weak = Arc::downgrade(&self);
         tasks.push(
             tokio::spawn(async move {
@@ -152,8 +148,31 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             .abort_handle(),
         );
         lock(&self.tasks).extend(tasks);
-        self.heartbeat(HeartbeatKind::Init, None).await;
+        // The first heartbeat is the start-up's only publish: if the broker does not take it,
+        // the namespace is not registered and the caller of `io.ns(..)` gets the error.
+        if let Err(e) = self.send_heartbeat(HeartbeatKind::Init, None).await {
+            self.unregister();
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// Stops the namespace's tasks and removes it from the dispatcher's routes.
+    fn unregister(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        self.shared
+            .routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.ns);
+        self.shared
+            .peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.ns);
+        lock(&self.pending).clear();
     }
 }
 
@@ -186,20 +205,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
     async fn close(&self) -> Result<(), Error> {
         // The local cleanup comes first and does not wait: socketioxide polls this future only
         // once when a namespace is deleted.
-        for task in lock(&self.tasks).drain(..) {
-            task.abort();
-        }
-        self.shared
-            .routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.ns);
-        self.shared
-            .peers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.ns);
-        lock(&self.pending).clear();
+        self.unregister();
         self.heartbeat(HeartbeatKind::Bye, None).await;
         Ok(())
     }

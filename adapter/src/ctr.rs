@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::{
     broker::Driver,
     config::AdapterConfig,
+    dispatch::dispatch,
     error::Error,
     metrics::{inc, AdapterMetrics, Counters},
     peers::Peers,
@@ -53,6 +54,20 @@ impl<D: Driver> Shared<D> {
                 inc(&self.counters.publish_errors);
                 Err(Error::broker(e))
             }
+        }
+    }
+}
+
+impl<D: Driver> Shared<D> {
+    /// Starts the dispatcher of this `SocketIo`, once: the driver hands its stream out only
+    /// once, so later calls (the other namespaces' start-ups) do nothing. The task is shared by
+    /// every namespace and ends with the driver, not with a namespace.
+    ///
+    /// Started by the first namespace's start-up rather than by
+    /// [`AmqpAdapterCtr::new_with_driver`], which is synchronous and may run outside a runtime.
+    pub(crate) fn start_dispatcher(self: &Arc<Self>) {
+        if let Some(stream) = self.driver.subscribe() {
+            tokio::spawn(dispatch(Arc::downgrade(self), stream));
         }
     }
 }

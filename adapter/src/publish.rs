@@ -54,7 +54,12 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         }
     }
 
-    pub(crate) async fn heartbeat(&self, kind: HeartbeatKind, queue: Option<&str>) {
+    /// Publishes a heartbeat (to `queue` only, when given).
+    pub(crate) async fn send_heartbeat(
+        &self,
+        kind: HeartbeatKind,
+        queue: Option<&str>,
+    ) -> Result<(), Error> {
         let msg = Message::Heartbeat(Heartbeat {
             host_id: self.shared.host_id.clone(),
             namespace: self.ns.clone(),
@@ -62,7 +67,12 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             reply_to: self.shared.driver.queue_name().to_owned(),
             kind,
         });
-        if let Err(e) = self.shared.send(&msg, queue).await {
+        self.shared.send(&msg, queue).await
+    }
+
+    /// [`send_heartbeat`](Self::send_heartbeat) in the background: a failure is logged.
+    pub(crate) async fn heartbeat(&self, kind: HeartbeatKind, queue: Option<&str>) {
+        if let Err(e) = self.send_heartbeat(kind, queue).await {
             tracing::debug!(error = %e, ?kind, "cannot send a heartbeat");
         }
     }

@@ -335,6 +335,23 @@ async fn broker_down_keeps_local_delivery_and_reports_the_failure() {
     assert_eq!(a.next().await, r#"2["back",null]"#);
 }
 
+/// A namespace whose start-up cannot reach the broker is an error for the caller of `io.ns`,
+/// and is not registered; once the broker is back, it can be added.
+#[tokio::test]
+async fn namespace_start_up_reports_a_broker_failure() {
+    let broker = MemoryBroker::new();
+    let (io, ctr) = server(broker.driver()).await;
+    broker.set_down(true);
+    let res = io.ns("/down", async || {}).await;
+    assert!(res.is_err(), "the failed start-up is an error");
+    assert!(io.of("/down").is_none(), "the namespace is not registered");
+    assert_eq!(ctr.server_count("/down"), None);
+    broker.set_down(false);
+    io.ns("/down", async || {}).await.unwrap();
+    assert!(io.of("/down").is_some());
+    assert_eq!(ctr.server_count("/down"), Some(1));
+}
+
 #[tokio::test]
 async fn python_acks_are_collected_while_the_stream_is_open() {
     let broker = MemoryBroker::new();
