@@ -22,6 +22,14 @@
 //! Each instance's consumer decodes it ([`wire`]), ignores it if it comes from itself
 //! (`host_id`), and applies it to its local sockets.
 //!
+//! In detail, on the receiving side: one dispatcher task per `SocketIo` reads the instance's
+//! queue, drops oversized or undecodable bodies (counted as `invalid` in [`AdapterMetrics`]) and
+//! its own messages, and hands each message to the task of its namespace. A socketioxide `emit`
+//! carries `x_opts` and is applied with exactly those options; a python-socketio `emit` has none,
+//! so its `room` (where every sid is also a room) and `skip_sid` are translated to local sockets.
+//! The payload is rebuilt from `data` in the layout set by [`AdapterConfig::python_data_format`]
+//! (`x_nargs`, when present, says how many arguments a socketioxide sender meant).
+//!
 //! # Requests between socketioxide instances
 //!
 //! `fetch_sockets`, `rooms`, and room-wide `join`/`leave`/`disconnect` are `x_request` messages;

@@ -133,7 +133,7 @@ pub enum Reply {
         /// The rooms of the matching sockets of the replying server.
         rooms: Vec<String>,
     },
-    /// First answer to an ack-requesting [`Emit`]: how many acks will follow.
+    /// First answer to an ack-requesting [`Emit`](super::Emit): how many acks will follow.
     AckCount {
         /// The number of local sockets the event was sent to.
         count: u32,
@@ -151,7 +151,7 @@ pub enum Reply {
     },
 }
 
-/// Extension (`x_response`): a reply to a [`Request`] or to an ack-requesting [`Emit`], sent
+/// Extension (`x_response`): a reply to a [`Request`] or to an ack-requesting [`Emit`](super::Emit), sent
 /// directly to the requester's queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]

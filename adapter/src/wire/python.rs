@@ -179,7 +179,7 @@ pub struct Emit {
     /// Extension: the exact socketioxide broadcast options (rooms, except, flags, target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_opts: Option<BroadcastOptions>,
-    /// Extension: the id of an ack request; replies go to `x_reply_to` as [`Response`]s.
+    /// Extension: the id of an ack request; replies go to `x_reply_to` as [`Response`](super::Response)s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_req: Option<u64>,
     /// Extension: the queue to send replies to.
@@ -193,7 +193,7 @@ pub struct Emit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_value: Option<String>,
     /// Extension: `data` is laid out as python-socketio 5.14.0 to 5.15.0 write it
-    /// ([`DataFormat::Value`]) and carries this many arguments: `null` for none, the argument
+    /// ([`DataFormat::Value`](super::DataFormat::Value)) and carries this many arguments: `null` for none, the argument
     /// itself for one, the array of the arguments for several. Python ignores it; socketioxide
     /// receivers use it to rebuild the exact arguments. Absent in the 5.15.1+ layout.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -152,7 +152,7 @@ impl AmqpDriver {
     }
 
     /// Connects and declares the exchange, without a queue: the driver can only publish.
-    /// Used by the [`Emitter`](crate::Emitter).
+    /// Used by the [`AmqpEmitter`](crate::AmqpEmitter).
     pub async fn connect_publisher(config: AmqpConfig) -> Result<Self, AmqpError> {
         Self::start(config, false).await
     }
