@@ -6,11 +6,11 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
-use socketioxide_amqp::AmqpAdapterCtr;
+use socketioxide_amqp::{AmqpAdapterCtr, AmqpDriver};
 
 /// A Prometheus collector over an [`AmqpAdapterCtr`].
 #[derive(Debug)]
-pub struct BrokerCollector(pub AmqpAdapterCtr);
+pub struct BrokerCollector(pub AmqpAdapterCtr<AmqpDriver>);
 
 impl Collector for BrokerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {

@@ -2,7 +2,7 @@
 //! RabbitMQ, the way vantage6's REST API does, without running a server.
 
 use serde_json::Value;
-use socketioxide_amqp::{AmqpConfig, AmqpDriver, BrokerUri, Emitter};
+use socketioxide_amqp::{AmqpConfig, AmqpDriver, AmqpEmitter, BrokerUri};
 
 use crate::config::MessageQueueFormat;
 
@@ -46,7 +46,7 @@ pub async fn emit(request: &EmitRequest) -> Result<(), EmitError> {
     let driver = AmqpDriver::connect_publisher(config)
         .await
         .map_err(socketioxide_amqp::Error::from)?;
-    let emitter = Emitter::with_data_format(driver, crate::server::data_format(request.format));
+    let emitter = AmqpEmitter::with_data_format(driver, crate::server::data_format(request.format));
     let target = request
         .rooms
         .iter()

@@ -6,10 +6,10 @@
 //! servers receive them.
 //!
 //! ```no_run
-//! use socketioxide_amqp::{AmqpConfig, Emitter};
+//! use socketioxide_amqp::{AmqpConfig, AmqpEmitter};
 //!
 //! # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
-//! let emitter = Emitter::connect(AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/".parse()?)).await?;
+//! let emitter = AmqpEmitter::connect(AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/".parse()?)).await?;
 //! // To every client of `/tasks` in room `collaboration_7`.
 //! emitter
 //!     .of("/tasks")
@@ -29,10 +29,12 @@ use std::sync::{
 use serde::Serialize;
 use serde_json::Value as Json;
 
+#[cfg(feature = "amqp")]
+use crate::broker::{AmqpConfig, AmqpDriver};
 use crate::{
-    adapter::Error,
-    broker::{AmqpConfig, AmqpDriver, Driver},
-    wire::{self, CloseRoom, DataFormat, Disconnect, Emit, Message, RoomMembership, Targets},
+    broker::Driver,
+    error::Error,
+    wire::{self, CloseRoom, DataFormat, Disconnect, Emit, Message, RoomList, RoomMembership},
 };
 
 struct Inner<D> {
@@ -44,14 +46,14 @@ struct Inner<D> {
 
 /// A publish-only emitter. Cheap to clone; [`of`](Self::of), [`to`](Self::to) and
 /// [`skip_sid`](Self::skip_sid) return adjusted copies.
-pub struct Emitter<D = AmqpDriver> {
+pub struct AmqpEmitter<D> {
     inner: Arc<Inner<D>>,
     ns: String,
     rooms: Vec<String>,
     skip: Vec<String>,
 }
 
-impl<D> Clone for Emitter<D> {
+impl<D> Clone for AmqpEmitter<D> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -62,9 +64,9 @@ impl<D> Clone for Emitter<D> {
     }
 }
 
-impl<D> std::fmt::Debug for Emitter<D> {
+impl<D> std::fmt::Debug for AmqpEmitter<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Emitter")
+        f.debug_struct("AmqpEmitter")
             .field("host_id", &self.inner.host_id)
             .field("ns", &self.ns)
             .field("rooms", &self.rooms)
@@ -73,14 +75,15 @@ impl<D> std::fmt::Debug for Emitter<D> {
     }
 }
 
-impl Emitter<AmqpDriver> {
+#[cfg(feature = "amqp")]
+impl AmqpEmitter<AmqpDriver> {
     /// Connects to RabbitMQ and declares the exchange (no queue: nothing is consumed).
     pub async fn connect(config: AmqpConfig) -> Result<Self, Error> {
         Ok(Self::new(AmqpDriver::connect_publisher(config).await?))
     }
 }
 
-impl<D: Driver> Emitter<D> {
+impl<D: Driver> AmqpEmitter<D> {
     /// An emitter over any driver, for namespace `/` and every client.
     pub fn new(driver: D) -> Self {
         Self {
@@ -144,7 +147,7 @@ impl<D: Driver> Emitter<D> {
     /// Closes the broker connection and waits (boundedly) for the broker to acknowledge it. A
     /// one-shot publisher (a CLI) should call it before exiting, so that the broker does not log
     /// an unexpectedly closed connection. Later emits fail with
-    /// [`BrokerError::Closed`](crate::broker::BrokerError::Closed).
+    /// [`AmqpError::Closed`](crate::broker::AmqpError::Closed) with RabbitMQ.
     pub async fn close(&self) {
         self.inner.driver.close().await;
     }
@@ -171,8 +174,8 @@ impl<D: Driver> Emitter<D> {
             data: fields.data,
             binary: fields.binary,
             namespace: self.ns.clone(),
-            room: Targets::from_list(self.rooms.clone()),
-            skip_sid: Targets::from_list(self.skip.clone()),
+            room: RoomList::from_list(self.rooms.clone()),
+            skip_sid: RoomList::from_list(self.skip.clone()),
             callback: None,
             host_id: self.inner.host_id.clone(),
             x_uid: None,
@@ -232,7 +235,7 @@ impl<D: Driver> Emitter<D> {
         self.inner.driver.publish(body).await.map_err(|e| {
             self.inner.publish_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, method = msg.method(), "emitter publish failed");
-            Error::Broker(e)
+            Error::broker(e)
         })
     }
 }

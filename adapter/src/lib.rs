@@ -8,9 +8,62 @@
 //!
 //! * [`AmqpAdapter`] is the socketioxide adapter, built from an [`AmqpAdapterCtr`] (the broker
 //!   connection shared by the namespaces of one `SocketIo`).
-//! * [`Emitter`] publishes without a server (like python-socketio's write-only manager).
+//! * [`AmqpEmitter`] publishes without a server (like python-socketio's write-only manager).
 //! * [`wire`] holds the message types; [`broker`] the transport seam, the lapin driver and an
 //!   in-memory broker for tests.
+//!
+//! # How a broadcast travels
+//!
+//! `io.to("room").emit(..)` on instance A calls [`CoreAdapter::broadcast`]: the local sockets
+//! of A are served first, without waiting for the broker, then exactly **one** `emit` message is
+//! published to the fanout exchange. It is python-socketio's `emit` (so Python servers on the same
+//! exchange deliver it to their clients) plus `x_*` fields with the exact socketioxide options
+//! (except-rooms, volatile flag, target server) for the other socketioxide instances.
+//! Each instance's consumer decodes it ([`wire`]), ignores it if it comes from itself
+//! (`host_id`), and applies it to its local sockets.
+//!
+//! In detail, on the receiving side: one dispatcher task per `SocketIo` reads the instance's
+//! queue, drops oversized or undecodable bodies (counted as `invalid` in [`AdapterMetrics`]) and
+//! its own messages, and hands each message to the task of its namespace. A socketioxide `emit`
+//! carries `x_opts` and is applied with exactly those options; a python-socketio `emit` has none,
+//! so its `room` (where every sid is also a room) and `skip_sid` are translated to local sockets.
+//! The payload is rebuilt from `data` in the layout set by [`AdapterConfig::python_data_format`]
+//! (`x_nargs`, when present, says how many arguments a socketioxide sender meant).
+//!
+//! # Requests between socketioxide instances
+//!
+//! `fetch_sockets`, `rooms`, and room-wide `join`/`leave`/`disconnect` are `x_request` messages;
+//! replies (`x_response`) go straight to the requester's queue through the default exchange.
+//! The number of replies to wait for comes from `x_heartbeat` messages (AMQP cannot count the
+//! consumers of a fanout exchange): every namespace announces itself when it starts and then every
+//! [`AdapterConfig::heartbeat_interval`]. Python servers do not answer these requests.
+//!
+//! # Acks
+//!
+//! `emit_with_ack` publishes an `emit` with python's `callback` field and our `x_req`. Socketioxide
+//! peers answer with the number of sockets reached, then one reply per ack, so the ack stream ends
+//! as soon as every expected ack is in (or at the timeout). Python servers answer with one
+//! python `callback` message per client ack; those acks are yielded while the stream is open
+//! (set [`AdapterConfig::wait_for_python_acks`] to keep it open until the timeout).
+//!
+//! # The parts of the crate
+//!
+//! * `config`, `metrics`, `error`: [`AdapterConfig`], [`AdapterMetrics`], [`Error`];
+//! * `ctr`: [`AmqpAdapterCtr`], the state shared by the namespaces of one `SocketIo`;
+//! * `dispatch`: the task reading the instance's queue and routing messages to namespaces;
+//! * `adapter`: [`CustomAmqpAdapter`] and its `CoreAdapter` implementation;
+//! * `publish` / `incoming`: what the adapter publishes, and how it applies what others publish;
+//! * `python`: python-socketio's addressing (sids as rooms, `skip_sid`) on local sockets;
+//! * `peers`, `requests`, `stream`: heartbeats, pending requests, the ack stream;
+//! * [`wire`]: the messages; [`broker`]: the transport seam and its drivers; [`uri`]: kombu's
+//!   reading of broker URIs; [`emitter`]: the publish-only client.
+//!
+//! socketioxide-core 0.20 ships helpers for remote adapters (`HeartbeatTracker`,
+//! `RemoteRequestHandler`, `AckStream`, `DropStream`, `wait_responses`). They are built on core's
+//! own request and response packets, with `Sid` request ids, which python-socketio's protocol
+//! and this crate's wire format (numeric ids, python `emit`/`callback` messages) do not have;
+//! the modules `peers`, `incoming`, `requests` and `stream` say, each for its helper, why this
+//! crate keeps its own code.
 //!
 //! # Usage
 //!
@@ -89,15 +142,38 @@
 //!   socketioxide servers; except-rooms and volatile are ignored by python servers.
 //! * The payload must come from socketioxide's default (JSON) parser to be readable by python;
 //!   msgpack payloads travel as `x_emit` between socketioxide servers only.
+//!
+//! [`CoreAdapter::broadcast`]: socketioxide_core::adapter::CoreAdapter::broadcast
 
-pub mod adapter;
+mod adapter;
 pub mod broker;
+mod config;
+mod ctr;
+mod dispatch;
 pub mod emitter;
+mod error;
+mod incoming;
+mod metrics;
+mod peers;
+mod publish;
+mod python;
+mod requests;
+mod stream;
+#[cfg(feature = "amqp")]
 pub mod uri;
 pub mod wire;
 
-pub use adapter::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, CustomAmqpAdapter, Error, Metrics};
+#[cfg(feature = "amqp")]
+pub use adapter::AmqpAdapter;
+pub use adapter::{CustomAmqpAdapter, InitRes};
+#[cfg(feature = "amqp")]
 pub use broker::{AmqpConfig, AmqpDriver};
-pub use emitter::Emitter;
+pub use config::{AdapterConfig, DEFAULT_MAX_MESSAGE_SIZE};
+pub use ctr::AmqpAdapterCtr;
+pub use emitter::AmqpEmitter;
+pub use error::{DriverError, Error};
+pub use metrics::AdapterMetrics;
+pub use stream::AckStream;
+#[cfg(feature = "amqp")]
 pub use uri::{BrokerUri, UriError};
 pub use wire::DataFormat;

@@ -21,7 +21,7 @@ use serde_json::json;
 use socketioxide_amqp::{
     broker::Driver as _,
     wire::{self, Message},
-    AmqpConfig, AmqpDriver, Emitter,
+    AmqpConfig, AmqpDriver, AmqpEmitter,
 };
 
 use rabbit::{uri, BrokerCleanup, BrokerLock};
@@ -227,7 +227,7 @@ async fn python_peer_interop_over_rabbitmq() {
         unreachable!()
     };
     assert_eq!(e.data, json!([{"x": 1}]));
-    assert_eq!(e.room, wire::Targets::One("room1".into()));
+    assert_eq!(e.room, wire::RoomList::One("room1".into()));
     assert_eq!(e.host_id, ctr.host_id());
     assert_eq!(
         props.content_type().as_ref().map(|s| s.as_str()),
@@ -270,9 +270,10 @@ async fn python_peer_interop_over_rabbitmq() {
     );
 
     // The emitter publishes what python would.
-    let emitter = Emitter::connect(AmqpConfig::new(uri().parse().unwrap()).with_exchange(exchange))
-        .await
-        .unwrap();
+    let emitter =
+        AmqpEmitter::connect(AmqpConfig::new(uri().parse().unwrap()).with_exchange(exchange))
+            .await
+            .unwrap();
     emitter
         .to("room1")
         .emit("from-emitter", &"hi")

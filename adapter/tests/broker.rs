@@ -14,7 +14,7 @@ mod rabbit;
 
 use common::kill_connection;
 use rabbit::{BrokerCleanup, BrokerLock};
-use socketioxide_amqp::broker::{AmqpConfig, AmqpDriver, BrokerError, Driver};
+use socketioxide_amqp::broker::{AmqpConfig, AmqpDriver, AmqpError, Driver};
 
 fn config(exchange: &str) -> AmqpConfig {
     AmqpConfig::new(rabbit::uri().parse().unwrap())
@@ -60,7 +60,7 @@ async fn fanout_reaches_every_queue_and_direct_reaches_one() {
     a.close().await;
     assert!(matches!(
         a.publish(b"x".to_vec()).await,
-        Err(BrokerError::Closed)
+        Err(AmqpError::Closed)
     ));
 }
 
@@ -131,7 +131,7 @@ async fn publisher_declares_no_queue_and_close_deletes_the_own_queue() {
     publisher.close().await;
     assert!(matches!(
         publisher.publish(b"x".to_vec()).await,
-        Err(BrokerError::Closed)
+        Err(AmqpError::Closed)
     ));
     // Its connection is closed once close() returns.
     assert!(!publisher.is_connected());
@@ -231,7 +231,7 @@ async fn a_publish_timeout_replaces_a_silently_dead_connection() {
     proxy.freeze_existing();
     assert!(matches!(
         a.publish(b"lost".to_vec()).await,
-        Err(BrokerError::Timeout)
+        Err(AmqpError::Timeout)
     ));
     // The frozen connection would look alive until AMQP heartbeats notice (a minute or more):
     // the timeout makes the driver drop it and connect again.

@@ -335,6 +335,23 @@ async fn broker_down_keeps_local_delivery_and_reports_the_failure() {
     assert_eq!(a.next().await, r#"2["back",null]"#);
 }
 
+/// A namespace whose start-up cannot reach the broker is an error for the caller of `io.ns`,
+/// and is not registered; once the broker is back, it can be added.
+#[tokio::test]
+async fn namespace_start_up_reports_a_broker_failure() {
+    let broker = MemoryBroker::new();
+    let (io, ctr) = server(broker.driver()).await;
+    broker.set_down(true);
+    let res = io.ns("/down", async || {}).await;
+    assert!(res.is_err(), "the failed start-up is an error");
+    assert!(io.of("/down").is_none(), "the namespace is not registered");
+    assert_eq!(ctr.server_count("/down"), None);
+    broker.set_down(false);
+    io.ns("/down", async || {}).await.unwrap();
+    assert!(io.of("/down").is_some());
+    assert_eq!(ctr.server_count("/down"), Some(1));
+}
+
 #[tokio::test]
 async fn python_acks_are_collected_while_the_stream_is_open() {
     let broker = MemoryBroker::new();
@@ -370,7 +387,7 @@ async fn emitter_reaches_servers_like_a_python_publisher() {
     let mut a = Client::connect(&io).await;
     let mut b = Client::connect(&io).await;
     io.local().sockets().into_iter().for_each(|s| s.join("r"));
-    let emitter = socketioxide_amqp::Emitter::new(broker.driver());
+    let emitter = socketioxide_amqp::AmqpEmitter::new(broker.driver());
     let mut tap = broker.tap();
     emitter
         .to("r")
@@ -380,7 +397,7 @@ async fn emitter_reaches_servers_like_a_python_publisher() {
         .unwrap();
     assert_eq!(a.next().await, r#"2["ev",{"k":1}]"#);
     let sent = emits(published(&mut tap)).remove(0);
-    assert_eq!(sent.room, wire::Targets::One("r".into()));
+    assert_eq!(sent.room, wire::RoomList::One("r".into()));
     assert!(sent.x_opts.is_none(), "plain python message");
 
     emitter
@@ -412,7 +429,7 @@ async fn python_5_15_0_value_format() {
     // python-socketio 5.15.0 `emit('ev', [1, 2])`: one list argument.
     broker.inject(py_emit("ev", json!([1, 2]), serde_json::Value::Null));
     assert_eq!(a.next().await, r#"2["ev",[1,2]]"#);
-    let emitter = socketioxide_amqp::Emitter::with_data_format(
+    let emitter = socketioxide_amqp::AmqpEmitter::with_data_format(
         broker.driver(),
         socketioxide_amqp::DataFormat::Value,
     );

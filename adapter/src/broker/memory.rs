@@ -10,7 +10,16 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{BrokerError, Driver, MessageStream};
+use super::{Driver, MessageStream};
+
+/// The error of a [`MemoryDriver`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemoryError {
+    /// The broker is down ([`MemoryBroker::set_down`]).
+    #[error("not connected to the broker")]
+    NotConnected,
+}
 
 #[derive(Default)]
 struct Hub {
@@ -83,7 +92,7 @@ impl MemoryBroker {
     }
 
     /// Simulates a broker outage: while down, publishing fails with
-    /// [`BrokerError::NotConnected`] and nothing is delivered.
+    /// [`MemoryError::NotConnected`] and nothing is delivered.
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::Relaxed);
     }
@@ -121,17 +130,19 @@ impl std::fmt::Debug for MemoryDriver {
 }
 
 impl Driver for MemoryDriver {
-    async fn publish(&self, body: Vec<u8>) -> Result<(), BrokerError> {
+    type Error = MemoryError;
+
+    async fn publish(&self, body: Vec<u8>) -> Result<(), MemoryError> {
         if self.broker.state.down.load(Ordering::Relaxed) {
-            return Err(BrokerError::NotConnected);
+            return Err(MemoryError::NotConnected);
         }
         self.broker.fanout(body);
         Ok(())
     }
 
-    async fn send_to(&self, queue: &str, body: Vec<u8>) -> Result<(), BrokerError> {
+    async fn send_to(&self, queue: &str, body: Vec<u8>) -> Result<(), MemoryError> {
         if self.broker.state.down.load(Ordering::Relaxed) {
-            return Err(BrokerError::NotConnected);
+            return Err(MemoryError::NotConnected);
         }
         let tx = self.broker.hub().queues.get(queue).cloned();
         if let Some(tx) = tx {
@@ -178,7 +189,7 @@ mod tests {
         broker.set_down(true);
         assert!(matches!(
             a.publish(b"z".to_vec()).await,
-            Err(BrokerError::NotConnected)
+            Err(MemoryError::NotConnected)
         ));
         assert_eq!(broker.published(), 1);
     }

@@ -5,8 +5,11 @@
 //! (the address peers reply to), and a stream of the bodies arriving in its queue.
 //!
 //! Two drivers are provided:
-//! * [`AmqpDriver`]: RabbitMQ through lapin, with python-socketio's topology and a reconnect loop;
+//! * [`AmqpDriver`]: RabbitMQ through lapin, with python-socketio's topology and a reconnect loop
+//!   (feature `amqp`, on by default);
 //! * [`MemoryBroker`] / [`MemoryDriver`]: an in-process fanout, for tests without a broker.
+//!
+//! Each driver has its own error type ([`Driver::Error`]): [`AmqpError`], [`MemoryError`].
 
 use std::{
     future::Future,
@@ -17,34 +20,13 @@ use std::{
 use futures_core::Stream;
 use tokio::sync::mpsc;
 
+#[cfg(feature = "amqp")]
 mod amqp;
 mod memory;
 
-pub use amqp::{AmqpConfig, AmqpDriver};
-pub use memory::{MemoryBroker, MemoryDriver};
-
-/// A broker error.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// There is currently no connection to the broker (it is down or we are reconnecting).
-    #[error("not connected to the broker")]
-    NotConnected,
-    /// The broker refused the message (publisher confirm `nack`).
-    #[error("the broker rejected the message")]
-    Nacked,
-    /// The broker did not confirm the publish in time (see [`AmqpConfig::publish_timeout`]).
-    #[error("the broker did not confirm the publish in time")]
-    Timeout,
-    /// Opening a connection took longer than [`AmqpConfig::connect_timeout`].
-    #[error("the broker connection could not be opened in time")]
-    ConnectTimeout,
-    /// The driver was closed.
-    #[error("the broker driver is closed")]
-    Closed,
-    /// An AMQP error from lapin.
-    #[error("AMQP error: {0}")]
-    Amqp(#[from] lapin::Error),
-}
+#[cfg(feature = "amqp")]
+pub use amqp::{AmqpConfig, AmqpDriver, AmqpError};
+pub use memory::{MemoryBroker, MemoryDriver, MemoryError};
 
 /// The bodies arriving in the instance's queue.
 pub struct MessageStream {
@@ -80,16 +62,19 @@ impl std::fmt::Debug for MessageStream {
 /// Implementations must be cheap to share (the adapter keeps one per `SocketIo` and calls it from
 /// every namespace).
 pub trait Driver: Send + Sync + 'static {
+    /// Why a publish failed (not connected, refused by the broker, ...).
+    type Error: std::error::Error + Send + Sync + 'static;
+
     /// Publishes a body to the shared fanout exchange: every instance, Python ones included,
     /// receives it (the sender too).
-    fn publish(&self, body: Vec<u8>) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    fn publish(&self, body: Vec<u8>) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Sends a body to one instance's queue only.
     fn send_to(
         &self,
         queue: &str,
         body: Vec<u8>,
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// The name of this instance's own queue, where direct messages for it arrive.
     fn queue_name(&self) -> &str;
@@ -99,7 +84,8 @@ pub trait Driver: Send + Sync + 'static {
     /// It can be taken once; later calls return `None`.
     fn subscribe(&self) -> Option<MessageStream>;
 
-    /// Closes the connection. Later publishes fail with [`BrokerError::Closed`].
+    /// Closes the connection; later publishes may fail (the AMQP driver's do, with
+    /// [`AmqpError::Closed`]).
     fn close(&self) -> impl Future<Output = ()> + Send {
         std::future::ready(())
     }

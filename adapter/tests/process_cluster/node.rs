@@ -17,7 +17,9 @@ use socketioxide::{
     operators::BroadcastOperators,
     SocketIo,
 };
-use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig, DataFormat};
+use socketioxide_amqp::{
+    AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig, AmqpDriver, DataFormat,
+};
 use std::io::Write;
 
 use tokio::io::AsyncBufReadExt;
@@ -32,7 +34,7 @@ pub const NODE_ENV_WAIT_PY_ACKS: &str = "SIO_AMQP_NODE_WAIT_PY_ACKS";
 type A = AmqpAdapter<Emitter>;
 type Io = SocketIo<A>;
 
-static CTR: OnceLock<AmqpAdapterCtr> = OnceLock::new();
+static CTR: OnceLock<AmqpAdapterCtr<AmqpDriver>> = OnceLock::new();
 
 /// Runs a node until its stdin closes (the test process dropped it or died) or it is killed.
 pub fn main() {

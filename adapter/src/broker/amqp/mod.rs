@@ -40,7 +40,7 @@
 //! Instead a supervisor task owns the connection; when the consumer stream ends or a publish fails
 //! on a dead connection it reconnects with exponential backoff (100 ms to 10 s by default, without
 //! limit) and redeclares the exchange, the queue, the binding and the consumer.
-//! While disconnected, publishing fails at once with [`BrokerError::NotConnected`]; local delivery
+//! While disconnected, publishing fails at once with [`AmqpError::NotConnected`]; local delivery
 //! in the adapter is not affected. A publish that times out ([`AmqpConfig::publish_timeout`]) also
 //! makes the supervisor drop the connection and reconnect: a connection that died without a TCP
 //! reset would otherwise look alive until the AMQP heartbeats notice.
@@ -66,112 +66,37 @@ use lapin::{
 };
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::{BrokerError, Driver, MessageStream};
-use crate::BrokerUri;
+mod config;
+
+pub use config::AmqpConfig;
+
+/// An error of the [`AmqpDriver`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AmqpError {
+    /// There is currently no connection to the broker (it is down or we are reconnecting).
+    #[error("not connected to the broker")]
+    NotConnected,
+    /// The broker refused the message (publisher confirm `nack`).
+    #[error("the broker rejected the message")]
+    Nacked,
+    /// The broker did not confirm the publish in time (see [`AmqpConfig::publish_timeout`]).
+    #[error("the broker did not confirm the publish in time")]
+    Timeout,
+    /// Opening a connection took longer than [`AmqpConfig::connect_timeout`].
+    #[error("the broker connection could not be opened in time")]
+    ConnectTimeout,
+    /// The driver was closed.
+    #[error("the broker driver is closed")]
+    Closed,
+    /// An AMQP error from lapin.
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+use super::{Driver, MessageStream};
 
 const NO_GEN: u64 = u64::MAX;
-
-/// Configuration of the RabbitMQ connection and topology.
-#[derive(Debug, Clone)]
-pub struct AmqpConfig {
-    /// The broker, read with kombu's rules (see [`BrokerUri`]).
-    pub uri: BrokerUri,
-    /// The fanout exchange shared with the other instances (default `flask-socketio`, the
-    /// Flask-SocketIO default; plain python-socketio uses `socketio`).
-    pub exchange: String,
-    /// The name of the own queue (default `socketioxide-amqp.<uuid4>`).
-    pub queue_name: Option<String>,
-    /// The `x-expires` argument of the own queue (default 5 minutes; `None` for none).
-    pub queue_expires: Option<Duration>,
-    /// How many unacknowledged deliveries the broker may push at once (default 256).
-    pub prefetch: u16,
-    /// Wait for the broker to confirm each publish (default true). A refused publish is then an
-    /// error; without confirms only a dead connection is.
-    pub publisher_confirms: bool,
-    /// First delay of the reconnect backoff (default 100 ms).
-    pub reconnect_min: Duration,
-    /// Largest delay of the reconnect backoff (default 10 s).
-    pub reconnect_max: Duration,
-    /// Capacity of the channel between the consumer and the adapter (default 1024).
-    pub buffer: usize,
-    /// How long a publish may take, confirm included, before it fails with
-    /// [`BrokerError::Timeout`] (default 5 s). Bounds the wait on a silently dead connection.
-    pub publish_timeout: Duration,
-    /// How long opening a connection (TCP, AMQP handshake, declarations) may take before the
-    /// attempt fails with [`BrokerError::ConnectTimeout`] (default 10 s). Without it, an attempt
-    /// that reached a broker while it was shutting down could wait forever and stop the
-    /// reconnect loop.
-    pub connect_timeout: Duration,
-}
-
-impl AmqpConfig {
-    /// A configuration with the defaults and the given broker. A `connect_timeout` option in
-    /// the URI sets [`connect_timeout`](Self::connect_timeout).
-    ///
-    /// ```
-    /// use socketioxide_amqp::AmqpConfig;
-    /// let config = AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/".parse()?);
-    /// assert_eq!(config.uri.vhost(), "/");
-    /// # Ok::<(), socketioxide_amqp::UriError>(())
-    /// ```
-    pub fn new(uri: BrokerUri) -> Self {
-        let connect_timeout = uri.connect_timeout().unwrap_or(Duration::from_secs(10));
-        Self {
-            uri,
-            exchange: "flask-socketio".to_owned(),
-            queue_name: None,
-            queue_expires: Some(Duration::from_secs(300)),
-            prefetch: 256,
-            publisher_confirms: true,
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(10),
-            buffer: 1024,
-            publish_timeout: Duration::from_secs(5),
-            connect_timeout,
-        }
-    }
-    /// Sets the exchange name.
-    pub fn with_exchange(mut self, exchange: impl Into<String>) -> Self {
-        self.exchange = exchange.into();
-        self
-    }
-    /// Sets the own queue name.
-    pub fn with_queue_name(mut self, name: impl Into<String>) -> Self {
-        self.queue_name = Some(name.into());
-        self
-    }
-    /// Sets the `x-expires` of the own queue.
-    pub fn with_queue_expires(mut self, expires: Option<Duration>) -> Self {
-        self.queue_expires = expires;
-        self
-    }
-    /// Sets the consumer prefetch.
-    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
-        self.prefetch = prefetch;
-        self
-    }
-    /// Enables or disables publisher confirms.
-    pub fn with_publisher_confirms(mut self, confirms: bool) -> Self {
-        self.publisher_confirms = confirms;
-        self
-    }
-    /// Sets the publish timeout.
-    pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
-        self.publish_timeout = timeout;
-        self
-    }
-    /// Sets the connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-    /// Sets the reconnect backoff bounds.
-    pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect_min = min;
-        self.reconnect_max = max.max(min);
-        self
-    }
-}
 
 /// A RabbitMQ connection with python-socketio's topology, kept alive by a reconnect loop.
 ///
@@ -222,17 +147,17 @@ impl AmqpDriver {
     ///
     /// The first connection must succeed (so that a wrong URI or credentials are reported);
     /// later losses are handled by the reconnect loop. Must be called within a tokio runtime.
-    pub async fn connect(config: AmqpConfig) -> Result<Self, BrokerError> {
+    pub async fn connect(config: AmqpConfig) -> Result<Self, AmqpError> {
         Self::start(config, true).await
     }
 
     /// Connects and declares the exchange, without a queue: the driver can only publish.
-    /// Used by the [`Emitter`](crate::Emitter).
-    pub async fn connect_publisher(config: AmqpConfig) -> Result<Self, BrokerError> {
+    /// Used by the [`AmqpEmitter`](crate::AmqpEmitter).
+    pub async fn connect_publisher(config: AmqpConfig) -> Result<Self, AmqpError> {
         Self::start(config, false).await
     }
 
-    async fn start(config: AmqpConfig, consume: bool) -> Result<Self, BrokerError> {
+    async fn start(config: AmqpConfig, consume: bool) -> Result<Self, AmqpError> {
         let queue = config
             .queue_name
             .clone()
@@ -286,13 +211,13 @@ impl AmqpDriver {
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), AmqpError> {
         if self.inner.closed.load(Ordering::Relaxed) {
-            return Err(BrokerError::Closed);
+            return Err(AmqpError::Closed);
         }
         let gen = self.inner.session_gen.load(Ordering::Acquire);
         let Some(channel) = read(&self.inner.channel).clone() else {
-            return Err(BrokerError::NotConnected);
+            return Err(AmqpError::NotConnected);
         };
         let props = BasicProperties::default()
             .with_content_type("text/plain".into())
@@ -312,14 +237,14 @@ impl AmqpDriver {
         };
         let res = tokio::time::timeout(self.inner.config.publish_timeout, publish).await;
         match res {
-            Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::Nacked),
+            Ok(Ok(Confirmation::Nack(_))) => Err(AmqpError::Nacked),
             Ok(Ok(_)) => Ok(()),
             Err(_) => {
                 // No answer in time: the connection may be silently dead (its heartbeats would
                 // notice only much later). The supervisor drops it and reconnects.
                 self.inner.stale_gen.store(gen, Ordering::Release);
                 self.inner.broken.notify_one();
-                Err(BrokerError::Timeout)
+                Err(AmqpError::Timeout)
             }
             Ok(Err(e)) => {
                 // Let the supervisor check the connection and reconnect if it is dead.
@@ -331,12 +256,14 @@ impl AmqpDriver {
 }
 
 impl Driver for AmqpDriver {
-    async fn publish(&self, body: Vec<u8>) -> Result<(), BrokerError> {
+    type Error = AmqpError;
+
+    async fn publish(&self, body: Vec<u8>) -> Result<(), AmqpError> {
         self.publish_raw(&self.inner.config.exchange, "", &body)
             .await
     }
 
-    async fn send_to(&self, queue: &str, body: Vec<u8>) -> Result<(), BrokerError> {
+    async fn send_to(&self, queue: &str, body: Vec<u8>) -> Result<(), AmqpError> {
         self.publish_raw("", queue, &body).await
     }
 
@@ -384,20 +311,20 @@ async fn open_session(
     config: &AmqpConfig,
     queue: &str,
     consume: bool,
-) -> Result<Session, BrokerError> {
+) -> Result<Session, AmqpError> {
     tokio::time::timeout(
         config.connect_timeout,
         try_open_session(config, queue, consume),
     )
     .await
-    .map_err(|_| BrokerError::ConnectTimeout)?
+    .map_err(|_| AmqpError::ConnectTimeout)?
 }
 
 async fn try_open_session(
     config: &AmqpConfig,
     queue: &str,
     consume: bool,
-) -> Result<Session, BrokerError> {
+) -> Result<Session, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(
         format!(
             "socketioxide-amqp {}",
@@ -629,11 +556,11 @@ mod tests {
         .with_connect_timeout(Duration::from_millis(200));
         let started = std::time::Instant::now();
         let res = AmqpDriver::connect(config.clone()).await;
-        assert!(matches!(res, Err(BrokerError::ConnectTimeout)), "{res:?}");
+        assert!(matches!(res, Err(AmqpError::ConnectTimeout)), "{res:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
         // The reconnect loop uses the same bounded attempt.
         let res = open_session(&config, "q", true).await;
-        assert!(matches!(res, Err(BrokerError::ConnectTimeout)));
+        assert!(matches!(res, Err(AmqpError::ConnectTimeout)));
         accept.abort();
     }
 }

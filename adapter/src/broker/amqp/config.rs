@@ -1,0 +1,108 @@
+//! [`AmqpConfig`]: the RabbitMQ connection and topology settings.
+
+use std::time::Duration;
+
+use crate::BrokerUri;
+
+/// Configuration of the RabbitMQ connection and topology.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AmqpConfig {
+    /// The broker, read with kombu's rules (see [`BrokerUri`]).
+    pub uri: BrokerUri,
+    /// The fanout exchange shared with the other instances (default `flask-socketio`, the
+    /// Flask-SocketIO default; plain python-socketio uses `socketio`).
+    pub exchange: String,
+    /// The name of the own queue (default `socketioxide-amqp.<uuid4>`).
+    pub queue_name: Option<String>,
+    /// The `x-expires` argument of the own queue (default 5 minutes; `None` for none).
+    pub queue_expires: Option<Duration>,
+    /// How many unacknowledged deliveries the broker may push at once (default 256).
+    pub prefetch: u16,
+    /// Wait for the broker to confirm each publish (default true). A refused publish is then an
+    /// error; without confirms only a dead connection is.
+    pub publisher_confirms: bool,
+    /// First delay of the reconnect backoff (default 100 ms).
+    pub reconnect_min: Duration,
+    /// Largest delay of the reconnect backoff (default 10 s).
+    pub reconnect_max: Duration,
+    /// Capacity of the channel between the consumer and the adapter (default 1024).
+    pub buffer: usize,
+    /// How long a publish may take, confirm included, before it fails with
+    /// [`AmqpError::Timeout`](super::AmqpError::Timeout) (default 5 s). Bounds the wait on a silently dead connection.
+    pub publish_timeout: Duration,
+    /// How long opening a connection (TCP, AMQP handshake, declarations) may take before the
+    /// attempt fails with [`AmqpError::ConnectTimeout`](super::AmqpError::ConnectTimeout) (default 10 s). Without it, an attempt
+    /// that reached a broker while it was shutting down could wait forever and stop the
+    /// reconnect loop.
+    pub connect_timeout: Duration,
+}
+
+impl AmqpConfig {
+    /// A configuration with the defaults and the given broker. A `connect_timeout` option in
+    /// the URI sets [`connect_timeout`](Self::connect_timeout).
+    ///
+    /// ```
+    /// use socketioxide_amqp::AmqpConfig;
+    /// let config = AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/".parse()?);
+    /// assert_eq!(config.uri.vhost(), "/");
+    /// # Ok::<(), socketioxide_amqp::UriError>(())
+    /// ```
+    pub fn new(uri: BrokerUri) -> Self {
+        let connect_timeout = uri.connect_timeout().unwrap_or(Duration::from_secs(10));
+        Self {
+            uri,
+            exchange: "flask-socketio".to_owned(),
+            queue_name: None,
+            queue_expires: Some(Duration::from_secs(300)),
+            prefetch: 256,
+            publisher_confirms: true,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+            buffer: 1024,
+            publish_timeout: Duration::from_secs(5),
+            connect_timeout,
+        }
+    }
+    /// Sets the exchange name.
+    pub fn with_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+    /// Sets the own queue name.
+    pub fn with_queue_name(mut self, name: impl Into<String>) -> Self {
+        self.queue_name = Some(name.into());
+        self
+    }
+    /// Sets the `x-expires` of the own queue.
+    pub fn with_queue_expires(mut self, expires: Option<Duration>) -> Self {
+        self.queue_expires = expires;
+        self
+    }
+    /// Sets the consumer prefetch.
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+    /// Enables or disables publisher confirms.
+    pub fn with_publisher_confirms(mut self, confirms: bool) -> Self {
+        self.publisher_confirms = confirms;
+        self
+    }
+    /// Sets the publish timeout.
+    pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+    /// Sets the reconnect backoff bounds.
+    pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max.max(min);
+        self
+    }
+}

@@ -1,0 +1,177 @@
+//! [`AmqpAdapterCtr`]: the state shared by every namespace of one `SocketIo` (the broker
+//! driver, the host id, the routes of the dispatcher, the counters).
+
+use std::{
+    collections::HashMap,
+    sync::{atomic::AtomicU64, Arc, Mutex, MutexGuard, RwLock, Weak},
+    time::Instant,
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    broker::Driver,
+    config::AdapterConfig,
+    dispatch::dispatch,
+    error::Error,
+    metrics::{inc, AdapterMetrics, Counters},
+    peers::Peers,
+    wire::{self, Message},
+};
+#[cfg(feature = "amqp")]
+use crate::{
+    broker::{AmqpConfig, AmqpDriver},
+    uri::BrokerUri,
+};
+
+pub(crate) struct Shared<D> {
+    pub(crate) driver: D,
+    pub(crate) config: AdapterConfig,
+    pub(crate) host_id: String,
+    pub(crate) routes: RwLock<HashMap<String, mpsc::Sender<Message>>>,
+    /// The peer tables of the namespaces, for [`AmqpAdapterCtr::server_count`].
+    pub(crate) peers: RwLock<HashMap<String, Weak<Peers>>>,
+    pub(crate) next_req: AtomicU64,
+    pub(crate) counters: Counters,
+}
+
+impl<D: Driver> Shared<D> {
+    pub(crate) async fn send(&self, msg: &Message, queue: Option<&str>) -> Result<(), Error> {
+        let body = wire::encode(msg)?;
+        let res = match queue {
+            Some(q) => self.driver.send_to(q, body).await,
+            None => self.driver.publish(body).await,
+        };
+        match res {
+            Ok(()) => {
+                inc(&self.counters.published);
+                if matches!(msg, Message::Emit(_) | Message::RawEmit(_)) {
+                    inc(&self.counters.emits);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                inc(&self.counters.publish_errors);
+                Err(Error::broker(e))
+            }
+        }
+    }
+}
+
+impl<D: Driver> Shared<D> {
+    /// Starts the dispatcher of this `SocketIo`, once: the driver hands its stream out only
+    /// once, so later calls (the other namespaces' start-ups) do nothing. The task is shared by
+    /// every namespace and ends with the driver, not with a namespace.
+    ///
+    /// Started by the first namespace's start-up rather than by
+    /// [`AmqpAdapterCtr::new_with_driver`], which is synchronous and may run outside a runtime.
+    pub(crate) fn start_dispatcher(self: &Arc<Self>) {
+        if let Some(stream) = self.driver.subscribe() {
+            tokio::spawn(dispatch(Arc::downgrade(self), stream));
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The state shared by every namespace of one `SocketIo`: the broker connection, the host id
+/// and the counters. This is what [`SocketIoBuilder::with_adapter`] takes.
+///
+/// Cloning gives another handle, e.g. to read [`metrics`](Self::metrics) after handing a clone
+/// to the builder.
+///
+/// [`SocketIoBuilder::with_adapter`]: https://docs.rs/socketioxide/latest/socketioxide/struct.SocketIoBuilder.html#method.with_adapter
+pub struct AmqpAdapterCtr<D> {
+    pub(crate) shared: Arc<Shared<D>>,
+}
+
+impl<D> Clone for AmqpAdapterCtr<D> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<D> std::fmt::Debug for AmqpAdapterCtr<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpAdapterCtr")
+            .field("host_id", &self.shared.host_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "amqp")]
+impl AmqpAdapterCtr<AmqpDriver> {
+    /// Connects to RabbitMQ at `uri` (read with kombu's rules, see [`BrokerUri`]) with the
+    /// default settings (exchange `flask-socketio`).
+    pub async fn connect(uri: &str) -> Result<Self, Error> {
+        let uri = BrokerUri::parse(uri)?;
+        Self::connect_with_config(AmqpConfig::new(uri), AdapterConfig::default()).await
+    }
+
+    /// Connects to RabbitMQ with the given broker and adapter settings.
+    pub async fn connect_with_config(
+        amqp: AmqpConfig,
+        config: AdapterConfig,
+    ) -> Result<Self, Error> {
+        let driver = AmqpDriver::connect(amqp).await?;
+        Ok(Self::new_with_driver(driver, config))
+    }
+}
+
+impl<D: Driver> AmqpAdapterCtr<D> {
+    /// Builds the state over any [`Driver`], e.g. a [`MemoryDriver`](crate::broker::MemoryDriver)
+    /// in tests.
+    pub fn new_with_driver(driver: D, config: AdapterConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                driver,
+                config,
+                host_id: wire::new_host_id(),
+                routes: RwLock::new(HashMap::new()),
+                peers: RwLock::new(HashMap::new()),
+                next_req: AtomicU64::new(1),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// This server's python-socketio host id (32 hex characters).
+    pub fn host_id(&self) -> &str {
+        &self.shared.host_id
+    }
+
+    /// The broker driver.
+    pub fn driver(&self) -> &D {
+        &self.shared.driver
+    }
+
+    /// Closes the broker connection (after the `SocketIo` is closed): the own queue is deleted
+    /// and the connection closed, waiting for the broker at most
+    /// [`AmqpConfig::publish_timeout`]. Publishing fails from now on.
+    pub async fn close(&self) {
+        self.shared.driver.close().await;
+    }
+
+    /// How many socketioxide servers (this one included) currently serve namespace `ns`, as
+    /// known from their heartbeats; `None` when `ns` is not initialised here. This is what the
+    /// adapter's `server_count` answers.
+    pub fn server_count(&self, ns: &str) -> Option<u16> {
+        let peers = self
+            .shared
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ns)
+            .and_then(Weak::upgrade)?;
+        Some(u16::try_from(peers.live(Instant::now()) + 1).unwrap_or(u16::MAX))
+    }
+
+    /// A snapshot of the traffic counters.
+    pub fn metrics(&self) -> AdapterMetrics {
+        self.shared.counters.snapshot()
+    }
+}
