@@ -238,6 +238,9 @@ fi
 
 stage "cargo test"
 cargo test --workspace --locked || failed+=("cargo test")
+# the adapter crate without lapin (its default `amqp` feature off): the in-memory broker
+cargo test -p socketioxide-amqp --no-default-features --lib --test memory --locked ||
+    failed+=("cargo test (socketioxide-amqp --no-default-features)")
 
 stage "cargo fmt and clippy"
 cargo fmt --all --check || failed+=("cargo fmt (run \`cargo fmt\`)")
