@@ -27,24 +27,28 @@ use crate::{
     tasks_ns::{self, TasksContext},
 };
 
-/// Why the server could not start or stopped with an error.
+/// Why the server could not start or stopped with an error. The message
+/// names what failed; the cause is its [`source`](std::error::Error::source)
+/// (print the chain, e.g. with anyhow's `{:#}`).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The database could not be opened or is not a vantage6 database.
-    #[error("database {url}: {source}")]
+    #[error("database {url}")]
     Database {
         /// The database, password hidden.
         url: String,
         /// What went wrong.
         source: StoreError,
     },
-    /// RabbitMQ could not be reached or the adapter could not start.
-    #[error("RabbitMQ {uri}: {source}")]
+    /// RabbitMQ could not be reached or the adapter could not start. The
+    /// adapter's message already ends with its causes, so it is shown, not
+    /// chained.
+    #[error("RabbitMQ {uri}: {error}")]
     Broker {
         /// The URI, password hidden.
         uri: String,
         /// What went wrong.
-        source: socketioxide_amqp::Error,
+        error: socketioxide_amqp::Error,
     },
     /// The setting and the database disagree on the vantage6 generation, or
     /// the generation lacks what it needs.
@@ -54,7 +58,7 @@ pub enum ServeError {
     #[error(transparent)]
     Keycloak(#[from] KeycloakError),
     /// The listener could not be bound or failed.
-    #[error("listener {addr}: {source}")]
+    #[error("listener {addr}")]
     Listen {
         /// The address.
         addr: std::net::SocketAddr,
@@ -112,9 +116,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             run(&config, instance, done).await
         }
         Some(uri) => {
-            let broker_err = |source| ServeError::Broker {
+            let broker_err = |error| ServeError::Broker {
                 uri: uri.redacted().to_owned(),
-                source,
+                error,
             };
             let ctr = AmqpAdapterCtr::connect_with_config(
                 AmqpConfig::new(uri.clone()),
