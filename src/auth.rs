@@ -182,10 +182,10 @@ pub fn mint_access_token(
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
     /// The operating system gave no randomness.
-    #[error("no randomness available: {0}")]
+    #[error("no randomness available")]
     Random(#[from] getrandom::Error),
     /// Encoding failed.
-    #[error("cannot encode token: {0}")]
+    #[error("cannot encode token")]
     Encode(#[from] jsonwebtoken::errors::Error),
     /// An RSA key could not be generated or encoded.
     #[error("cannot create RSA key: {0}")]

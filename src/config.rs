@@ -52,11 +52,13 @@ pub const DEFAULT_PORT: u16 = 7602;
 /// Default shortest pause between two re-fetches of the Keycloak realm key.
 pub const DEFAULT_KEYCLOAK_KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
-/// A problem with the configuration; every variant names the setting.
+/// A problem with the configuration; every variant names the setting, and
+/// a cause is its [`source`](std::error::Error::source), not repeated in
+/// the message.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read configuration file {path}: {source}")]
+    #[error("cannot read configuration file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -83,10 +85,10 @@ pub enum ConfigError {
         message: String,
     },
     /// `uri` could not be understood.
-    #[error("invalid setting `uri`: {0}")]
+    #[error("invalid setting `uri`")]
     DatabaseUrl(#[from] DatabaseUrlError),
     /// `rabbitmq.uri` (or the legacy `rabbitmq_uri`) cannot be read as kombu reads it.
-    #[error("invalid setting `{name}`: {source}")]
+    #[error("invalid setting `{name}`")]
     RabbitMqUri {
         /// The setting.
         name: &'static str,

@@ -32,7 +32,7 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// The demo folder or its configuration file could not be written.
-    #[error("cannot prepare demo folder {path}: {source}")]
+    #[error("cannot prepare demo folder {path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -40,7 +40,7 @@ pub enum DemoError {
         source: std::io::Error,
     },
     /// The demo database could not be created.
-    #[error("cannot create demo database: {0}")]
+    #[error("cannot create demo database")]
     Database(#[from] StoreError),
     /// The demo configuration is unusable (e.g. edited by hand).
     #[error(transparent)]

@@ -10,11 +10,18 @@ use crate::config::MessageQueueFormat;
 #[derive(Debug, thiserror::Error)]
 pub enum EmitError {
     /// `--data` is not JSON.
-    #[error("--data is not valid JSON: {0}")]
+    #[error("--data is not valid JSON")]
     Data(#[from] serde_json::Error),
-    /// The broker refused or could not be reached.
+    /// The broker refused or could not be reached. The adapter's message
+    /// already ends with its causes, so it is shown, not chained.
     #[error("RabbitMQ: {0}")]
-    Broker(#[from] socketioxide_amqp::Error),
+    Broker(socketioxide_amqp::Error),
+}
+
+impl From<socketioxide_amqp::Error> for EmitError {
+    fn from(e: socketioxide_amqp::Error) -> Self {
+        EmitError::Broker(e)
+    }
 }
 
 /// One event to publish.

@@ -48,11 +48,12 @@ impl std::fmt::Display for KeySource {
     }
 }
 
-/// Why the realm key could not be obtained.
+/// Why the realm key could not be obtained. The message names what failed;
+/// the underlying error is its [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 pub enum KeycloakError {
     /// The HTTP request failed (connection, TLS, timeout).
-    #[error("cannot fetch the Keycloak realm key from {url}: {source}")]
+    #[error("cannot fetch the Keycloak realm key from {url}")]
     Http {
         /// The endpoint.
         url: String,
@@ -76,7 +77,7 @@ pub enum KeycloakError {
         status: u16,
     },
     /// The key file could not be read.
-    #[error("cannot read `keycloak_public_key_file` {path}: {source}")]
+    #[error("cannot read `keycloak_public_key_file` {path}")]
     File {
         /// The file.
         path: PathBuf,
@@ -209,7 +210,7 @@ impl RealmKey {
             .and_then(|pem| parse(&pem, &self.refresh_source).map(|key| (pem, key)));
         match fetched {
             Err(e) => {
-                warn!(error = %e, "re-fetching the Keycloak realm key failed; keeping the old one");
+                warn!(error = %WithCauses(&e), "re-fetching the Keycloak realm key failed; keeping the old one");
                 None
             }
             Ok((pem, _)) if pem == current.pem => {
@@ -290,4 +291,20 @@ async fn fetch_pem(
 /// The realm endpoint's `public_key` in PEM armour, exactly as HQ wraps it.
 pub fn realm_key_pem(public_key: &str) -> String {
     format!("-----BEGIN PUBLIC KEY-----\n{public_key}\n-----END PUBLIC KEY-----")
+}
+
+/// An error and its sources on one line (`a: b: c`), for a log line: the
+/// messages of our errors do not repeat their sources.
+struct WithCauses<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for WithCauses<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
 }

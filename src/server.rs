@@ -27,24 +27,28 @@ use crate::{
     tasks_ns::{self, TasksContext},
 };
 
-/// Why the server could not start or stopped with an error.
+/// Why the server could not start or stopped with an error. The message
+/// names what failed; the cause is its [`source`](std::error::Error::source)
+/// (print the chain, e.g. with anyhow's `{:#}`).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The database could not be opened or is not a vantage6 database.
-    #[error("database {url}: {source}")]
+    #[error("database {url}")]
     Database {
         /// The database, password hidden.
         url: String,
         /// What went wrong.
         source: StoreError,
     },
-    /// RabbitMQ could not be reached or the adapter could not start.
-    #[error("RabbitMQ {uri}: {source}")]
+    /// RabbitMQ could not be reached or the adapter could not start. The
+    /// adapter's message already ends with its causes, so it is shown, not
+    /// chained.
+    #[error("RabbitMQ {uri}: {error}")]
     Broker {
         /// The URI, password hidden.
         uri: String,
         /// What went wrong.
-        source: socketioxide_amqp::Error,
+        error: socketioxide_amqp::Error,
     },
     /// The setting and the database disagree on the vantage6 generation, or
     /// the generation lacks what it needs.
@@ -54,7 +58,7 @@ pub enum ServeError {
     #[error(transparent)]
     Keycloak(#[from] KeycloakError),
     /// The listener could not be bound or failed.
-    #[error("listener {addr}: {source}")]
+    #[error("listener {addr}")]
     Listen {
         /// The address.
         addr: std::net::SocketAddr,
@@ -83,32 +87,38 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         "serving vantage6 {generation} (database schema: {schema})"
     );
     let verifier = verifier_for(&config, generation).await?;
-    let builder = |metrics: &Metrics| {
-        socketio_builder(
-            &config,
-            TasksContext::new(store.clone(), verifier.clone(), metrics.clone())
-                .with_first_event_delay(config.first_event_delay)
-                .with_generation(generation),
-        )
+    let context = |metrics: &Metrics| {
+        TasksContext::new(store.clone(), verifier.clone(), metrics.clone())
+            .with_first_event_delay(config.first_event_delay)
+            .with_generation(generation)
     };
 
     match config.rabbitmq_uri.clone() {
         None => {
             info!("no RabbitMQ configured: serving as a single instance");
             let metrics = Metrics::new();
-            let (layer, io) = builder(&metrics).build_layer();
+            let ctx = context(&metrics);
+            let (layer, io) = socketio_builder(&config, ctx.clone()).build_layer();
             tasks_ns::register::<LocalAdapter>(&io);
             let readiness = http::Readiness {
                 store: store.clone(),
                 broker_connected: None,
             };
             let done = std::future::ready(());
-            run(&config, layer, io, store, metrics, readiness, done).await
+            let instance = Instance {
+                layer,
+                io,
+                ctx,
+                store,
+                metrics,
+                readiness,
+            };
+            run(&config, instance, done).await
         }
         Some(uri) => {
-            let broker_err = |source| ServeError::Broker {
+            let broker_err = |error| ServeError::Broker {
                 uri: uri.redacted().to_owned(),
-                source,
+                error,
             };
             let ctr = AmqpAdapterCtr::connect_with_config(
                 AmqpConfig::new(uri.clone()),
@@ -124,13 +134,22 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 store: store.clone(),
                 broker_connected: Some(Arc::new(move || broker.driver().is_connected())),
             };
-            let (layer, io) = builder(&metrics)
+            let ctx = context(&metrics);
+            let (layer, io) = socketio_builder(&config, ctx.clone())
                 .with_adapter::<AmqpAdapter<Emitter>>(ctr.clone())
                 .build_layer();
             tasks_ns::register(&io).await.map_err(broker_err)?;
             // Last step of a graceful stop: delete our queue, close the connection.
             let close_broker = async move { ctr.close().await };
-            run(&config, layer, io, store, metrics, readiness, close_broker).await
+            let instance = Instance {
+                layer,
+                io,
+                ctx,
+                store,
+                metrics,
+                readiness,
+            };
+            run(&config, instance, close_broker).await
         }
     }
 }
@@ -219,17 +238,32 @@ pub fn app<A: Adapter>(
     )
 }
 
+/// What [`run`] serves: the Socket.IO layer and server over one adapter,
+/// the handlers' context, and what the HTTP routes and the sweep read.
+struct Instance<A: Adapter> {
+    layer: SocketIoLayer<A>,
+    io: SocketIo<A>,
+    ctx: TasksContext,
+    store: Store,
+    metrics: Metrics,
+    readiness: http::Readiness,
+}
+
 /// Mounts the Socket.IO layer on the HTTP router and serves until a signal;
 /// `close_adapter` runs once every client's disconnect has been handled.
 async fn run<A: Adapter>(
     config: &Config,
-    layer: SocketIoLayer<A>,
-    io: SocketIo<A>,
-    store: Store,
-    metrics: Metrics,
-    readiness: http::Readiness,
+    instance: Instance<A>,
     close_adapter: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let Instance {
+        layer,
+        io,
+        ctx,
+        store,
+        metrics,
+        readiness,
+    } = instance;
     let app = app(config, layer, metrics.clone(), readiness);
 
     let sweep = sweeper::spawn(store, metrics.clone(), config.sweep_interval);
@@ -250,7 +284,7 @@ async fn run<A: Adapter>(
     );
 
     let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown(io, metrics, close_adapter))
+        .with_graceful_shutdown(shutdown(io, ctx, close_adapter))
         .await
         .map_err(|source| ServeError::Listen {
             addr: config.listen,
@@ -268,7 +302,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// also to other instances), closes the adapter, and lets the listener stop.
 async fn shutdown<A: Adapter>(
     io: SocketIo<A>,
-    metrics: Metrics,
+    ctx: TasksContext,
     close_adapter: impl Future<Output = ()>,
 ) {
     let ctrl_c = async {
@@ -298,13 +332,11 @@ async fn shutdown<A: Adapter>(
     info!("shutting down: disconnecting clients");
     let drained = async {
         io.close().await;
-        while metrics.connected_sockets() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        ctx.sessions_ended().await;
     };
     if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
         warn!(
-            remaining = metrics.connected_sockets(),
+            remaining = ctx.running_sessions(),
             "clients' disconnects not all handled within {DRAIN_TIMEOUT:?}"
         );
     }

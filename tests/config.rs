@@ -281,3 +281,46 @@ fn first_event_delay_in_milliseconds() {
         assert!(msg.contains("first_event_delay"), "{yaml:?} gave {msg:?}");
     }
 }
+
+/// What `main` prints (`error: {:#}`): each cause once, on one line, the
+/// password hidden.
+#[test]
+fn error_chains_name_each_cause_once() {
+    let chain = |e: ConfigError| format!("{:#}", anyhow::Error::from(e));
+    let absent = chain(
+        Config::load(
+            Path::new("tests/fixtures/absent.yaml"),
+            &ServeOverrides::default(),
+        )
+        .expect_err("absent"),
+    );
+    assert!(
+        absent.starts_with("cannot read configuration file tests/fixtures/absent.yaml: "),
+        "{absent}"
+    );
+    assert_eq!(absent.matches("os error").count(), 1, "{absent}");
+
+    let bad_uri = chain(
+        from_yaml(
+            "jwt_secret_key: k\nuri: sqlite:///x\nrabbitmq: {uri: 'amqp://u:hunter2@h:port/'}\n",
+        )
+        .expect_err("bad broker URI"),
+    );
+    assert!(
+        bad_uri.starts_with("invalid setting `rabbitmq.uri`: "),
+        "{bad_uri}"
+    );
+    assert_eq!(
+        bad_uri.matches("invalid host or port").count(),
+        1,
+        "{bad_uri}"
+    );
+    assert!(!bad_uri.contains("hunter2"), "{bad_uri}");
+
+    let bad_db = chain(from_yaml("jwt_secret_key: k\nuri: mysql://h/db\n").expect_err("dialect"));
+    assert!(bad_db.starts_with("invalid setting `uri`: "), "{bad_db}");
+    assert_eq!(bad_db.matches("mysql").count(), 1, "{bad_db}");
+    for line in [&absent, &bad_uri, &bad_db] {
+        assert!(!line.contains('\n'), "{line}");
+    }
+}

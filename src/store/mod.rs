@@ -29,12 +29,19 @@ use crate::{
 /// A database failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The driver reported an error.
+    /// The driver reported an error. sqlx's messages already end with
+    /// their causes, so it is shown, not chained.
     #[error("database error: {0}")]
-    Sqlx(#[from] sqlx::Error),
+    Sqlx(sqlx::Error),
     /// A row exists but lacks something vantage6 always sets.
     #[error("inconsistent database: {0}")]
     Inconsistent(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Sqlx(e)
+    }
 }
 
 /// `authenticatable.status` values (vantage6 `AuthStatus`).

@@ -21,6 +21,7 @@ use socketioxide::{
 };
 use socketioxide_core::adapter::DefinedAdapter;
 
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 mod queue;
@@ -57,6 +58,8 @@ struct ContextInner {
     verifier: Verifier,
     metrics: Metrics,
     log_limit: LogLimiter,
+    /// Sessions running now (see [`TasksContext::sessions_ended`]).
+    sessions: watch::Sender<usize>,
 }
 
 impl TasksContext {
@@ -68,6 +71,7 @@ impl TasksContext {
                 verifier: verifier.into(),
                 metrics,
                 log_limit: LogLimiter::default(),
+                sessions: watch::Sender::new(0),
             }),
             first_event_delay: DEFAULT_FIRST_EVENT_DELAY,
             generation: Vantage6Generation::V4,
@@ -92,6 +96,20 @@ impl TasksContext {
     pub fn with_first_event_delay(mut self, delay: Duration) -> Self {
         self.first_event_delay = delay;
         self
+    }
+
+    /// Resolves once no session is running: every connected socket's
+    /// disconnect has been handled (a graceful stop waits on it after
+    /// disconnecting everyone).
+    pub async fn sessions_ended(&self) {
+        let mut sessions = self.inner.sessions.subscribe();
+        // Cannot fail: the sender lives in `self`.
+        let _ = sessions.wait_for(|&running| running == 0).await;
+    }
+
+    /// Sessions running now: sockets whose disconnect is not handled yet.
+    pub fn running_sessions(&self) -> usize {
+        *self.inner.sessions.borrow()
     }
 
     fn store(&self) -> &Store {
@@ -156,8 +174,30 @@ async fn on_connect<A: Adapter>(
     State(ctx): State<TasksContext>,
     SessionStart(jobs): SessionStart,
 ) {
-    ctx.metrics().socket_connected(1);
-    run_session(s, ctx, jobs).await;
+    let _running = RunningSession::start(&ctx);
+    run_session(s, ctx.clone(), jobs).await;
+}
+
+/// Counts a session while it runs, in `v6_socketio_connected_sockets` and
+/// for [`TasksContext::sessions_ended`]; dropped when the session ends.
+struct RunningSession<'a>(&'a TasksContext);
+
+impl<'a> RunningSession<'a> {
+    fn start(ctx: &'a TasksContext) -> Self {
+        ctx.metrics().socket_connected(1);
+        ctx.inner.sessions.send_modify(|running| *running += 1);
+        Self(ctx)
+    }
+}
+
+impl Drop for RunningSession<'_> {
+    fn drop(&mut self) {
+        self.0.metrics().socket_connected(-1);
+        self.0
+            .inner
+            .sessions
+            .send_modify(|running| *running = running.saturating_sub(1));
+    }
 }
 
 /// A socket's session: handles its jobs in order until the disconnect.
@@ -173,7 +213,6 @@ async fn run_session<A: Adapter>(s: SocketRef<A>, ctx: TasksContext, mut jobs: J
             }
         }
     }
-    ctx.metrics().socket_connected(-1);
 }
 
 /// Dispatches one client event to vantage6's `on_<event>` counterpart.
