@@ -19,9 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::eventually_within;
 use process_cluster::{eventually, Cluster, Received};
 use rabbit::{rabbitmqctl, BrokerLock};
 use serde_json::json;
+
+/// How long a node may take to reconnect after the broker is back: its reconnect backoff's
+/// 10 s cap, plus the usual wait.
+const RECONNECT_WAIT: Duration = Duration::from_secs(25);
 
 /// A node of the test cluster: run by the test below in child processes.
 #[test]
@@ -172,12 +177,18 @@ async fn broker_restart_keeps_local_delivery_and_recovers_cross_instance_deliver
     .await;
 
     tokio::task::block_in_place(|| broker.start());
-    // Every node reconnects by itself and finds the others again through heartbeats.
+    // Every node reconnects by itself and finds the others again through heartbeats. Its
+    // reconnect backoff may have grown to its 10 s cap while the broker was down (longer on a
+    // loaded machine), so the next attempt can come up to 10 s after the broker is back.
     for client in &c {
-        eventually(&format!("node {} reconnects", client.node), || async {
-            client.ok(json!({"op": "metrics"})).await["connected"] == json!(true)
-                && client.ok(json!({"op": "server_count"})).await == json!(3)
-        })
+        eventually_within(
+            &format!("node {} reconnects", client.node),
+            RECONNECT_WAIT,
+            || async {
+                client.ok(json!({"op": "metrics"})).await["connected"] == json!(true)
+                    && client.ok(json!({"op": "server_count"})).await == json!(3)
+            },
+        )
         .await;
     }
     eventually("traffic flows again", || async {

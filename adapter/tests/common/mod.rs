@@ -135,12 +135,22 @@ pub fn py_emit(event: &str, data: serde_json::Value, room: serde_json::Value) ->
 
 /// Polls `check` until it is true (remote room and disconnect operations are fire-and-forget,
 /// so their effect is observed eventually).
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    eventually_within(what, WAIT, check).await;
+}
+
+/// [`eventually`] with a deadline of its own.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub async fn eventually_within<F, Fut>(what: &str, wait: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
     while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
