@@ -11,16 +11,15 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import string
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import lineproc
+from logged_process import Process  # noqa: F401  (re-exported)
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,74 +140,6 @@ def write_config(path: Path, *, db: Database, broker: Broker, api_port: int, sec
     # JSON is YAML: no YAML writer needed in this virtualenv's harness.
     path.write_text(json.dumps(config, indent=2))
     return path
-
-
-def _die_with_parent():
-    """Child side of Popen: SIGTERM when the test process dies, so a killed
-    pytest leaves no deployment behind (Linux prctl PR_SET_PDEATHSIG)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
-
-
-class Process:
-    """A child process whose combined output goes to a log file."""
-
-    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict | None = None):
-        self.name = name
-        self.argv = argv
-        self.workdir = workdir
-        self.env = env
-        self.log_path = workdir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self):
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.argv, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
-        )
-        log.close()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(lines[-n:])
-
-    def wait_http(self, url: str, timeout: float, ok=lambda r: r.status_code == 200):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.log_tail()}")
-            with contextlib.suppress(requests.RequestException):
-                if ok(requests.get(url, timeout=2)):
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name}: {url} not ready after {timeout}s:\n{self.log_tail()}")
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 15):
-        if not self.alive():
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def kill(self):
-        """SIGKILL: no graceful stop, no goodbye to the broker or the clients."""
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 class Vantage6Server(Process):

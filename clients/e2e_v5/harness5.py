@@ -8,22 +8,20 @@ realm stand-in (`clients/keycloak_standin.py`) in the test process.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import requests
 
 import lineproc
+from logged_process import Process  # noqa: F401  (re-exported)
 
 ROOT = Path(__file__).resolve().parents[2]
 AMQP_URI = os.environ.get("V6_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
@@ -186,69 +184,6 @@ def write_hq_config(path: Path, *, db: Database, broker: Broker, api_port: int) 
     }
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     return path
-
-
-def _die_with_parent():
-    """Child side of Popen: SIGTERM when the test process dies."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
-
-
-class Process:
-    """A child process whose combined output goes to a log file."""
-
-    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict | None = None):
-        self.name = name
-        self.argv = argv
-        self.workdir = workdir
-        self.env = env
-        self.log_path = workdir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self):
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.argv, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
-        )
-        log.close()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, n: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-n:]) or "(no log)"
-
-    def wait_http(self, url: str, timeout: float, ok=lambda r: r.status_code == 200):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.log_tail()}")
-            with contextlib.suppress(requests.RequestException):
-                if ok(requests.get(url, timeout=2)):
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name}: {url} not ready after {timeout}s:\n{self.log_tail()}")
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 15):
-        if not self.alive():
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 def keycloak_env(kc) -> dict:
