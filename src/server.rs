@@ -207,7 +207,7 @@ pub fn socketio_builder(config: &Config, ctx: TasksContext) -> SocketIoBuilder {
 /// The adapter's name for a [`MessageQueueFormat`].
 pub fn data_format(format: MessageQueueFormat) -> DataFormat {
     match format {
-        MessageQueueFormat::Legacy => DataFormat::Value,
+        MessageQueueFormat::Legacy => DataFormat::Legacy,
         MessageQueueFormat::Args => DataFormat::Args,
     }
 }
