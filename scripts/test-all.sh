@@ -321,24 +321,23 @@ fi
 
 # The 5.x suites run after the 4.x ones: the compatibility suite shares the
 # default virtual host and the flask-socketio exchange with the 4.x broker
-# tests (each end-to-end fleet has a virtual host of its own).
+# tests (each end-to-end fleet has a virtual host of its own). One at a time:
+# `v5_suite RUNNER DIR` runs clients/DIR in clients/.venv-v5.
+v5_suite() {
+    if [ -f "$LOGS/v5-deps.ok" ]; then
+        runner_start "$1" clients/.venv-v5/bin/python -m pytest "clients/$2" "${PYTEST[@]}" \
+            --basetemp "$LOGS/$1"
+        runners_finish
+    else
+        failed+=("$1 (not run)")
+    fi
+}
+
 stage "vantage6 5.x compatibility suite (HQ 5.0.3 models, Keycloak stand-in, pytest)"
-if [ -f "$LOGS/v5-deps.ok" ]; then
-    runner_start "pytest-v5" clients/.venv-v5/bin/python -m pytest clients/tests_v5 "${PYTEST[@]}" \
-        --basetemp "$LOGS/pytest-v5"
-    runners_finish
-else
-    failed+=("v5 pytest (not run)")
-fi
+v5_suite pytest-v5 tests_v5
 
 stage "vantage6 5.x end-to-end suite (HQ 5.0.3, real node code, pytest)"
-if [ -f "$LOGS/v5-deps.ok" ]; then
-    runner_start "e2e-v5" clients/.venv-v5/bin/python -m pytest clients/e2e_v5 "${PYTEST[@]}" \
-        --basetemp "$LOGS/e2e-v5"
-    runners_finish
-else
-    failed+=("e2e v5 pytest (not run)")
-fi
+v5_suite e2e-v5 e2e_v5
 
 stage "summary"
 for i in "${!stage_names[@]}"; do
