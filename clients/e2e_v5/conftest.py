@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # clients/: lineproc, stand-in
+pytest_plugins = ["skip_policy"]  # clients/skip_policy.py: a skip for a missing tool fails the run
 
 from fleet import Fleet  # noqa: E402
 from pytest_figures import figures  # noqa: E402,F401  (the fixture)

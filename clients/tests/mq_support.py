@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -187,15 +188,44 @@ class PyServer:
 # ---------------------------------------------------------------------------
 # the generic socketioxide server of the adapter crate
 # ---------------------------------------------------------------------------
-def cluster_node_binary() -> Path | None:
-    """The newest ``cluster_processes`` test binary (``cargo build --all-targets``)."""
+CLUSTER_NODE_TARGET = "cluster_processes"
+
+
+def cluster_node_binary() -> Path:
+    """The adapter crate's ``cluster_processes`` test binary, exactly:
+    ``V6_TEST_CLUSTER_NODE_BIN`` when set, else the executable cargo reports
+    for that test target (built first if it is stale)."""
+    found = _cluster_node_binary()
+    if isinstance(found, str):
+        raise RuntimeError(found)
+    return found
+
+
+@functools.cache
+def _cluster_node_binary() -> Path | str:
+    """The binary, or why there is none; asked once per session, a failure too.
+    ``--workspace`` builds the target with the features of ``cargo build
+    --workspace --all-targets``: it is that build's binary, not a second one."""
     env = os.environ.get("V6_TEST_CLUSTER_NODE_BIN")
     if env:
         return Path(env)
-    deps = REPO / "target" / "debug" / "deps"
-    cands = [p for p in deps.glob("cluster_processes-*")
-             if p.is_file() and os.access(p, os.X_OK) and "." not in p.name]
-    return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
+    cmd = ["cargo", "test", "--workspace", "--locked", "--test", CLUSTER_NODE_TARGET, "--no-run",
+           "--message-format=json"]
+    try:
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    except OSError as exc:
+        return (f"cannot run cargo ({exc}): set V6_TEST_CLUSTER_NODE_BIN to the "
+                f"{CLUSTER_NODE_TARGET} test binary of the adapter crate")
+    executables = []
+    for line in out.stdout.splitlines():
+        msg = json.loads(line) if line.startswith("{") else {}
+        if (msg.get("reason") == "compiler-artifact" and msg.get("executable")
+                and msg["target"]["name"] == CLUSTER_NODE_TARGET and "test" in msg["target"]["kind"]):
+            executables.append(Path(msg["executable"]))
+    if out.returncode != 0 or len(executables) != 1:
+        return (f"`{' '.join(cmd)}` (exit {out.returncode}) named {len(executables)} "
+                f"executables, not one:\n{out.stderr[-3000:]}")
+    return executables[0]
 
 
 class RustNode:
@@ -217,9 +247,6 @@ class RustNode:
 
     def start(self, timeout: float = 15):
         binary = cluster_node_binary()
-        if binary is None:
-            raise RuntimeError("no target/debug/deps/cluster_processes-* binary: run "
-                               "`cargo build --workspace --all-targets`")
         env = dict(os.environ)
         env["SIO_AMQP_NODE_EXCHANGE"] = self.exchange
         env["SIO_AMQP_NODE_URI"] = AMQP_URL

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from skip_policy import skip_by_design
 from support import (
     DEFAULT_TIMEOUT,
     Ent,
@@ -42,7 +43,7 @@ RECOVERY_BOUND = 20.0
 def cut(db, jwt_secret, tmp_path_factory):
     """(server, proxy): a server reaching the database through the proxy."""
     if db.backend != "postgres":
-        pytest.skip("needs a database server to cut off: PostgreSQL only (SQLite is a file)")
+        skip_by_design("needs a database server to cut off: PostgreSQL only (SQLite is a file)")
     url = urlsplit(db.uri)
     proxy = TcpProxy(url.port or 5432).start()
     uri = urlunsplit(url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}"))

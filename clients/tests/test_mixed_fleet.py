@@ -49,6 +49,7 @@ from mq_support import (
     RustNode,
     b,
 )
+from skip_policy import skip_by_design
 from support import (
     ServerProcess,
     Unordered,
@@ -104,7 +105,7 @@ def start_all(processes, cleanup):
 def v6fleet(request, broker, db, jwt_secret, tmp_path_factory):
     """(version, format, v6-socketio serve, python server P, python reference server Q)."""
     if db.backend != FIRST_BACKEND:
-        pytest.skip(f"mixed-fleet tests run on the {FIRST_BACKEND} backend only")
+        skip_by_design(f"mixed-fleet tests run on the {FIRST_BACKEND} backend only")
     version, fmt, python = FLEETS[request.param]
     workdir = tmp_path_factory.mktemp(f"mixed-{db.backend}-{fmt}")
     v6 = ServerProcess(workdir, db, jwt_secret, name=f"mixed-v6-{db.backend}-{fmt}", extra={

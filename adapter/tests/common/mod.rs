@@ -161,7 +161,7 @@ where
 }
 
 /// Closes the broker side of the connection whose name contains `needle`, with `rabbitmqctl`.
-/// Returns false when `rabbitmqctl` is not usable here.
+/// Returns false when `rabbitmqctl` is not usable here; the callers assert it (no silent pass).
 pub fn kill_connection(needle: &str) -> bool {
     use std::process::Command;
     let Ok(out) = Command::new("rabbitmqctl")
