@@ -881,6 +881,7 @@ fn broadcast_failed(ctx: &TasksContext, room: &str, event: &str, e: &BroadcastEr
             "broadcasts met sockets that were already closed"
         );
     }
+    // duplicates: deliberate — two summaries at two levels (tracing's level is fixed per macro).
     if let Some(n) = ctx.log_due("broadcast_full", full) {
         warn!(
             room,
