@@ -133,10 +133,9 @@ async fn broker_restart_keeps_local_delivery_and_recovers_cross_instance_deliver
     })
     .await;
     for via in 0..3 {
-        c[via]
-            .ok(json!({"op": "emit", "event": "before", "data": via}))
+        let got = cluster
+            .emit_and_fence(via, &mut c, "before", json!(via))
             .await;
-        let got = cluster.fence(via, &mut c).await;
         assert_eq!(got, vec![vec![format!("before [{via}]")]; 3]);
     }
 
@@ -199,10 +198,9 @@ async fn broker_restart_keeps_local_delivery_and_recovers_cross_instance_deliver
     .await;
     // Cross-instance delivery is back: exactly one copy each, nothing stale before it.
     for via in 0..3 {
-        c[via]
-            .ok(json!({"op": "emit", "event": "after", "data": via}))
+        let got = cluster
+            .emit_and_fence(via, &mut c, "after", json!(via))
             .await;
-        let got = cluster.fence(via, &mut c).await;
         assert_eq!(
             got,
             vec![vec![format!("after [{via}]")]; 3],

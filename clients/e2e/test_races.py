@@ -42,6 +42,7 @@ import jwt
 import pytest
 
 from clients import StubNodeWorker
+from e2e_harness import BACKENDS
 from harness import wait_until
 from skip_policy import skip_by_design
 
@@ -50,7 +51,6 @@ NODES = 4
 SYNC_TIMEOUT = 30.0  # a liveness bound for a loaded 2-core machine, not a timing target
 TRANSPORTS = [t for t in os.environ.get("V6_TEST_RACE_TRANSPORTS", "polling,websocket").split(",")
               if t]
-BACKENDS = [b for b in os.environ.get("V6_TEST_BACKENDS", "sqlite,postgres").split(",") if b]
 # scripts/test-all.sh runs one pytest process per backend and names the one
 # that runs the stress
 RACE_BACKEND = os.environ.get("V6_TEST_RACE_BACKEND") or BACKENDS[0]

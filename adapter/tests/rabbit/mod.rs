@@ -9,7 +9,8 @@ use std::{
 };
 
 use lapin::{
-    options::{ExchangeDeleteOptions, QueueDeleteOptions},
+    options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeleteOptions},
+    types::FieldTable,
     Connection, ConnectionProperties,
 };
 
@@ -94,6 +95,45 @@ impl Drop for BrokerCleanup {
     }
 }
 
+/// A connection to the broker under test and a channel on it.
+pub async fn open_channel() -> (Connection, lapin::Channel) {
+    let conn = Connection::connect(&uri(), ConnectionProperties::default())
+        .await
+        .expect("connect to the broker");
+    let channel = conn.create_channel().await.expect("channel");
+    (conn, channel)
+}
+
+/// Binds `queue` to the fanout `exchange` and consumes it without acks, as `consumer_tag`.
+pub async fn bind_and_consume(
+    channel: &lapin::Channel,
+    queue: &str,
+    exchange: &str,
+    consumer_tag: &str,
+) -> lapin::Result<lapin::Consumer> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_consume(
+            queue.into(),
+            consumer_tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+// duplicates: deliberate — the two passive declarations differ in lapin's call and options only.
 /// Whether exchange `name` exists (a passive declaration).
 pub async fn exchange_exists(name: &str) -> bool {
     passive_declare(|channel| async move {
@@ -137,10 +177,7 @@ where
     F: FnOnce(lapin::Channel) -> Fut,
     Fut: std::future::Future<Output = lapin::Result<()>>,
 {
-    let conn = Connection::connect(&uri(), ConnectionProperties::default())
-        .await
-        .expect("connect");
-    let channel = conn.create_channel().await.expect("channel");
+    let (conn, channel) = open_channel().await;
     let ok = declare(channel).await.is_ok();
     let _ = conn.close(200, "bye".into()).await;
     ok
