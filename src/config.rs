@@ -674,7 +674,7 @@ pub fn realm_key_missing() -> ConfigError {
 /// An entry of `jwt_decode_algorithms`: the realm key is an RSA key, so
 /// only RSA algorithms can verify with it.
 fn rsa_algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, ConfigError> {
-    use jsonwebtoken::Algorithm::*;
+    use jsonwebtoken::Algorithm::{PS256, PS384, PS512, RS256, RS384, RS512};
     match name {
         "RS256" => Ok(RS256),
         "RS384" => Ok(RS384),

@@ -130,7 +130,7 @@ INSERT INTO run (id, task_id, organization_id, status) VALUES (1, 1, 2, 'pending
 /// one of the same name.
 fn v5_rows(other: i64) -> String {
     format!(
-        r#"
+        r"
 INSERT INTO task (id, name, collaboration_id, job_id, parent_id, init_org_id) VALUES
     (2, 'task-2', 1, 2, NULL, 1), (3, 'task-3', 2, 2, 2, 1), (4, 'task-4', 1, 4, NULL, 1);
 INSERT INTO task_depends_on (task_id, depends_on_id) VALUES (3, 1), (2, 1), (4, 2);
@@ -138,7 +138,7 @@ INSERT INTO session (id, name, user_id, collaboration_id) VALUES (1, 'session-1'
 INSERT INTO dataframetobedeletedatnode (id, dataframe_name, session_id, node_id) VALUES
     (1, 'df_a', 1, 1), (2, 'df_b', 1, 1), (3, 'df_a', 1, {other});
 UPDATE authenticatable SET status = 'offline' WHERE id = 1;
-"#,
+",
         user = if other == 2 { 3 } else { 2 }
     )
 }

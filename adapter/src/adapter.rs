@@ -133,12 +133,12 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         self.shared
             .routes
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(self.ns.clone(), tx);
         self.shared
             .peers
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(self.ns.clone(), Arc::downgrade(&self.peers));
         let mut tasks = Vec::new();
         self.shared.start_dispatcher();
@@ -194,12 +194,12 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         self.shared
             .routes
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&self.ns);
         self.shared
             .peers
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&self.ns);
         lock(&self.pending).clear();
     }
@@ -413,7 +413,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         }
         let target = self.target_server(&opts);
         let mut req = self.request(op, &opts, None);
-        req.rooms = rooms.iter().map(|r| r.to_string()).collect();
+        req.rooms = rooms.iter().map(std::string::ToString::to_string).collect();
         if target.is_none() {
             self.local_room_change(op, opts, rooms);
         }

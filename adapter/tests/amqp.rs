@@ -208,11 +208,17 @@ async fn python_peer_interop_over_rabbitmq() {
     assert_eq!(e.room, wire::RoomList::One("room1".into()));
     assert_eq!(e.host_id, ctr.host_id());
     assert_eq!(
-        props.content_type().as_ref().map(|s| s.as_str()),
+        props
+            .content_type()
+            .as_ref()
+            .map(lapin::types::ShortString::as_str),
         Some("text/plain")
     );
     assert_eq!(
-        props.content_encoding().as_ref().map(|s| s.as_str()),
+        props
+            .content_encoding()
+            .as_ref()
+            .map(lapin::types::ShortString::as_str),
         Some("utf-8")
     );
     assert_eq!(*props.delivery_mode(), Some(2));

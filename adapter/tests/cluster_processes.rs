@@ -123,7 +123,7 @@ async fn rooms_except_and_volatile_select_exactly_their_clients() {
                 // Engine.IO sends volatile packets outside the socket's ordered buffer: one may
                 // arrive after the fence. A late copy to a non-member would show up in the
                 // following fences.
-                for &i in who.iter() {
+                for &i in *who {
                     if got[i].is_empty() {
                         got[i].push(c[i].next().await.render());
                     }

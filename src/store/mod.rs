@@ -573,7 +573,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            tx.commit().await?
+            tx.commit().await?;
         });
         Ok(())
     }

@@ -247,9 +247,9 @@ async fn handle_event<A: Adapter>(
     };
     if event == "ping" {
         return if ctx.is_v5() {
-            v5::on_ping(s, ctx, identity, rooms).await
+            v5::on_ping(s, ctx, identity, rooms).await;
         } else {
-            on_ping(ctx, identity).await
+            on_ping(ctx, identity).await;
         };
     }
     let Some((node, data)) = node_payload(ctx, identity, event, data) else {

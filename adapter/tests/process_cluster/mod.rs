@@ -354,7 +354,10 @@ impl SioClient {
                             let v: Value = serde_json::from_str(json).unwrap_or_default();
                             let first = v.get(0).cloned().unwrap_or(Value::Null);
                             if let Some(tx) = id.and_then(|id| {
-                                calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
+                                calls
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .remove(&id)
                             }) {
                                 let _ = tx.send(first);
                             }
@@ -393,7 +396,7 @@ impl SioClient {
         let (tx, rx) = oneshot::channel();
         self.calls
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id, tx);
         self.out
             .send(format!("42{NS},{id}{}", json!(["op", req])))

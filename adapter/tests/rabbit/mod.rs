@@ -52,7 +52,7 @@ impl BrokerCleanup {
     pub fn queue(&self, queue: impl Into<String>) {
         self.queues
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(queue.into());
     }
 }
@@ -60,7 +60,12 @@ impl BrokerCleanup {
 impl Drop for BrokerCleanup {
     fn drop(&mut self) {
         let exchange = self.exchange.clone();
-        let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(|p| p.into_inner()));
+        let queues = std::mem::take(
+            &mut *self
+                .queues
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let done = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -145,7 +150,7 @@ pub async fn exchange_exists(name: &str) -> bool {
                     passive: true,
                     ..Default::default()
                 },
-                Default::default(),
+                FieldTable::default(),
             )
             .await
     })
@@ -162,7 +167,7 @@ pub async fn queue_exists(name: &str) -> bool {
                     passive: true,
                     ..Default::default()
                 },
-                Default::default(),
+                FieldTable::default(),
             )
             .await
             .map(|_| ())
@@ -208,6 +213,7 @@ impl BrokerLock {
             .open(&path)
             .expect("lock file");
         // SAFETY: flock on a file descriptor we own; it is released when the file is closed.
+        #[allow(unsafe_code, reason = "flock(2) has no safe std wrapper at our MSRV")]
         let rc = unsafe { libc::flock(file.as_raw_fd(), mode) };
         assert_eq!(rc, 0, "flock {}", path.display());
         Self(file)
