@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import node_connect_sequence
+from compat_support import node_connect_sequence
 from sio_testkit import (
     Unordered,
     expect_exact,

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from conftest import KEY_REFRESH_INTERVAL, node_connect_sequence
+from compat_support import node_connect_sequence
+from conftest import KEY_REFRESH_INTERVAL
 from sio_testkit import expect_exact, expect_silence, join_msg, node_status_payload, quiesce
 from support_v5 import CountsRefusals
 
