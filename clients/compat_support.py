@@ -9,6 +9,8 @@ share beyond clients/sio_testkit.py, which stays importable without pytest, SQLA
   the same over vantage6-server 4.15.2's and vantage6-hq 5.0.3's models (support.py and
   support_v5.py subclass them with their generation's models);
 * RabbitMQ: the ``broker`` fixtures' body, the queue a ``v6-socketio serve`` declared;
+* the scenarios both generations answer alike: what node_a1's arrival and departure tell the
+  others, the rooms of a user by the scope of its event-receive rule, and so on.
 """
 from __future__ import annotations
 
@@ -27,8 +29,12 @@ from sqlalchemy.pool import NullPool
 
 from sio_testkit import (
     Recorder,
+    Unordered,
     broker_lock,
+    expect_exact,
     join_msg,
+    left_msg,
+    node_status_payload,
     pretty,
     quiesce,
     wait_until,
@@ -448,3 +454,147 @@ def connect_quiet(world, connect_node, connect_user):
         return recs
 
     return go
+
+
+# ---------------------------------------------------------------------------
+# scenarios both generations answer alike
+# ---------------------------------------------------------------------------
+def a1_status_payload(world, **over) -> dict:
+    """An ``algorithm_status_change`` of node_a1 for run r_a of task1 (collaboration 1)."""
+    p = {"run_id": world.r_a.id, "task_id": world.task1.id, "collaboration_id": world.c1.id,
+         "status": "active", "node_id": world.node_a1.id, "organization_id": world.org_a.id,
+         "parent_id": None}
+    p.update(over)
+    return p
+
+
+def log_payload(world, log: str, run=None) -> dict:
+    """An ``algorithm_log`` for ``run`` (of task1; r_a by default)."""
+    run = run or world.r_a
+    return {"collaboration_id": world.c1.id, "run_id": run.id, "task_id": world.task1.id, "log": log}
+
+
+def node_arrives(node, room: str) -> list:
+    """What a member of ``room`` hears when ``node`` connects."""
+    return [("node-online", node_status_payload(node)), join_msg("Node", node.name, room)]
+
+
+def node_leaves(node, room: str) -> list:
+    """What a member of ``room`` hears when ``node`` disconnects."""
+    return [left_msg(node.name, room), ("node-offline", node_status_payload(node))]
+
+
+def _a1_room_heard_by(world, key: str) -> str | None:
+    """The room through which the observer ``key`` (OBSERVERS' names) hears of node_a1:
+    collaboration-1 members through collaboration_<c1> (all_nodes is not announced), the
+    organisation-scope user of org_a through collaboration_<c1>_organization_<a>; the other
+    collaboration, the other organisation's subroom and a user without the rule: none."""
+    return {
+        "b1": f"collaboration_{world.c1.id}",
+        "glob": f"collaboration_{world.c1.id}",
+        "col": f"collaboration_{world.c1.id}",
+        "org": f"collaboration_{world.c1.id}_organization_{world.org_a.id}",
+    }.get(key)
+
+
+def heard_when_a1_connects(world, observers: dict) -> dict:
+    """``expect_exact`` expectations of the ``observers`` (``connect_quiet``'s dict, any of
+    OBSERVERS' names) when node_a1 connects: node-online once, then the join message."""
+    rooms = {k: _a1_room_heard_by(world, k) for k in observers}
+    return {rec: node_arrives(world.node_a1, rooms[k]) if rooms[k] else []
+            for k, rec in observers.items()}
+
+
+def heard_when_a1_leaves(world, observers: dict) -> dict:
+    """Likewise when node_a1 disconnects: the left message, then node-offline."""
+    rooms = {k: _a1_room_heard_by(world, k) for k in observers}
+    return {rec: node_leaves(world.node_a1, rooms[k]) if rooms[k] else []
+            for k, rec in observers.items()}
+
+
+def node_disconnect_sequence(world, db, connect_node, connect_quiet, node_info: dict):
+    """node_a1, after a ``node_info_update`` (``node_info``: two nodeconfig rows), leaves: the
+    others hear it, it hears nothing of its own departure, its status goes offline and its
+    nodeconfig rows are deleted."""
+    a1 = world.node_a1
+    rec = connect_node(a1)
+    rec.emit("node_info_update", node_info)
+    wait_until(lambda: db.node_config_count(a1.id) == 2, what="node_config rows of node_a1")
+    o = connect_quiet(*OBSERVERS)
+    rec.clear()  # it saw the observers arrive
+
+    rec.disconnect()
+    # the departing client hears nothing about its own departure
+    expect_exact({**heard_when_a1_leaves(world, o), rec: []})
+    wait_status(db, a1.id, "offline")
+    wait_until(lambda: db.node_config_count(a1.id) == 0, what="node_config rows deleted on disconnect")
+
+
+def second_node_and_reconnect(world, db, connect_node):
+    """node_b1 joins node_a1's collaboration, leaves, and its reconnect repeats the sequence."""
+    a1, b1 = world.node_a1, world.node_b1
+    c1 = f"collaboration_{world.c1.id}"
+    ra = connect_node(a1)
+    rb = connect_node(b1)  # checks b1's own sequence
+    expect_exact({ra: node_arrives(b1, c1), rb: []})
+    rb.disconnect()
+    expect_exact({ra: node_leaves(b1, c1)})
+    wait_status(db, b1.id, "offline")
+    rb2 = connect_node(b1, label="b1-again")
+    expect_exact({ra: node_arrives(b1, c1), rb2: []})
+    assert db.auth_row(b1.id)[0] == "online"
+
+
+#: the users of a world, by the scope of their event-receive rule
+USERS_BY_SCOPE = ["u_glob", "u_col", "u_org", "u_orgb", "u_none"]
+
+
+def user_rooms_by_event_receive_scope(world, db, connect_user, connect_node, who: str):
+    """The user ``who`` (of USERS_BY_SCOPE) joins exactly the rooms of its rule's scope: its own
+    join messages, and a node of each collaboration announces itself to it in shared rooms only."""
+    user = getattr(world, who)
+    expected_rooms = world.user_rooms(user)
+    # the fixture itself (so the test cannot pass vacuously): a rule at each scope
+    expected_shape = {
+        "u_glob": [f"collaboration_{c}" for c in db.collaboration_ids()],
+        "u_col": [f"collaboration_{world.c1.id}", f"collaboration_{world.c2.id}"],
+        "u_org": [f"collaboration_{world.c1.id}_organization_{world.org_a.id}",
+                  f"collaboration_{world.c2.id}_organization_{world.org_a.id}"],
+        "u_orgb": [f"collaboration_{world.c1.id}_organization_{world.org_b.id}"],
+        "u_none": [],
+    }[who]
+    assert sorted(expected_rooms) == sorted(expected_shape)
+
+    rec = connect_user(user)  # asserts "User <name> joined room <room>" per room, nothing else
+    wait_status(db, user.id, "online")
+
+    # membership: a node of each collaboration announces itself
+    for node in (world.node_a1, world.node_c2):
+        rn = connect_node(node)
+        shared = [r for r in WorldRooms.node_public_rooms(node) if r in expected_rooms]
+        exp = [("node-online", node_status_payload(node))] * len(shared)
+        exp += [join_msg("Node", node.name, r) for r in shared]
+        expect_exact({rec: exp, rn: []})
+
+    rec.disconnect()
+    wait_status(db, user.id, "offline")
+
+
+def user_in_both_collaborations_leaves(world, db, observers: dict, leaver: str, other: str):
+    """The user ``leaver`` (a name of OBSERVERS, in the rooms of both collaborations) disconnects:
+    each node hears it leave its collaboration's room, ``other`` (in both rooms too) hears both,
+    the organisation-scope users and the user without a rule hear nothing."""
+    o = observers
+    user = getattr(world, f"u_{leaver}")
+    c1, c2 = f"collaboration_{world.c1.id}", f"collaboration_{world.c2.id}"
+    o[leaver].disconnect()
+    expect_exact({
+        o["b1"]: [left_msg(user.name, c1)],
+        o["c2"]: [left_msg(user.name, c2)],
+        o[other]: Unordered([left_msg(user.name, c1), left_msg(user.name, c2)]),
+        o["org"]: [],
+        o["orgb"]: [],
+        o["none"]: [],
+    })
+    wait_status(db, user.id, "offline")
+
