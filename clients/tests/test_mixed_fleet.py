@@ -39,25 +39,9 @@ import uuid
 import pytest
 
 import mq_support
-from mq_support import (
-    AMQP_URL,
-    CLUSTER_NS,
-    VENV_515,
-    VENV_518,
-    AckRecorder,
-    PyServer,
-    RustNode,
-    b,
-)
+from mq_support import AMQP_URL, CLUSTER_NS, VENV_515, VENV_518, AckRecorder, PyServer, RustNode, b
 from support import (
-    ServerProcess,
-    Unordered,
-    World,
-    expect_exact,
-    join_msg,
-    left_msg,
-    node_status_payload,
-    quiesce,
+    ServerProcess, Unordered, World, expect_exact, join_msg, left_msg, node_status_payload, quiesce,
     server_binary,
 )
 
