@@ -9,7 +9,7 @@
   result, see adapter/tests/process_cluster/node.rs);
 * ``AckRecorder``: a recording client that acknowledges every event;
 * broker helpers: the shared lock the adapter's tests take, queue and exchange
-  deletion.
+  deletion (what the 5.x suite needs too is in clients/compat_support.py).
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import subprocess
 import threading
 import uuid
@@ -26,12 +25,19 @@ from pathlib import Path
 import kombu
 
 import support
+from compat_support import (  # noqa: F401  (re-exported for the tests)
+    AMQP_URL,
+    broker_available,
+    broker_fixture,
+    delete_queues,
+    serve_queue,
+    stop_serve,
+)
 from jsonbytes import decode, encode
 from lineproc import LineProcess
 from sio_testkit import broker_lock  # noqa: F401  (re-exported: support.broker_lock)
 from support import CLIENTS, DEFAULT_TIMEOUT, REPO, Recorder, free_port
 
-AMQP_URL = os.environ.get("V6_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 VENV_515 = CLIENTS / ".venv" / "bin" / "python"
 VENV_518 = CLIENTS / ".venv-sio518" / "bin" / "python"
 MQ_SERVER = CLIENTS / "mq_server.py"
@@ -39,58 +45,11 @@ CLUSTER_NS = "/cluster"
 
 
 # ---------------------------------------------------------------------------
-# broker
+# broker (queue deletion and the like: compat_support, re-exported)
 # ---------------------------------------------------------------------------
-def broker_available() -> str | None:
-    """None when RabbitMQ answers, else the reason."""
-    try:
-        with kombu.Connection(AMQP_URL, connect_timeout=3) as conn:
-            conn.connect()
-        return None
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-
-
-def delete_queues(*names: str):
-    names = [n for n in names if n]
-    if not names:
-        return
-    with contextlib.suppress(Exception), kombu.Connection(AMQP_URL, connect_timeout=3) as conn:
-        ch = conn.channel()
-        for n in names:
-            with contextlib.suppress(Exception):
-                ch.queue_delete(n)
-
-
 def delete_exchange(name: str):
     with contextlib.suppress(Exception), kombu.Connection(AMQP_URL, connect_timeout=3) as conn:
         conn.channel().exchange_delete(name)
-
-
-def broker_fixture():
-    """Body of the module-scoped ``broker`` fixture: fails when RabbitMQ is
-    down (an environment failure, like a missing PostgreSQL), holds the shared
-    broker lock while the module runs."""
-    import pytest
-
-    reason = broker_available()
-    if reason:
-        pytest.fail(f"RabbitMQ unavailable at {AMQP_URL}: {reason}")
-    with broker_lock():
-        yield AMQP_URL
-
-
-_SERVE_QUEUE = re.compile(r"queue=(socketioxide-amqp\.[0-9a-f-]+)")
-
-
-def serve_queue(server) -> str | None:
-    """The queue a ``v6-socketio serve`` (support.ServerProcess) logged at startup."""
-    try:
-        text = server.log_path.read_text(errors="replace")
-    except OSError:
-        return None
-    found = _SERVE_QUEUE.findall(re.sub(r"\x1b\[[0-9;]*m", "", text))
-    return found[-1] if found else None
 
 
 def queue_exists(name: str) -> bool:
@@ -102,14 +61,6 @@ def queue_exists(name: str) -> bool:
             if "NOT_FOUND" in str(exc) or getattr(exc, "code", None) == 404:
                 return False
             raise
-
-
-def stop_serve(*servers):
-    """Stop ``v6-socketio serve`` processes, then delete the queues they
-    declared (a crashed or slow instance would leave them for x-expires)."""
-    for s in servers:
-        s.stop()
-    delete_queues(*(serve_queue(s) for s in servers))
 
 
 def unique(prefix: str) -> str:

@@ -39,26 +39,10 @@ import uuid
 import pytest
 
 import mq_support
-from mq_support import (
-    AMQP_URL,
-    CLUSTER_NS,
-    VENV_515,
-    VENV_518,
-    AckRecorder,
-    PyServer,
-    RustNode,
-    b,
-)
+from mq_support import AMQP_URL, CLUSTER_NS, VENV_515, VENV_518, AckRecorder, PyServer, RustNode, b
 from skip_policy import skip_by_design
 from support import (
-    ServerProcess,
-    Unordered,
-    World,
-    expect_exact,
-    join_msg,
-    left_msg,
-    node_status_payload,
-    quiesce,
+    ServerProcess, Unordered, World, expect_exact, join_msg, left_msg, node_status_payload, quiesce,
     server_binary,
 )
 
