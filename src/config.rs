@@ -13,7 +13,7 @@ use std::{
 };
 
 use serde::Deserialize;
-use socketioxide_amqp::{BrokerUri, UriError};
+use socketioxide_amqp::{BrokerUri, DataFormat, UriError};
 
 use crate::{
     affinity::{is_valid_instance_name, InstanceName, MAX_INSTANCE_NAME_LEN},
@@ -127,18 +127,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// How python-socketio servers and emitters on the same RabbitMQ exchange
-/// write an event's arguments (`data` of an `emit` message).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum MessageQueueFormat {
-    /// python-socketio up to 5.15.0, which vantage6 4.15.2 runs: `data` is
-    /// the single argument itself.
-    Legacy,
-    /// python-socketio 5.15.1 and later: `data` is the list of arguments.
-    Args,
-}
-
 /// Which vantage6 generation to serve (`vantage6_generation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GenerationSetting {
@@ -205,7 +193,7 @@ pub struct Config {
     /// The python-socketio message format on the RabbitMQ exchange, when
     /// set; otherwise the generation's (see
     /// [`message_queue_format_for`](Self::message_queue_format_for)).
-    pub message_queue_format: Option<MessageQueueFormat>,
+    pub message_queue_format: Option<DataFormat>,
     /// Log format.
     pub log_format: LogFormat,
     /// The name the reverse proxy knows this instance by (`instance_name`).
@@ -258,9 +246,9 @@ pub struct ServeOverrides {
     /// Packets that may wait for one slow client before emits to it fail [default: 4096]
     #[arg(long, env = "V6_SOCKETIO_MAX_BUFFER_SIZE")]
     pub max_buffer_size: Option<usize>,
-    /// python-socketio message format on RabbitMQ: legacy (up to 5.15.0, vantage6 4.15.2) or args (5.15.1+) [default: legacy]
-    #[arg(long, env = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT", value_enum)]
-    pub message_queue_format: Option<MessageQueueFormat>,
+    /// python-socketio message format on RabbitMQ: legacy (up to 5.15.0, vantage6 4.15.2) or args (5.15.1+, vantage6 5.x) [default: legacy when serving vantage6 4.x, args for 5.x]
+    #[arg(long, env = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT", value_parser = parse_data_format)]
+    pub message_queue_format: Option<DataFormat>,
     /// Log format [default: text]
     #[arg(long, env = "V6_SOCKETIO_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -334,7 +322,7 @@ struct OwnSection {
     sweep_interval: Option<f64>,
     max_payload: Option<u64>,
     max_buffer_size: Option<usize>,
-    message_queue_format: Option<MessageQueueFormat>,
+    message_queue_format: Option<DataFormat>,
     log_format: Option<LogFormat>,
     instance_name: Option<String>,
     affinity_cookie: Option<bool>,
@@ -369,10 +357,10 @@ impl Config {
     /// The message format on the RabbitMQ exchange: the setting, else the
     /// python-socketio of `generation`'s server (vantage6 4.15.2 runs
     /// python-socketio 5.14, `legacy`; HQ 5.0.3 runs 5.16.2, `args`).
-    pub fn message_queue_format_for(&self, generation: Vantage6Generation) -> MessageQueueFormat {
+    pub fn message_queue_format_for(&self, generation: Vantage6Generation) -> DataFormat {
         self.message_queue_format.unwrap_or(match generation {
-            Vantage6Generation::V4 => MessageQueueFormat::Legacy,
-            Vantage6Generation::V5 => MessageQueueFormat::Args,
+            Vantage6Generation::V4 => DataFormat::Legacy,
+            Vantage6Generation::V5 => DataFormat::Args,
         })
     }
 
@@ -634,6 +622,11 @@ impl Config {
             (None, None) => None,
         }
     }
+}
+
+/// `--message-queue-format`: the adapter's names, `legacy` and `args`.
+pub fn parse_data_format(name: &str) -> Result<DataFormat, socketioxide_amqp::UnknownDataFormat> {
+    name.parse()
 }
 
 /// The error for a 4.x setup without `jwt_secret_key`.

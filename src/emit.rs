@@ -2,9 +2,7 @@
 //! RabbitMQ, the way vantage6's REST API does, without running a server.
 
 use serde_json::Value;
-use socketioxide_amqp::{AmqpConfig, AmqpDriver, AmqpEmitter, BrokerUri};
-
-use crate::config::MessageQueueFormat;
+use socketioxide_amqp::{AmqpConfig, AmqpDriver, AmqpEmitter, BrokerUri, DataFormat};
 
 /// Why an event could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +38,7 @@ pub struct EmitRequest {
     /// The event's argument as JSON text; `None` sends no argument.
     pub data: Option<String>,
     /// The message format the python-socketio servers on the exchange read.
-    pub format: MessageQueueFormat,
+    pub format: DataFormat,
 }
 
 /// Publishes the event once and closes the connection.
@@ -53,7 +51,7 @@ pub async fn emit(request: &EmitRequest) -> Result<(), EmitError> {
     let driver = AmqpDriver::connect_publisher(config)
         .await
         .map_err(socketioxide_amqp::Error::from)?;
-    let emitter = AmqpEmitter::with_data_format(driver, crate::server::data_format(request.format));
+    let emitter = AmqpEmitter::with_data_format(driver, request.format);
     let target = request
         .rooms
         .iter()

@@ -1,6 +1,7 @@
 //! The `v6-socketio` command: `serve` a vantage6 configuration, or run the
 //! embedded `demo`.
 
+use socketioxide_amqp::DataFormat;
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
@@ -8,7 +9,7 @@ use clap::{Parser, Subcommand};
 use socketioxide_amqp::BrokerUri;
 use tracing_subscriber::{fmt, EnvFilter};
 use v6_socketio::{
-    config::{Config, GenerationSetting, LogFormat, MessageQueueFormat, ServeOverrides},
+    config::{parse_data_format, Config, GenerationSetting, LogFormat, ServeOverrides},
     demo::{self, DemoOptions},
     emit::{self, EmitRequest},
     generation::Vantage6Generation,
@@ -81,8 +82,8 @@ enum Command {
         /// python-socketio message format: legacy (up to 5.15.0, vantage6 4.15.2) or args
         /// (5.15.1+) [default: from --config (args when it sets vantage6_generation: 5), else
         /// legacy]
-        #[arg(long, env = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT", value_enum)]
-        message_queue_format: Option<MessageQueueFormat>,
+        #[arg(long, env = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT", value_parser = parse_data_format)]
+        message_queue_format: Option<DataFormat>,
     },
     /// Run a self-contained demo: SQLite database with two nodes and a user, tokens printed
     /// (`--vantage6 5`: the vantage6 5.x layout and Keycloak-style tokens).
@@ -159,7 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     f.message_queue_format_for(Vantage6Generation::V5)
                 }
                 Some(f) => f.message_queue_format_for(Vantage6Generation::V4),
-                None => MessageQueueFormat::Legacy,
+                None => DataFormat::Legacy,
             });
             let request = EmitRequest {
                 rabbitmq_uri,

@@ -9,7 +9,7 @@ use socketioxide::{
     layer::SocketIoLayer,
     SocketIo, SocketIoBuilder,
 };
-use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig, DataFormat};
+use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -17,7 +17,7 @@ use crate::{
     affinity::AffinityCookieLayer,
     auth::{KeycloakVerifier, TokenVerifier, Verifier},
     broker_metrics::BrokerCollector,
-    config::{Config, ConfigError, MessageQueueFormat},
+    config::{Config, ConfigError},
     generation::{self, Vantage6Generation},
     http,
     keycloak::{KeycloakError, RealmKey, StartupRetry},
@@ -110,7 +110,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             };
             let ctr = AmqpAdapterCtr::connect_with_config(
                 AmqpConfig::new(uri.clone()),
-                AdapterConfig::default().with_python_data_format(data_format(queue_format)),
+                AdapterConfig::default().with_python_data_format(queue_format),
             )
             .await
             .map_err(broker_err)?;
@@ -181,14 +181,6 @@ pub fn socketio_builder(config: &Config, ctx: TasksContext) -> SocketIoBuilder {
         .max_payload(config.max_payload)
         .max_buffer_size(config.max_buffer_size)
         .with_state(ctx)
-}
-
-/// The adapter's name for a [`MessageQueueFormat`].
-pub fn data_format(format: MessageQueueFormat) -> DataFormat {
-    match format {
-        MessageQueueFormat::Legacy => DataFormat::Value,
-        MessageQueueFormat::Args => DataFormat::Args,
-    }
 }
 
 /// The whole HTTP service of an instance: the routes of [`http::router`],

@@ -12,10 +12,9 @@ use std::{
 
 use clap::Parser;
 use jsonwebtoken::Algorithm;
+use socketioxide_amqp::DataFormat;
 use v6_socketio::{
-    config::{
-        Config, ConfigError, GenerationSetting, KeycloakRealm, MessageQueueFormat, ServeOverrides,
-    },
+    config::{Config, ConfigError, GenerationSetting, KeycloakRealm, ServeOverrides},
     generation::{resolve, Vantage6Generation},
     keycloak::KeySource,
     store::{create_demo_database, create_demo_database_v5},
@@ -147,16 +146,13 @@ fn defaults_are_hqs() {
     assert_eq!(c.message_queue_format, None);
     assert_eq!(
         c.message_queue_format_for(Vantage6Generation::V4),
-        MessageQueueFormat::Legacy
+        DataFormat::Legacy
     );
     assert_eq!(
         c.message_queue_format_for(Vantage6Generation::V5),
-        MessageQueueFormat::Args
+        DataFormat::Args
     );
-    for (text, format) in [
-        ("legacy", MessageQueueFormat::Legacy),
-        ("args", MessageQueueFormat::Args),
-    ] {
+    for (text, format) in [("legacy", DataFormat::Legacy), ("args", DataFormat::Args)] {
         let yaml = format!(
             "jwt_secret_key: k\nuri: sqlite:///x\nv6_socketio: {{message_queue_format: {text}}}\n"
         );

@@ -24,8 +24,8 @@ pub struct AdapterConfig {
     pub buffer: usize,
     /// The layout of the `data` of `emit` messages, both read from python servers and emitters
     /// and published (default [`DataFormat::Args`], python-socketio 5.15.1+). Use
-    /// [`DataFormat::Value`] when the python side runs python-socketio 5.14.0 to 5.15.0 (e.g.
-    /// vantage6 4.15, which pins 5.15.0): its servers then hand their clients the one argument of
+    /// [`DataFormat::Legacy`] when the python side runs python-socketio up to 5.15.0 (e.g.
+    /// vantage6 4.15.2, which pins 5.15.0): its servers then hand their clients the one argument of
     /// a broadcast as that argument (several arguments arrive there as one list, as from a
     /// 5.15.0 peer). Socketioxide servers get the exact arguments in either format (`x_nargs`).
     pub python_data_format: DataFormat,

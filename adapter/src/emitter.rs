@@ -100,9 +100,9 @@ impl<D: Driver> AmqpEmitter<D> {
     }
 
     /// An emitter over any driver that writes `data` in the given format: use
-    /// [`DataFormat::Value`] when the receiving python servers run python-socketio 5.14.0 to
+    /// [`DataFormat::Legacy`] when the receiving python servers run python-socketio up to
     /// 5.15.0. It is laid out as the adapter lays out its broadcasts ([`wire::args_fields`]):
-    /// in [`DataFormat::Value`], messages carry `x_nargs`, with which socketioxide servers read
+    /// in [`DataFormat::Legacy`], messages carry `x_nargs`, with which socketioxide servers read
     /// the exact arguments whatever their
     /// [`AdapterConfig::python_data_format`](crate::AdapterConfig::python_data_format).
     pub fn with_data_format(driver: D, format: DataFormat) -> Self {
@@ -164,7 +164,7 @@ impl<D: Driver> AmqpEmitter<D> {
 
     /// Emits `event` with any number of arguments.
     ///
-    /// In [`DataFormat::Value`] several arguments are sent as one list, which python-socketio
+    /// In [`DataFormat::Legacy`] several arguments are sent as one list, which python-socketio
     /// 5.15.0 servers hand their clients as one list argument (it cannot express more than one);
     /// socketioxide servers deliver them as separate arguments.
     pub async fn emit_args(&self, event: &str, args: Vec<Json>) -> Result<(), Error> {

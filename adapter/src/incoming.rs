@@ -83,7 +83,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
 
     pub(crate) async fn on_emit(self: &Arc<Self>, e: Emit) {
         let from_python = e.x_opts.is_none();
-        // A message with `x_nargs` (a socketioxide sender in the `Value` layout) is read exactly
+        // A message with `x_nargs` (a socketioxide sender in the `Legacy` layout) is read exactly
         // whatever `format` says; other socketioxide messages carry the exact argument list.
         let format = if from_python {
             self.shared.config.python_data_format

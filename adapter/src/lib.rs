@@ -129,12 +129,12 @@
 //!
 //! * By default messages follow python-socketio 5.15.1+ (`data` is the argument list; binary
 //!   arguments as base64 attachments with `{"_placeholder": true, "num": N}`). Python servers on
-//!   5.14.0 to 5.15.0 (e.g. vantage6 4.15) write and read `data` as the bare value: set
-//!   [`AdapterConfig::python_data_format`] to [`DataFormat::Value`] to read *and* publish that
-//!   layout. Such servers can only hand their clients one argument (several arrive as one list, a
-//!   lone `null` as none); socketioxide servers still get the exact arguments through the
-//!   `x_nargs` field. Upgrade all socketioxide servers of a `Value` fleet together: older ones do
-//!   not read `x_nargs`.
+//!   python-socketio up to 5.15.0 (e.g. vantage6 4.15.2) write and read `data` as the bare
+//!   value: set [`AdapterConfig::python_data_format`] to [`DataFormat::Legacy`] to read *and*
+//!   publish that layout. Such servers can only hand their clients one argument (several arrive
+//!   as one list, a lone `null` as none); socketioxide servers still get the exact arguments
+//!   through the `x_nargs` field. Upgrade all socketioxide servers of a `Legacy` fleet together:
+//!   older ones do not read `x_nargs`.
 //! * Python `emit` (rooms, sids as rooms, `skip_sid`, several args, binary, callbacks),
 //!   `disconnect`, `enter_room`, `leave_room` and `close_room` act on the local sockets.
 //! * What socketioxide does beyond python's protocol uses `x_*` methods and fields that python
@@ -176,4 +176,4 @@ pub use metrics::AdapterMetrics;
 pub use stream::AckStream;
 #[cfg(feature = "amqp")]
 pub use uri::{BrokerUri, UriError};
-pub use wire::DataFormat;
+pub use wire::{DataFormat, UnknownDataFormat};

@@ -423,9 +423,9 @@ async fn emitter_reaches_servers_like_a_python_publisher() {
 }
 
 #[tokio::test]
-async fn python_5_15_0_value_format() {
+async fn python_5_15_0_legacy_format() {
     let broker = MemoryBroker::new();
-    let config = common::config().with_python_data_format(socketioxide_amqp::DataFormat::Value);
+    let config = common::config().with_python_data_format(socketioxide_amqp::DataFormat::Legacy);
     let (io, _) = common::server_with(broker.driver(), config).await;
     let mut a = Client::connect(&io).await;
     // python-socketio 5.15.0 `emit('ev', [1, 2])`: one list argument.
@@ -433,7 +433,7 @@ async fn python_5_15_0_value_format() {
     assert_eq!(a.next().await, r#"2["ev",[1,2]]"#);
     let emitter = socketioxide_amqp::AmqpEmitter::with_data_format(
         broker.driver(),
-        socketioxide_amqp::DataFormat::Value,
+        socketioxide_amqp::DataFormat::Legacy,
     );
     let mut tap = broker.tap();
     emitter.emit("one", &json!(["x"])).await.unwrap();
@@ -449,12 +449,12 @@ async fn python_5_15_0_value_format() {
 /// 5.15.0 server hands its clients as that argument, and still reach each other (and servers set
 /// to the 5.15.1+ layout) with the exact arguments.
 #[tokio::test]
-async fn value_format_between_socketioxide_servers_is_exact() {
+async fn legacy_format_between_socketioxide_servers_is_exact() {
     use socketioxide_amqp::DataFormat;
     let broker = MemoryBroker::new();
-    let value = common::config().with_python_data_format(DataFormat::Value);
-    let (io1, _) = common::server_with(broker.driver(), value.clone()).await;
-    let (io2, _) = common::server_with(broker.driver(), value).await;
+    let legacy = common::config().with_python_data_format(DataFormat::Legacy);
+    let (io1, _) = common::server_with(broker.driver(), legacy.clone()).await;
+    let (io2, _) = common::server_with(broker.driver(), legacy).await;
     let (io3, _) = server(broker.driver()).await;
     let mut a = Client::connect(&io1).await;
     let mut b = Client::connect(&io2).await;

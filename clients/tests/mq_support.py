@@ -186,7 +186,7 @@ class RustNode:
 
     def __init__(self, exchange: str, label: str = "rust-node", env: dict | None = None):
         """``env``: extra environment of the node, e.g. ``SIO_AMQP_NODE_PY_FORMAT``
-        (``value``/``args``) or ``SIO_AMQP_NODE_WAIT_PY_ACKS=1``."""
+        (``legacy``/``args``) or ``SIO_AMQP_NODE_WAIT_PY_ACKS=1``."""
         self.exchange = exchange
         self.label = label
         self.env = dict(env or {})

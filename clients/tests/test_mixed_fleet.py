@@ -22,7 +22,7 @@ for ``SocketIO(app, message_queue='amqp://…')``. Two fleets:
 * **Rust -> python** (``test_rust_*``): the same node with the python data
   format of its peer (``SIO_AMQP_NODE_PY_FORMAT``) and required python acks
   (``SIO_AMQP_NODE_WAIT_PY_ACKS=1``), next to python-socketio 5.18.1
-  (``args``) and 5.15.0 (``value``): several arguments, binary data, acks.
+  (``args``) and 5.15.0 (``legacy``): several arguments, binary data, acks.
 
 Clients record ``(event, [arg, ...])`` and ack every event with
 ``"ack", <label>, <event>``. Every check compares the exact list each client
@@ -544,8 +544,8 @@ def test_518_write_only_kombu_manager_reaches_both_sides(mf):
 R2P_FLEETS = {
     # python-socketio 5.15.1+ reads the argument list
     "sio5.18.1-args": ("5.18.1", VENV_518, "args"),
-    # 5.14.0 .. 5.15.0 read the data as the one argument
-    "sio5.15.0-value": ("5.15.0", VENV_515, "value"),
+    # up to 5.15.0 python-socketio reads the data as the one argument
+    "sio5.15.0-legacy": ("5.15.0", VENV_515, "legacy"),
 }
 
 

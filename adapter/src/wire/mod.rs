@@ -13,7 +13,7 @@
 //!   `emit` are ignored by Python as well.
 //!
 //! The `data` of an `emit` is written in python-socketio 5.15.1+'s layout (the argument list) by
-//! default, or, for python-socketio 5.14.0 to 5.15.0 peers, in their layout (the bare argument)
+//! default, or, for peers on python-socketio up to 5.15.0, in their layout (the bare argument)
 //! with an `x_nargs` field so that socketioxide receivers still get the exact arguments: see
 //! [`DataFormat`] and [`args_fields`].
 //!
@@ -34,6 +34,7 @@ mod python;
 pub use ext::{Heartbeat, HeartbeatKind, Reply, Request, RequestOp, Response, WireValue};
 pub use payload::{
     args_fields, callback_args, callback_value, event_fields, event_value, DataFormat, EventFields,
+    UnknownDataFormat,
 };
 pub use python::{Callback, CallbackRef, CloseRoom, Disconnect, Emit, RoomList, RoomMembership};
 

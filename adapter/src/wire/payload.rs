@@ -1,9 +1,9 @@
 //! The layout of an event's arguments in the `data` field of an `emit`: python-socketio
-//! 5.15.1+'s argument list ([`DataFormat::Args`]) or 5.14.0 to 5.15.0's bare value
-//! ([`DataFormat::Value`], with our `x_nargs`), binary attachments as base64 with
+//! 5.15.1+'s argument list ([`DataFormat::Args`]) or the bare value of python-socketio up to
+//! 5.15.0 ([`DataFormat::Legacy`], with our `x_nargs`), binary attachments as base64 with
 //! python-socketio's `{"_placeholder": true, "num": N}`, and the `args` of a python `callback`.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, str::FromStr};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -38,24 +38,62 @@ pub struct EventFields {
     pub data: Json,
     /// The `binary` field.
     pub binary: bool,
-    /// The `x_nargs` field: the number of arguments, set in the [`DataFormat::Value`] layout
+    /// The `x_nargs` field: the number of arguments, set in the [`DataFormat::Legacy`] layout
     /// only.
     pub nargs: Option<usize>,
 }
 
 /// How python-socketio lays out the arguments in the `data` field of an `emit`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// In configuration files and on command lines the formats are named `legacy` and `args`
+/// ([`Display`](std::fmt::Display), [`FromStr`], and `serde::Deserialize` use these names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum DataFormat {
     /// python-socketio 5.15.1 and later: `data` is the list of arguments; a one-element list
     /// `[null]` means "no argument" (Python cannot send a single `None` argument).
     #[default]
     Args,
-    /// python-socketio 5.14.0 to 5.15.0: `data` is the single argument itself (`null` for none;
-    /// a list is one list argument). Several arguments can only be written as one array (what
-    /// 5.15.0 publishes for a tuple), which such a python receiver hands its clients as one list
-    /// argument.
-    Value,
+    /// python-socketio up to 5.15.0 (e.g. vantage6 4.15.2): `data` is the single argument itself
+    /// (`null` for none; a list is one list argument). Several arguments can only be written as
+    /// one array (what 5.15.0 publishes for a tuple), which such a python receiver hands its
+    /// clients as one list argument.
+    Legacy,
+}
+
+impl DataFormat {
+    /// The name in configuration files: `args` or `legacy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataFormat::Args => "args",
+            DataFormat::Legacy => "legacy",
+        }
+    }
+}
+
+impl std::fmt::Display for DataFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not one of [`DataFormat`]'s (`legacy`, `args`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a python-socketio data format (legacy or args)")]
+#[non_exhaustive]
+pub struct UnknownDataFormat(pub String);
+
+impl FromStr for DataFormat {
+    type Err = UnknownDataFormat;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "args" => Ok(DataFormat::Args),
+            "legacy" => Ok(DataFormat::Legacy),
+            other => Err(UnknownDataFormat(other.to_owned())),
+        }
+    }
 }
 
 /// Turns a socketioxide event payload (`Value::Str("[\"event\", args...]", attachments)`, as
@@ -82,7 +120,7 @@ pub fn event_fields(value: &Value, format: DataFormat) -> Result<EventFields, Wi
 /// without binary attachments.
 ///
 /// * [`DataFormat::Args`]: `data` is the array of the arguments;
-/// * [`DataFormat::Value`]: `data` is `null` for no argument, the argument for one, the array of
+/// * [`DataFormat::Legacy`]: `data` is `null` for no argument, the argument for one, the array of
 ///   the arguments for several, and `x_nargs` says how many there are.
 ///
 /// With attachments ([`event_fields`]), `binary` is true and `data` is
@@ -100,7 +138,7 @@ fn layout<'a>(
 ) -> EventFields {
     let (payload, nargs) = match format {
         DataFormat::Args => (Json::Array(args), None),
-        DataFormat::Value => {
+        DataFormat::Legacy => {
             let n = args.len();
             let payload = match n {
                 0 => Json::Null,
@@ -132,7 +170,7 @@ fn layout<'a>(
 
 /// Rebuilds a socketioxide event payload from an [`Emit`].
 ///
-/// When the message carries `x_nargs` (a socketioxide sender in the [`DataFormat::Value`]
+/// When the message carries `x_nargs` (a socketioxide sender in the [`DataFormat::Legacy`]
 /// layout), `data` is read in that layout with exactly that many arguments, whatever `format`
 /// and `exact` say. Otherwise `format` says how to read `data`, and with `exact`, used for
 /// messages from socketioxide instances (which carry `x_opts` and then use
@@ -167,13 +205,13 @@ pub fn event_value(emit: &Emit, format: DataFormat, exact: bool) -> Result<Value
         (&emit.data, None)
     };
     let args: &[Json] = match (emit.x_nargs, args) {
-        // A socketioxide sender in the `Value` layout: exact.
+        // A socketioxide sender in the `Legacy` layout: exact.
         (Some(0), Json::Null) => &[],
         (Some(1), one) => std::slice::from_ref(one),
         (Some(n), Json::Array(a)) if n >= 2 && a.len() == n => a,
         (Some(_), _) => return Err(WireError::Payload("`x_nargs` does not match `data`")),
         (None, Json::Null) => &[],
-        (None, other) if format == DataFormat::Value => std::slice::from_ref(other),
+        (None, other) if format == DataFormat::Legacy => std::slice::from_ref(other),
         (None, Json::Array(a)) if !exact && a.len() == 1 && a[0].is_null() => &[],
         (None, Json::Array(a)) => a,
         // Before python-socketio 5.15.1 `data` was the bare argument.

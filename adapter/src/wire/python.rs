@@ -192,8 +192,9 @@ pub struct Emit {
     /// the message is sent with the `x_emit` method, which Python ignores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_value: Option<String>,
-    /// Extension: `data` is laid out as python-socketio 5.14.0 to 5.15.0 write it
-    /// ([`DataFormat::Value`](super::DataFormat::Value)) and carries this many arguments: `null` for none, the argument
+    /// Extension: `data` is laid out as python-socketio up to 5.15.0 writes it
+    /// ([`DataFormat::Legacy`](super::DataFormat::Legacy)) and carries this many arguments:
+    /// `null` for none, the argument
     /// itself for one, the array of the arguments for several. Python ignores it; socketioxide
     /// receivers use it to rebuild the exact arguments. Absent in the 5.15.1+ layout.
     #[serde(default, skip_serializing_if = "Option::is_none")]

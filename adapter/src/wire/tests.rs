@@ -147,7 +147,7 @@ fn legacy_value_format() {
         panic!()
     };
     assert_eq!(
-        event_value(&e, DataFormat::Value, false).unwrap(),
+        event_value(&e, DataFormat::Legacy, false).unwrap(),
         Value::Str(r#"["e",[1,2]]"#.into(), None)
     );
     assert_eq!(
@@ -159,7 +159,7 @@ fn legacy_value_format() {
         panic!()
     };
     assert_eq!(
-        event_value(&e, DataFormat::Value, false).unwrap(),
+        event_value(&e, DataFormat::Legacy, false).unwrap(),
         Value::Str(r#"["e"]"#.into(), None)
     );
 }
@@ -196,7 +196,7 @@ fn event_fields_round_trip() {
         x_nargs: f.nargs,
     };
     assert_eq!(event_value(&emit, DataFormat::Args, false).unwrap(), v);
-    for format in [DataFormat::Args, DataFormat::Value] {
+    for format in [DataFormat::Args, DataFormat::Legacy] {
         assert!(event_fields(&Value::Bytes(Bytes::new()), format).is_err());
         assert!(event_fields(&Value::Str("[]".into(), None), format).is_err());
         assert!(event_fields(&Value::Str("[1]".into(), None), format).is_err());
@@ -278,7 +278,7 @@ fn value_format_encoding() {
     ];
     for (payload, data, nargs, python_args) in cases {
         let v = Value::Str(payload.into(), None);
-        let f = event_fields(&v, DataFormat::Value).unwrap();
+        let f = event_fields(&v, DataFormat::Legacy).unwrap();
         assert_eq!(f.event, "e");
         assert_eq!(f.data, data, "{payload}");
         assert!(!f.binary);
@@ -291,7 +291,7 @@ fn value_format_encoding() {
         let Message::Emit(e) = decode(&body).unwrap() else {
             panic!("not an emit")
         };
-        for format in [DataFormat::Args, DataFormat::Value] {
+        for format in [DataFormat::Args, DataFormat::Legacy] {
             for exact in [false, true] {
                 assert_eq!(event_value(&e, format, exact).unwrap(), v, "{payload}");
             }
@@ -299,7 +299,7 @@ fn value_format_encoding() {
     }
     // The emitter's path lays out plain JSON arguments the same way.
     assert_eq!(
-        args_fields("e".into(), vec![json!(1), json!("x")], DataFormat::Value),
+        args_fields("e".into(), vec![json!(1), json!("x")], DataFormat::Legacy),
         EventFields {
             event: "e".into(),
             data: json!([1, "x"]),
@@ -308,7 +308,7 @@ fn value_format_encoding() {
         }
     );
     assert_eq!(
-        args_fields("e".into(), vec![json!([1])], DataFormat::Value).data,
+        args_fields("e".into(), vec![json!([1])], DataFormat::Legacy).data,
         json!([1])
     );
     assert_eq!(
@@ -331,7 +331,7 @@ fn value_format_binary() {
         r#"["bin",{"k":{"_placeholder":true,"num":0},"l":[{"_placeholder":true,"num":1}]}]"#.into(),
         Some([Bytes::from_static(b"\x01\x02"), Bytes::from_static(b"zz")].into()),
     );
-    let f = event_fields(&one, DataFormat::Value).unwrap();
+    let f = event_fields(&one, DataFormat::Legacy).unwrap();
     assert!(f.binary);
     assert_eq!(f.nargs, Some(1));
     assert_eq!(f.data, json!([{"k": ph(0), "l": [ph(1)]}, "AQI=", "eno="]));
@@ -351,16 +351,16 @@ fn value_format_binary() {
         r#"["b",{"_placeholder":true,"num":0}]"#.into(),
         Some([Bytes::from_static(b"\xff")].into()),
     );
-    let f = event_fields(&bare, DataFormat::Value).unwrap();
+    let f = event_fields(&bare, DataFormat::Legacy).unwrap();
     assert_eq!(f.data, json!([ph(0), "/w=="]));
     let e = emit_of(f);
-    assert_eq!(event_value(&e, DataFormat::Value, true).unwrap(), bare);
+    assert_eq!(event_value(&e, DataFormat::Legacy, true).unwrap(), bare);
 
     let several = Value::Str(
         r#"["s",{"_placeholder":true,"num":0},"x",{"k":{"_placeholder":true,"num":1}}]"#.into(),
         Some([Bytes::from_static(b"\x07"), Bytes::from_static(b"zz")].into()),
     );
-    let f = event_fields(&several, DataFormat::Value).unwrap();
+    let f = event_fields(&several, DataFormat::Legacy).unwrap();
     assert_eq!(f.nargs, Some(3));
     assert_eq!(f.data, json!([[ph(0), "x", {"k": ph(1)}], "Bw==", "eno="]));
     let body = encode(&Message::Emit(emit_of(f))).unwrap();
@@ -375,9 +375,29 @@ fn value_format_binary() {
     assert_eq!(event_value(&e, DataFormat::Args, true).unwrap(), several);
 }
 
+/// The formats' names in configuration: `legacy` and `args`, the same for
+/// `FromStr`, `Display` and serde.
+#[test]
+fn data_format_names() {
+    for (name, format) in [("legacy", DataFormat::Legacy), ("args", DataFormat::Args)] {
+        assert_eq!(name.parse::<DataFormat>(), Ok(format));
+        assert_eq!(format.to_string(), name);
+        assert_eq!(
+            serde_json::from_value::<DataFormat>(serde_json::json!(name)).unwrap(),
+            format
+        );
+    }
+    for bad in ["value", "Legacy", ""] {
+        let err = bad.parse::<DataFormat>().unwrap_err();
+        assert_eq!(err, super::UnknownDataFormat(bad.to_owned()));
+        assert!(err.to_string().contains("legacy or args"), "{err}");
+        assert!(serde_json::from_value::<DataFormat>(serde_json::json!(bad)).is_err());
+    }
+}
+
 /// What a python peer's `emit` becomes in each reading: HQ 5.0.3
 /// (python-socketio 5.16.2) publishes the argument list, vantage6 4.15.2
-/// (5.14) the bare argument.
+/// (python-socketio up to 5.15.0) the bare argument.
 #[test]
 fn python_data_in_both_readings() {
     let read = |data: &str, format| {
@@ -390,18 +410,18 @@ fn python_data_in_both_readings() {
             other => panic!("{other:?}"),
         }
     };
-    for (data, args, value) in [
+    for (data, args, legacy) in [
         // 5.16: one object, no argument.
         (r#"[{"a":1}]"#, r#"["e",{"a":1}]"#, r#"["e",[{"a":1}]]"#),
         ("[null]", r#"["e"]"#, r#"["e",[null]]"#),
-        // 5.14: the bare object; `null` for none.
+        // Up to 5.15.0: the bare object; `null` for none.
         (r#"{"a":1}"#, r#"["e",{"a":1}]"#, r#"["e",{"a":1}]"#),
         ("null", r#"["e"]"#, r#"["e"]"#),
-        // Ambiguous: a 5.14 list argument reads as two arguments in `Args`.
+        // Ambiguous: a legacy list argument reads as two arguments in `Args`.
         ("[1,2]", r#"["e",1,2]"#, r#"["e",[1,2]]"#),
     ] {
         assert_eq!(read(data, DataFormat::Args), args, "{data} as args");
-        assert_eq!(read(data, DataFormat::Value), value, "{data} as value");
+        assert_eq!(read(data, DataFormat::Legacy), legacy, "{data} as legacy");
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::io::AsyncBufReadExt;
 
 use super::{NODE_ENV_EXCHANGE, NODE_ENV_URI, NS, READY_PREFIX};
 
-/// Environment variable: `value` or `args`, the node's [`AdapterConfig::python_data_format`].
+/// Environment variable: `legacy` or `args`, the node's [`AdapterConfig::python_data_format`].
 pub const NODE_ENV_PY_FORMAT: &str = "SIO_AMQP_NODE_PY_FORMAT";
 /// Environment variable: `1` sets [`AdapterConfig::wait_for_python_acks`].
 pub const NODE_ENV_WAIT_PY_ACKS: &str = "SIO_AMQP_NODE_WAIT_PY_ACKS";
@@ -69,11 +69,11 @@ async fn serve(uri: String, exchange: String) {
         .with_request_timeout(Duration::from_secs(2))
         .with_heartbeat(Duration::from_millis(300), Duration::from_secs(3));
     // Switches of the mixed-fleet tests (clients/tests/test_mixed_fleet.py).
-    match std::env::var(NODE_ENV_PY_FORMAT).as_deref() {
-        Ok("value") => config = config.with_python_data_format(DataFormat::Value),
-        Ok("args") => config = config.with_python_data_format(DataFormat::Args),
-        Ok(other) => panic!("{NODE_ENV_PY_FORMAT}={other:?}: expected value or args"),
-        Err(_) => {}
+    if let Ok(name) = std::env::var(NODE_ENV_PY_FORMAT) {
+        match name.parse::<DataFormat>() {
+            Ok(format) => config = config.with_python_data_format(format),
+            Err(e) => panic!("{NODE_ENV_PY_FORMAT}: {e}"),
+        }
     }
     if std::env::var(NODE_ENV_WAIT_PY_ACKS).is_ok_and(|v| v == "1") {
         config = config.with_wait_for_python_acks(true);
