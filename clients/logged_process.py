@@ -23,13 +23,18 @@ def _die_with_parent():
 
 
 class Process:
-    """A child process whose combined output goes to ``<workdir>/<name>.log``."""
+    """A child process whose combined output goes to ``<workdir>/<name>.log``.
+    With `ready_url`, `start` returns once that URL answers 200 (within
+    `ready_timeout` seconds)."""
 
-    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict | None = None):
+    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict | None = None, *,
+                 ready_url: str | None = None, ready_timeout: float = 30):
         self.name = name
         self.argv = argv
         self.workdir = workdir
         self.env = env
+        self.ready_url = ready_url
+        self.ready_timeout = ready_timeout
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -40,6 +45,8 @@ class Process:
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
         )
         log.close()
+        if self.ready_url:
+            self.wait_http(self.ready_url, self.ready_timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

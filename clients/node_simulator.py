@@ -407,6 +407,8 @@ class SimulatedNode:
         self.done.set()
 
     def stdin_loop(self) -> None:
+        # duplicates: deliberate — the simulator is a standalone tool (clients/simulate-node) and
+        # reads its JSON-line commands itself, without the test helpers (lineproc).
         for line in sys.stdin:
             line = line.strip()
             if not line:

@@ -467,12 +467,11 @@ impl EmitOverrides {
     /// setting, else the default of the generation the file sets (`auto`:
     /// 4.x); without a file, the defaults'.
     pub fn data_format(&self, file: Option<&Config>) -> DataFormat {
-        let (setting, generation) = match file {
-            Some(c) => (c.message_queue_format, c.vantage6_generation),
-            None => {
-                let own = OwnSettings::resolve(ServeOverrides::default(), OwnSection::default());
-                (own.message_queue_format, own.vantage6_generation)
-            }
+        let (setting, generation) = if let Some(c) = file {
+            (c.message_queue_format, c.vantage6_generation)
+        } else {
+            let own = OwnSettings::resolve(ServeOverrides::default(), OwnSection::default());
+            (own.message_queue_format, own.vantage6_generation)
         };
         self.message_queue_format
             .or(setting)
@@ -808,7 +807,7 @@ pub fn realm_key_missing() -> ConfigError {
 /// An entry of `jwt_decode_algorithms`: the realm key is an RSA key, so
 /// only RSA algorithms can verify with it.
 fn rsa_algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, ConfigError> {
-    use jsonwebtoken::Algorithm::*;
+    use jsonwebtoken::Algorithm::{PS256, PS384, PS512, RS256, RS384, RS512};
     match name {
         "RS256" => Ok(RS256),
         "RS384" => Ok(RS384),

@@ -9,6 +9,8 @@
 //! `keycloak_public_key_file` (no Keycloak needed), and tokens in the claim
 //! layout of Keycloak's access tokens.
 
+// `write!` into a String cannot fail.
+use std::fmt::Write as _;
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
@@ -91,34 +93,36 @@ pub async fn prepare(options: &DemoOptions) -> Result<Config, DemoError> {
 
     let url = format!("http://{}", config.listen);
     let mut out = String::new();
-    out.push_str(&format!(
+    let _ = write!(
+        out,
         "\nv6-socketio demo: vantage6's /tasks namespace on {url}{}\n",
         config.path
-    ));
-    out.push_str(&format!(
+    );
+    let _ = write!(
+        out,
         "  database: {} ({})\n  config:   {}\n\n",
         db_path.display(),
         if created { "created now" } else { "existing" },
         config_path.display()
-    ));
+    );
     for (i, (id, name)) in fixture.nodes.iter().enumerate() {
         let token = auth::mint_access_token(&config.jwt_secret_key, *id, "node", TOKEN_LIFETIME)?;
         if i == 0 {
-            out.push_str(&format!(
+            let _ = write!(out,
                 "Connect the bundled node simulator as {name}, from the repository root in another terminal:\n\n  \
                  clients/simulate-node --url {url} --token {token}\n\n"
-            ));
+            );
         } else {
-            out.push_str(&format!("Token for {name} (node {id}):\n  {token}\n"));
+            let _ = write!(out, "Token for {name} (node {id}):\n  {token}\n");
         }
     }
     let (user_id, user_name) = &fixture.user;
     let token = auth::mint_access_token(&config.jwt_secret_key, *user_id, "user", TOKEN_LIFETIME)?;
-    out.push_str(&format!(
+    let _ = write!(out,
         "Token for {user_name} (user {user_id}, receives every event of collaboration {}):\n  {token}\n\n\
          Tokens are valid for 24 hours; run the demo again for new ones. Ctrl-C stops it.\n",
         fixture.collaboration_id
-    ));
+    );
     // The instructions are the demo's output, not a log line.
     print!("{out}");
     Ok(config)
@@ -136,15 +140,15 @@ async fn prepare_v5(options: &DemoOptions, dir: &Path) -> Result<Config, DemoErr
     let config_path = dir.join("demo5-config.yaml");
     let private_path = dir.join("demo5-realm-private.pem");
     let public_path = dir.join("demo5-realm-public.pem");
-    let private_pem = match (std::fs::read_to_string(&private_path), public_path.exists()) {
-        (Ok(pem), true) => pem,
-        _ => {
+    let private_pem =
+        if let (Ok(pem), true) = (std::fs::read_to_string(&private_path), public_path.exists()) {
+            pem
+        } else {
             let (private, public) = auth::generate_rsa_key_pair()?;
             std::fs::write(&private_path, &private).map_err(io_err(&private_path))?;
             std::fs::write(&public_path, &public).map_err(io_err(&public_path))?;
             private
-        }
-    };
+        };
     if !config_path.exists() {
         let text = format!(
             "# vantage6 5.x (HQ) style server configuration written by `v6-socketio demo --vantage6 5`.\n\
@@ -186,15 +190,16 @@ async fn prepare_v5(options: &DemoOptions, dir: &Path) -> Result<Config, DemoErr
             TOKEN_LIFETIME,
         )?;
         if i == 0 {
-            out.push_str(&format!(
+            let _ = write!(out,
                 "Connect the bundled node simulator as {name}, from the repository root in another terminal:\n\n  \
                  clients/simulate-node --url {url} --token {token}\n\n"
-            ));
+            );
         } else {
-            out.push_str(&format!(
+            let _ = write!(
+                out,
                 "Token for {name} (node {id}, Keycloak subject {}):\n  {token}\n",
                 subject(i)
-            ));
+            );
         }
     }
     let (user_id, user_name) = &user;
@@ -206,11 +211,11 @@ async fn prepare_v5(options: &DemoOptions, dir: &Path) -> Result<Config, DemoErr
         user_name,
         TOKEN_LIFETIME,
     )?;
-    out.push_str(&format!(
+    let _ = write!(out,
         "Token for {user_name} (user {user_id}, receives every event of collaboration {collaboration_id}):\n  {token}\n\n\
          Tokens are RS256 in Keycloak's claim layout, valid for 24 hours; run the demo again for new ones. \
          Ctrl-C stops it.\n"
-    ));
+    );
     print!("{out}");
     Ok(config)
 }

@@ -79,7 +79,10 @@ impl LogLimiter {
 
     /// [`burst`](Self::burst) at a given time (for tests).
     pub fn burst_at(&self, kind: &'static str, per_interval: u32, now: Instant) -> Option<u64> {
-        let mut bursts = self.bursts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bursts = self
+            .bursts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let b = bursts.entry(kind).or_insert(Burst {
             started: now,
             logged: 0,
@@ -110,7 +113,10 @@ impl LogLimiter {
             return None;
         }
         // A panic elsewhere while holding the lock leaves consistent counts.
-        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kinds = self
+            .kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match kinds.get_mut(kind) {
             None => {
                 kinds.insert(

@@ -147,6 +147,7 @@ impl Metrics {
             "Sockets connected to /tasks on this instance",
             connected.clone(),
         );
+        // duplicates: deliberate — one registration per metric, each with its own name and help.
         let events = Family::<EventLabels, Counter>::default();
         registry.register(
             "v6_socketio_events_received",

@@ -100,20 +100,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let ctx = context(&metrics);
             let (layer, io) = socketio_builder(&config, ctx.clone()).build_layer();
             tasks_ns::register::<LocalAdapter>(&io);
-            let readiness = http::Readiness {
-                store: store.clone(),
-                broker_connected: None,
-            };
-            let done = std::future::ready(());
-            let instance = Instance {
-                layer,
-                io,
-                ctx,
-                store,
-                metrics,
-                readiness,
-            };
-            run(&config, instance, done).await
+            let instance = Instance::new(layer, io, ctx, store, metrics, None);
+            run(&config, instance, std::future::ready(())).await
         }
         Some(uri) => {
             let broker_err = |error| ServeError::Broker {
@@ -130,10 +118,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 message_queue_format = %queue_format, "sharing rooms over RabbitMQ");
             let metrics = Metrics::with_collectors(vec![Box::new(BrokerCollector(ctr.clone()))]);
             let broker = ctr.clone();
-            let readiness = http::Readiness {
-                store: store.clone(),
-                broker_connected: Some(Arc::new(move || broker.driver().is_connected())),
-            };
+            let broker_connected: BrokerConnected =
+                Arc::new(move || broker.driver().is_connected());
             let ctx = context(&metrics);
             let (layer, io) = socketio_builder(&config, ctx.clone())
                 .with_adapter::<AmqpAdapter<Emitter>>(ctr.clone())
@@ -141,14 +127,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tasks_ns::register(&io).await.map_err(broker_err)?;
             // Last step of a graceful stop: delete our queue, close the connection.
             let close_broker = async move { ctr.close().await };
-            let instance = Instance {
-                layer,
-                io,
-                ctx,
-                store,
-                metrics,
-                readiness,
-            };
+            let instance = Instance::new(layer, io, ctx, store, metrics, Some(broker_connected));
             run(&config, instance, close_broker).await
         }
     }
@@ -241,6 +220,34 @@ struct Instance<A: Adapter> {
     readiness: http::Readiness,
 }
 
+/// The broker's connection state, as [`http::Readiness`] reads it.
+type BrokerConnected = Arc<dyn Fn() -> bool + Send + Sync>;
+
+impl<A: Adapter> Instance<A> {
+    /// `broker_connected`: `None` without a broker.
+    fn new(
+        layer: SocketIoLayer<A>,
+        io: SocketIo<A>,
+        ctx: TasksContext,
+        store: Store,
+        metrics: Metrics,
+        broker_connected: Option<BrokerConnected>,
+    ) -> Self {
+        let readiness = http::Readiness {
+            store: store.clone(),
+            broker_connected,
+        };
+        Self {
+            layer,
+            io,
+            ctx,
+            store,
+            metrics,
+            readiness,
+        }
+    }
+}
+
 /// Mounts the Socket.IO layer on the HTTP router and serves until a signal;
 /// `close_adapter` runs once every client's disconnect has been handled.
 async fn run<A: Adapter>(
@@ -248,17 +255,10 @@ async fn run<A: Adapter>(
     instance: Instance<A>,
     close_adapter: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let Instance {
-        layer,
-        io,
-        ctx,
-        store,
-        metrics,
-        readiness,
-    } = instance;
-    let app = app(config, layer, metrics.clone(), readiness);
+    let metrics = instance.metrics;
+    let app = app(config, instance.layer, metrics.clone(), instance.readiness);
 
-    let sweep = sweeper::spawn(store, metrics.clone(), config.sweep_interval);
+    let sweep = sweeper::spawn(instance.store, metrics, config.sweep_interval);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -276,7 +276,7 @@ async fn run<A: Adapter>(
     );
 
     let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown(io, ctx, close_adapter))
+        .with_graceful_shutdown(shutdown(instance.io, instance.ctx, close_adapter))
         .await
         .map_err(|source| ServeError::Listen {
             addr: config.listen,

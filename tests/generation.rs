@@ -2,45 +2,46 @@
 //! and a PostgreSQL database of our own on 127.0.0.1:5432 (user postgres,
 //! trust), created and dropped by the test.
 
-use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
+mod common;
+
+use common::demo_sqlite;
+use sqlx::{Connection, Executor, PgConnection};
 use v6_socketio::{
     auth::Subject,
     database_url::DatabaseUrl,
-    generation::{self, Vantage6Generation},
-    identity::{EventScope, Identity},
-    rooms,
-    store::{
-        create_demo_database, create_demo_database_v5, DataframeDeletion, DependentTask,
-        PingRecorded, Store, StoreError, Unknown,
+    generation::{
+        self,
+        Vantage6Generation::{self, V4, V5},
     },
+    identity::{EventScope, Identity, NodeIdentity, UserIdentity},
+    rooms,
+    store::{DataframeDeletion, DependentTask, PingRecorded, Store, StoreError, Unknown},
 };
 
 const NODE_A: &str = "0b6c1f9e-5d2a-4c1e-9a53-1d7f0c2e4a01";
 const USER: &str = "c9a4e3d2-1b7f-4e8a-a5c6-3f2e1d0b9c03";
 
-async fn sqlite(v5: bool) -> (tempfile::TempDir, Store, SqliteConnection) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("db.sqlite");
-    if v5 {
-        create_demo_database_v5(&path).await.expect("5.x db");
-    } else {
-        create_demo_database(&path).await.expect("4.x db");
+/// The node whose `keycloak_id` is `id`.
+async fn node_by_keycloak_id(store: &Store, id: &str) -> NodeIdentity {
+    match store.identify(Subject::Keycloak(id.into())).await {
+        Ok(Ok(Identity::Node(node))) => node,
+        other => panic!("{id}: not a node: {other:?}"),
     }
-    let store = Store::connect(&DatabaseUrl::Sqlite(path.clone()))
-        .await
-        .expect("connect");
-    store.check_schema().await.expect("schema");
-    let conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .expect("writer");
-    (dir, store, conn)
+}
+
+/// The user whose `keycloak_id` is `id`.
+async fn user_by_keycloak_id(store: &Store, id: &str) -> UserIdentity {
+    match store.identify(Subject::Keycloak(id.into())).await {
+        Ok(Ok(Identity::User(user))) => user,
+        other => panic!("{id}: not a user: {other:?}"),
+    }
 }
 
 #[tokio::test]
 async fn sqlite_schema_tells_the_generation() {
-    let (_d4, s4, _) = sqlite(false).await;
+    let (_d4, s4, _) = demo_sqlite(V4).await;
     assert!(!s4.has_keycloak_id_column().await.expect("probe"));
-    let (_d5, s5, _) = sqlite(true).await;
+    let (_d5, s5, _) = demo_sqlite(V5).await;
     assert!(s5.has_keycloak_id_column().await.expect("probe"));
     assert_eq!(generation::of_schema(true), Vantage6Generation::V5);
     assert_eq!(generation::of_schema(false), Vantage6Generation::V4);
@@ -48,24 +49,12 @@ async fn sqlite_schema_tells_the_generation() {
 
 #[tokio::test]
 async fn sqlite_5x_identities_by_keycloak_id() {
-    let (_dir, store, mut conn) = sqlite(true).await;
-    let Ok(Identity::Node(node)) = store
-        .identify(Subject::Keycloak(NODE_A.into()))
-        .await
-        .expect("query")
-    else {
-        panic!("node a by keycloak id")
-    };
+    let (_dir, store, mut conn) = demo_sqlite(V5).await;
+    let node = node_by_keycloak_id(&store, NODE_A).await;
     assert_eq!((node.id, node.name.as_str()), (1, "demo-node-a"));
     assert_eq!((node.collaboration_id, node.organization_id), (1, 1));
     // The 5.x rule values (lowercase) give the user its rooms.
-    let Ok(Identity::User(user)) = store
-        .identify(Subject::Keycloak(USER.into()))
-        .await
-        .expect("query")
-    else {
-        panic!("user by keycloak id")
-    };
+    let user = user_by_keycloak_id(&store, USER).await;
     assert_eq!(user.event_scope, Some(EventScope::Global));
     assert_eq!(
         rooms::rooms_for(&Identity::User(user)),
@@ -74,13 +63,7 @@ async fn sqlite_5x_identities_by_keycloak_id() {
     conn.execute("UPDATE rule SET scope = 'organization' WHERE id = 1")
         .await
         .expect("update");
-    let Ok(Identity::User(user)) = store
-        .identify(Subject::Keycloak(USER.into()))
-        .await
-        .expect("query")
-    else {
-        panic!("user")
-    };
+    let user = user_by_keycloak_id(&store, USER).await;
     assert_eq!(user.event_scope, Some(EventScope::Organization));
     assert_eq!(
         rooms::rooms_for(&Identity::User(user)),
@@ -147,7 +130,7 @@ INSERT INTO run (id, task_id, organization_id, status) VALUES (1, 1, 2, 'pending
 /// one of the same name.
 fn v5_rows(other: i64) -> String {
     format!(
-        r#"
+        r"
 INSERT INTO task (id, name, collaboration_id, job_id, parent_id, init_org_id) VALUES
     (2, 'task-2', 1, 2, NULL, 1), (3, 'task-3', 2, 2, 2, 1), (4, 'task-4', 1, 4, NULL, 1);
 INSERT INTO task_depends_on (task_id, depends_on_id) VALUES (3, 1), (2, 1), (4, 2);
@@ -155,7 +138,7 @@ INSERT INTO session (id, name, user_id, collaboration_id) VALUES (1, 'session-1'
 INSERT INTO dataframetobedeletedatnode (id, dataframe_name, session_id, node_id) VALUES
     (1, 'df_a', 1, 1), (2, 'df_b', 1, 1), (3, 'df_a', 1, {other});
 UPDATE authenticatable SET status = 'offline' WHERE id = 1;
-"#,
+",
         user = if other == 2 { 3 } else { 2 }
     )
 }
@@ -196,28 +179,17 @@ async fn assert_v5_queries(store: &Store, other: i64) {
         store.pending_dataframe_deletions(other).await.expect("q"),
         vec![df("df_a")]
     );
-    assert_eq!(
-        store
-            .delete_dataframe_deletion("df_a", 1, 1)
-            .await
-            .expect("q"),
-        1
-    );
-    // Gone; another session or another name is no row either.
-    assert_eq!(
-        store
-            .delete_dataframe_deletion("df_a", 1, 1)
-            .await
-            .expect("q"),
-        0
-    );
-    assert_eq!(
-        store
-            .delete_dataframe_deletion("df_b", 2, 1)
-            .await
-            .expect("q"),
-        0
-    );
+    // Deleted once; then gone, and another session or another name is no row either.
+    for (name, session_id, rows) in [("df_a", 1, 1), ("df_a", 1, 0), ("df_b", 2, 0)] {
+        assert_eq!(
+            store
+                .delete_dataframe_deletion(name, session_id, 1)
+                .await
+                .expect("q"),
+            rows,
+            "{name} of session {session_id}"
+        );
+    }
     assert_eq!(
         store.pending_dataframe_deletions(1).await.expect("q"),
         vec![df("df_b")]
@@ -258,7 +230,7 @@ async fn assert_v5_queries(store: &Store, other: i64) {
 
 #[tokio::test]
 async fn sqlite_5x_store_queries() {
-    let (_dir, store, mut conn) = sqlite(true).await;
+    let (_dir, store, mut conn) = demo_sqlite(V5).await;
     conn.execute("INSERT INTO collaboration (id, name) VALUES (2, 'c2')")
         .await
         .expect("collaboration 2");
@@ -266,16 +238,17 @@ async fn sqlite_5x_store_queries() {
     assert_v5_queries(&store, 2).await;
 }
 
+// duplicates: deliberate — each test prepares its own database in full.
 #[tokio::test]
 async fn sqlite_5x_schema_check_names_a_missing_5x_table() {
-    let (_dir, store, mut conn) = sqlite(true).await;
+    let (_dir, store, mut conn) = demo_sqlite(V5).await;
     conn.execute("DROP TABLE task_depends_on")
         .await
         .expect("drop");
     let err = store.check_schema_v5().await.expect_err("incomplete 5.x");
     assert!(err.to_string().contains("task_depends_on"), "{err}");
     // The 4.x demo database lacks both.
-    let (_d4, s4, _) = sqlite(false).await;
+    let (_d4, s4, _) = demo_sqlite(V4).await;
     let err = s4.check_schema_v5().await.expect_err("4.x");
     assert!(
         err.to_string().contains("dataframetobedeletedatnode"),
@@ -345,24 +318,12 @@ async fn postgres_schema_tells_the_generation_and_5x_identities_resolve() {
         assert!(!s4.has_keycloak_id_column().await.expect("probe 4.x"));
         assert!(s5.has_keycloak_id_column().await.expect("probe 5.x"));
         s5.check_schema().await.expect("5.x tables are readable");
-        let Ok(Identity::Node(node)) = s5
-            .identify(Subject::Keycloak("kc-node".into()))
-            .await
-            .expect("query")
-        else {
-            panic!("node by keycloak id")
-        };
+        let node = node_by_keycloak_id(&s5, "kc-node").await;
         assert_eq!(
             (node.id, node.collaboration_id, node.organization_id),
             (1, 1, 2)
         );
-        let Ok(Identity::User(user)) = s5
-            .identify(Subject::Keycloak("kc-user".into()))
-            .await
-            .expect("query")
-        else {
-            panic!("user by keycloak id")
-        };
+        let user = user_by_keycloak_id(&s5, "kc-user").await;
         assert_eq!(user.event_scope, Some(EventScope::Collaboration));
         assert_eq!(
             rooms::rooms_for(&Identity::User(user)),

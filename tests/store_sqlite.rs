@@ -2,32 +2,21 @@
 //! vantage6 4.x tables). The same operations run against databases built by
 //! the real vantage6 models, on SQLite and PostgreSQL, in `clients/tests`.
 
+mod common;
+
+use common::demo_sqlite;
 use sqlx::{Connection, SqliteConnection};
 use v6_socketio::{
     database_url::DatabaseUrl,
+    generation::Vantage6Generation,
     identity::{EventScope, Identity},
     node_config::flatten,
-    store::{create_demo_database, AuthStatus, RunOwner, Store, Unknown},
+    store::{AuthStatus, RunOwner, Store, Unknown},
 };
-
-async fn demo_store() -> (tempfile::TempDir, Store, SqliteConnection) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("demo.sqlite");
-    let (_, created) = create_demo_database(&path).await.expect("demo db");
-    assert!(created);
-    let store = Store::connect(&DatabaseUrl::Sqlite(path.clone()))
-        .await
-        .expect("connect");
-    store.check_schema().await.expect("schema");
-    let conn = SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .expect("reader");
-    (dir, store, conn)
-}
 
 #[tokio::test]
 async fn identifies_nodes_and_users() {
-    let (_dir, store, _) = demo_store().await;
+    let (_dir, store, _) = demo_sqlite(Vantage6Generation::V4).await;
     let Ok(Identity::Node(node)) = store.identify(1).await.expect("query") else {
         panic!("node 1 is a node")
     };
@@ -52,7 +41,7 @@ async fn identifies_nodes_and_users() {
 
 #[tokio::test]
 async fn connect_writes_and_sweep() {
-    let (_dir, store, mut conn) = demo_store().await;
+    let (_dir, store, mut conn) = demo_sqlite(Vantage6Generation::V4).await;
     store
         .set_status(1, AuthStatus::Online)
         .await
@@ -90,7 +79,7 @@ async fn connect_writes_and_sweep() {
 
 #[tokio::test]
 async fn run_log_and_owner() {
-    let (_dir, store, mut conn) = demo_store().await;
+    let (_dir, store, mut conn) = demo_sqlite(Vantage6Generation::V4).await;
     let owner = |organization_id, job_id| RunOwner {
         organization_id: Some(organization_id),
         task_id: Some(1),
@@ -146,7 +135,7 @@ async fn run_log_and_owner() {
 
 #[tokio::test]
 async fn node_config_rows_as_sqlite_stores_python_values() {
-    let (_dir, store, mut conn) = demo_store().await;
+    let (_dir, store, mut conn) = demo_sqlite(Vantage6Generation::V4).await;
     let payload = serde_json::json!({
         "encryption": false,
         "allowed_algorithms": ["a", "b"],

@@ -171,6 +171,27 @@ impl TestServer {
         Client::connect(self.addr, &self.tokens[who]).await
     }
 
+    /// Connects the user, then node a, and reads what each receives on the
+    /// way: the user's join message, the node's connect sequence and its
+    /// announcement to the user.
+    async fn connect_user_and_node_a(&self) -> (Client, Client) {
+        let mut user = self.connect(USER).await;
+        assert_eq!(
+            user.next_event().await,
+            message("User <demo-user> joined room <collaboration_1>")
+        );
+        let mut node = self.connect(NODE_A).await;
+        assert_eq!(node.next_events(3).await, node_a_connect_sequence());
+        assert_eq!(
+            user.next_events(2).await,
+            [
+                node_online(1, "demo-node-a", 1),
+                message("Node <demo-node-a> joined room <collaboration_1>"),
+            ]
+        );
+        (user, node)
+    }
+
     /// The rooms the socket `sid` is in, sorted.
     fn rooms_of(&self, sid: Sid) -> Vec<String> {
         let socket = self
@@ -287,6 +308,14 @@ fn node_a_connect_sequence() -> Vec<Received> {
     ]
 }
 
+/// A 5.x `delete_dataframe` instruction for dataframe `df_name` of session 1.
+fn delete_dataframe(df_name: &str) -> Received {
+    event(
+        "delete_dataframe",
+        &[json!({"df_name": df_name, "session_id": 1})],
+    )
+}
+
 /// An `algorithm_status_change` a node sends for `run_id` of task 1.
 fn status_change(run_id: i64, organization_id: i64, status: &str) -> Value {
     json!({
@@ -336,6 +365,8 @@ impl Client {
     }
 
     /// The next Engine.IO text packet; a server PING is answered on the way.
+    // duplicates: deliberate — the adapter's process-cluster client reads its frames alike; the
+    // two crates' tests share no code.
     async fn next_packet(&mut self) -> String {
         loop {
             let msg = tokio::time::timeout(WAIT, self.ws.next())
@@ -464,11 +495,7 @@ async fn node_gets_sync_before_its_rooms_and_is_announced_to_them() {
 #[tokio::test]
 async fn node_events_write_the_database_and_reach_the_collaboration() {
     let mut server = TestServer::start(Vantage6Generation::V4).await;
-    let mut user = server.connect(USER).await;
-    user.next_event().await;
-    let mut node = server.connect(NODE_A).await;
-    node.next_events(3).await;
-    user.next_events(2).await;
+    let (mut user, mut node) = server.connect_user_and_node_a().await;
 
     // node_info_update: one row per value, lists and dicts flattened.
     let info = json!({
@@ -581,11 +608,7 @@ async fn node_events_write_the_database_and_reach_the_collaboration() {
 #[tokio::test]
 async fn events_about_other_collaborations_runs_or_from_users_are_refused() {
     let mut server = TestServer::start(Vantage6Generation::V4).await;
-    let mut user = server.connect(USER).await;
-    user.next_event().await;
-    let mut node = server.connect(NODE_A).await;
-    node.next_events(3).await;
-    user.next_events(2).await;
+    let (mut user, mut node) = server.connect_user_and_node_a().await;
 
     // Another collaboration named, for a run of the node's own.
     node.emit(
@@ -718,14 +741,7 @@ async fn v5_pending_dataframe_deletions_follow_the_rooms_and_are_acknowledged() 
         .await;
     let mut node = server.connect(NODE_A).await;
     let mut expected = node_a_connect_sequence();
-    expected.push(event(
-        "delete_dataframe",
-        &[json!({"df_name": "df_one", "session_id": 1})],
-    ));
-    expected.push(event(
-        "delete_dataframe",
-        &[json!({"df_name": "df_two", "session_id": 1})],
-    ));
+    expected.extend([delete_dataframe("df_one"), delete_dataframe("df_two")]);
     assert_eq!(node.next_events(5).await, expected);
 
     node.emit(
@@ -770,21 +786,14 @@ async fn v5_pending_dataframe_deletions_follow_the_rooms_and_are_acknowledged() 
         .await;
     let mut node = server.connect(NODE_A).await;
     let mut expected = node_a_connect_sequence();
-    expected.push(event(
-        "delete_dataframe",
-        &[json!({"df_name": "df_two", "session_id": 1})],
-    ));
+    expected.push(delete_dataframe("df_two"));
     assert_eq!(node.next_events(4).await, expected);
 }
 
 #[tokio::test]
 async fn v5_ping_of_a_node_marked_offline_replays_the_connect_sequence() {
     let mut server = TestServer::start(Vantage6Generation::V5).await;
-    let mut user = server.connect(USER).await;
-    user.next_event().await;
-    let mut node = server.connect(NODE_A).await;
-    assert_eq!(node.next_events(3).await, node_a_connect_sequence());
-    user.next_events(2).await;
+    let (mut user, mut node) = server.connect_user_and_node_a().await;
 
     // Still online: the ping only records last_seen.
     node.emit_without_argument("ping").await;
@@ -852,11 +861,7 @@ async fn v5_completed_run_announces_its_dependent_tasks_first() {
              INSERT INTO task_depends_on (task_id, depends_on_id) VALUES (2, 1), (3, 1), (4, 3);",
         )
         .await;
-    let mut user = server.connect(USER).await;
-    user.next_event().await;
-    let mut node = server.connect(NODE_A).await;
-    node.next_events(3).await;
-    user.next_events(2).await;
+    let (mut user, mut node) = server.connect_user_and_node_a().await;
 
     node.emit("algorithm_status_change", status_change(1, 1, "active"))
         .await;

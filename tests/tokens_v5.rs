@@ -101,7 +101,7 @@ impl Realm {
     }
 
     async fn load(&self, interval: Duration) -> Result<RealmKey, KeycloakError> {
-        RealmKey::load(&self.source(), self.source(), interval, quick_retry()).await
+        load_quickly(&self.source(), interval).await
     }
 }
 
@@ -126,6 +126,11 @@ fn quick_retry() -> StartupRetry {
         attempts: 3,
         delay: Duration::from_millis(20),
     }
+}
+
+/// The realm key from `source` (also its refresh source), with [`quick_retry`].
+async fn load_quickly(source: &KeySource, interval: Duration) -> Result<RealmKey, KeycloakError> {
+    RealmKey::load(source, source.clone(), interval, quick_retry()).await
 }
 
 /// A verifier with HQ's defaults over a realm serving key A.
@@ -488,14 +493,9 @@ async fn start_up_fetch_follows_hq() {
         l.local_addr().expect("addr").port()
     };
     let source = KeySource::realm(&format!("http://127.0.0.1:{closed}"), "vantage6");
-    let err = RealmKey::load(
-        &source,
-        source.clone(),
-        Duration::from_secs(60),
-        quick_retry(),
-    )
-    .await
-    .expect_err("down");
+    let err = load_quickly(&source, Duration::from_secs(60))
+        .await
+        .expect_err("down");
     assert!(matches!(err, KeycloakError::Http { .. }), "{err}");
     assert!(err.to_string().contains("/realms/vantage6"), "{err}");
     assert!(!err.to_string().contains('\n'));
@@ -508,14 +508,9 @@ async fn a_pem_file_serves_without_keycloak_and_is_re_read() {
     std::fs::write(&path, &keys()[0].1).expect("write");
     let source = KeySource::File(path.clone());
     let key = Arc::new(
-        RealmKey::load(
-            &source,
-            source.clone(),
-            Duration::from_secs(60),
-            quick_retry(),
-        )
-        .await
-        .expect("file key"),
+        load_quickly(&source, Duration::from_secs(60))
+            .await
+            .expect("file key"),
     );
     let v = KeycloakVerifier::new(key, vec![], Duration::from_secs(10));
     assert_eq!(
@@ -527,13 +522,8 @@ async fn a_pem_file_serves_without_keycloak_and_is_re_read() {
     assert_eq!(v.verify(&with_b).await.as_deref(), Ok(SUB));
     // Not a key: a one-line error at start-up.
     std::fs::write(&path, "not a key").expect("write");
-    let err = RealmKey::load(
-        &source,
-        source.clone(),
-        Duration::from_secs(60),
-        quick_retry(),
-    )
-    .await
-    .expect_err("bad file");
+    let err = load_quickly(&source, Duration::from_secs(60))
+        .await
+        .expect_err("bad file");
     assert!(matches!(err, KeycloakError::BadKey { .. }), "{err}");
 }

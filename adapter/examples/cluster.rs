@@ -39,8 +39,7 @@ async fn on_connect(socket: Socket) {
                 .broadcast()
                 .fetch_sockets()
                 .await
-                .map(|s| s.len() + 1)
-                .unwrap_or(1);
+                .map_or(1, |s| s.len() + 1);
             ack.send(&n).ok();
         },
     );

@@ -93,6 +93,35 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         opts.server_id.filter(|s| *s != self.uid)
     }
 
+    /// How many servers answer a request to `target`: that one, or every live peer.
+    fn expected_replies(&self, target: Option<Uid>) -> usize {
+        if target.is_some() {
+            1
+        } else {
+            self.live_peers()
+        }
+    }
+
+    /// Sends request `op` to `target`, or to every other server, and hands each reply to
+    /// `on_reply` until all have answered or `request_timeout` passed. Sends nothing when no
+    /// server would answer.
+    async fn ask_others(
+        &self,
+        op: RequestOp,
+        opts: &BroadcastOptions,
+        target: Option<Uid>,
+        on_reply: impl FnMut(Reply),
+    ) -> Result<(), Error> {
+        let expected = self.expected_replies(target);
+        if expected > 0 {
+            let (req_id, rx, _guard) = self.register();
+            let req = self.request(op, opts, Some(req_id));
+            self.send(&Message::Request(req), target).await?;
+            self.collect(rx, expected, on_reply).await;
+        }
+        Ok(())
+    }
+
     /// Sends a message: directly to the target server's queue when known, else to the exchange.
     pub(crate) async fn send(&self, msg: &Message, target: Option<Uid>) -> Result<(), Error> {
         let queue = target.and_then(|t| self.peer_queue(t));
@@ -104,12 +133,12 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         self.shared
             .routes
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(self.ns.clone(), tx);
         self.shared
             .peers
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(self.ns.clone(), Arc::downgrade(&self.peers));
         let mut tasks = Vec::new();
         self.shared.start_dispatcher();
@@ -165,12 +194,12 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         self.shared
             .routes
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&self.ns);
         self.shared
             .peers
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&self.ns);
         lock(&self.pending).clear();
     }
@@ -253,11 +282,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
         }
         let ack_timeout = timeout.unwrap_or_else(|| self.local.ack_timeout());
         let target = self.target_server(&opts);
-        let expected = if target.is_some() {
-            1
-        } else {
-            self.live_peers()
-        };
+        let expected = self.expected_replies(target);
         let (req_id, rx, guard) = self.register();
         let msg = self.emit_message(&packet, &opts, Some((req_id, ack_timeout)))?;
         let local = match target {
@@ -287,17 +312,18 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
         })
     }
 
+    // duplicates: deliberate — the trait's two room methods, alike but for their request.
     async fn add_sockets(
         &self,
         opts: BroadcastOptions,
         rooms: impl RoomParam,
     ) -> Result<(), Error> {
-        let rooms: Vec<Room> = rooms.into_room_iter().collect();
-        if opts.is_local(self.uid) {
-            self.local.add_sockets(opts, rooms);
-            return Ok(());
-        }
-        self.room_request(RequestOp::AddSockets, opts, rooms).await
+        self.room_request(
+            RequestOp::AddSockets,
+            opts,
+            rooms.into_room_iter().collect(),
+        )
+        .await
     }
 
     async fn del_sockets(
@@ -305,12 +331,12 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
         opts: BroadcastOptions,
         rooms: impl RoomParam,
     ) -> Result<(), Error> {
-        let rooms: Vec<Room> = rooms.into_room_iter().collect();
-        if opts.is_local(self.uid) {
-            self.local.del_sockets(opts, rooms);
-            return Ok(());
-        }
-        self.room_request(RequestOp::DelSockets, opts, rooms).await
+        self.room_request(
+            RequestOp::DelSockets,
+            opts,
+            rooms.into_room_iter().collect(),
+        )
+        .await
     }
 
     async fn disconnect_socket(&self, opts: BroadcastOptions) -> Result<(), BroadcastError> {
@@ -336,26 +362,16 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
             return Ok(self.local.rooms(opts).into_iter().collect());
         }
         let target = self.target_server(&opts);
-        let expected = if target.is_some() {
-            1
-        } else {
-            self.live_peers()
-        };
         let mut rooms: HashSet<Room> = match target {
             None => self.local.rooms(opts.clone()),
             Some(_) => HashSet::new(),
         };
-        if expected > 0 {
-            let (req_id, rx, _guard) = self.register();
-            let req = self.request(RequestOp::Rooms, &opts, Some(req_id));
-            self.send(&Message::Request(req), target).await?;
-            self.collect(rx, expected, |r| {
-                if let Reply::Rooms { rooms: r } = r {
-                    rooms.extend(r.into_iter().map(Cow::Owned));
-                }
-            })
-            .await;
-        }
+        self.ask_others(RequestOp::Rooms, &opts, target, |r| {
+            if let Reply::Rooms { rooms: r } = r {
+                rooms.extend(r.into_iter().map(Cow::Owned));
+            }
+        })
+        .await?;
         Ok(rooms.into_iter().collect())
     }
 
@@ -364,26 +380,16 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
             return Ok(self.local.fetch_sockets(opts));
         }
         let target = self.target_server(&opts);
-        let expected = if target.is_some() {
-            1
-        } else {
-            self.live_peers()
-        };
         let mut sockets = match target {
             None => self.local.fetch_sockets(opts.clone()),
             Some(_) => Vec::new(),
         };
-        if expected > 0 {
-            let (req_id, rx, _guard) = self.register();
-            let req = self.request(RequestOp::FetchSockets, &opts, Some(req_id));
-            self.send(&Message::Request(req), target).await?;
-            self.collect(rx, expected, |r| {
-                if let Reply::Sockets { sockets: s } = r {
-                    sockets.extend(s);
-                }
-            })
-            .await;
-        }
+        self.ask_others(RequestOp::FetchSockets, &opts, target, |r| {
+            if let Reply::Sockets { sockets: s } = r {
+                sockets.extend(s);
+            }
+        })
+        .await?;
         Ok(sockets)
     }
 
@@ -393,21 +399,32 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
 }
 
 impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
+    /// `add_sockets` / `del_sockets`: here only when the options are local; else requested from
+    /// the target server, or from every server and applied here too.
     async fn room_request(
         &self,
         op: RequestOp,
         opts: BroadcastOptions,
         rooms: Vec<Room>,
     ) -> Result<(), Error> {
+        if opts.is_local(self.uid) {
+            self.local_room_change(op, opts, rooms);
+            return Ok(());
+        }
         let target = self.target_server(&opts);
         let mut req = self.request(op, &opts, None);
-        req.rooms = rooms.iter().map(|r| r.to_string()).collect();
+        req.rooms = rooms.iter().map(std::string::ToString::to_string).collect();
         if target.is_none() {
-            match op {
-                RequestOp::AddSockets => self.local.add_sockets(opts, rooms),
-                _ => self.local.del_sockets(opts, rooms),
-            }
+            self.local_room_change(op, opts, rooms);
         }
         self.send(&Message::Request(req), target).await
+    }
+
+    /// `add_sockets` (for [`RequestOp::AddSockets`]) or `del_sockets` on this server's sockets.
+    fn local_room_change(&self, op: RequestOp, opts: BroadcastOptions, rooms: Vec<Room>) {
+        match op {
+            RequestOp::AddSockets => self.local.add_sockets(opts, rooms),
+            _ => self.local.del_sockets(opts, rooms),
+        }
     }
 }

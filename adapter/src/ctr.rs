@@ -73,7 +73,7 @@ impl<D: Driver> Shared<D> {
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The state shared by every namespace of one `SocketIo`: the broker connection, the host id
@@ -164,7 +164,7 @@ impl<D: Driver> AmqpAdapterCtr<D> {
             .shared
             .peers
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(ns)
             .and_then(Weak::upgrade)?;
         Some(u16::try_from(peers.live(Instant::now()) + 1).unwrap_or(u16::MAX))

@@ -58,23 +58,20 @@ pub(crate) async fn dispatch<D: Driver>(shared: Weak<Shared<D>>, mut stream: Mes
         let route = shared
             .routes
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(msg.namespace())
             .cloned();
-        match route {
-            Some(tx) => {
-                if tx.send(msg).await.is_err() {
-                    inc(&c.unroutable);
-                }
-            }
-            None => {
+        if let Some(tx) = route {
+            if tx.send(msg).await.is_err() {
                 inc(&c.unroutable);
-                tracing::debug!(
-                    ns = msg.namespace(),
-                    method = msg.method(),
-                    "no such namespace here"
-                );
             }
+        } else {
+            inc(&c.unroutable);
+            tracing::debug!(
+                ns = msg.namespace(),
+                method = msg.method(),
+                "no such namespace here"
+            );
         }
     }
 }

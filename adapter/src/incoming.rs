@@ -46,10 +46,13 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
     pub(crate) async fn handle(self: &Arc<Self>, msg: Message) {
         match msg {
             Message::Emit(e) | Message::RawEmit(e) => self.on_emit(e).await,
-            Message::Callback(c) => match u64::try_from(c.id) {
-                Ok(id) => self.deliver(id, Incoming::PyCallback(c)),
-                Err(_) => tracing::debug!(id = c.id, "callback with a negative id"),
-            },
+            Message::Callback(c) => {
+                if let Ok(id) = u64::try_from(c.id) {
+                    self.deliver(id, Incoming::PyCallback(c));
+                } else {
+                    tracing::debug!(id = c.id, "callback with a negative id");
+                }
+            }
             Message::Disconnect(d) => {
                 if let Some(sid) = self.local_sid(&d.sid) {
                     if let Err(e) = self.local.disconnect_socket(BroadcastOptions::new(sid)) {

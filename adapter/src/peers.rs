@@ -51,6 +51,7 @@ impl Peers {
 mod tests {
     use super::*;
 
+    // duplicates: deliberate — like log_limit's test, a clock-driven scenario spelled out.
     #[test]
     fn peers_count_live_servers_only() {
         let peers = Peers::new(Duration::from_secs(10));

@@ -88,9 +88,9 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         if !is_broadcast && opts.rooms.is_empty() && opts.sid.is_none() {
             return Ok(None);
         }
-        let value = match &packet.inner {
-            PacketData::Event(v, _) | PacketData::BinaryEvent(v, _) => v,
-            _ => return Err(Error::Unsupported("only events can be broadcast")),
+        let (PacketData::Event(value, _) | PacketData::BinaryEvent(value, _)) = &packet.inner
+        else {
+            return Err(Error::Unsupported("only events can be broadcast"));
         };
         let (fields, x_value) = match value {
             Value::Str(..) => (
@@ -108,7 +108,12 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             ),
         };
         let room = if !opts.rooms.is_empty() {
-            RoomList::from_list(opts.rooms.iter().map(|r| r.to_string()).collect())
+            RoomList::from_list(
+                opts.rooms
+                    .iter()
+                    .map(std::string::ToString::to_string)
+                    .collect(),
+            )
         } else if !is_broadcast {
             opts.sid
                 .map(|s| RoomList::One(s.to_string()))

@@ -54,11 +54,10 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
 
     pub(crate) fn deliver(&self, id: u64, item: Incoming) {
         let tx = lock(&self.pending).get(&id).cloned();
-        match tx {
-            Some(tx) => {
-                let _ = tx.send(item);
-            }
-            None => tracing::debug!(req_id = id, "reply for an unknown or finished request"),
+        if let Some(tx) = tx {
+            let _ = tx.send(item);
+        } else {
+            tracing::debug!(req_id = id, "reply for an unknown or finished request");
         }
     }
 

@@ -10,12 +10,9 @@ use std::time::Duration;
 use common::{eventually, server, wait_for_cluster, Client, Io};
 use futures_util::StreamExt;
 use lapin::{
-    options::{
-        BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-        QueueDeclareOptions,
-    },
+    options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions},
     types::FieldTable,
-    BasicProperties, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Connection, ExchangeKind,
 };
 use serde_json::json;
 use socketioxide_amqp::{
@@ -52,10 +49,8 @@ struct PythonPeer {
 
 impl PythonPeer {
     async fn new(exchange: &str) -> Self {
-        let conn = Connection::connect(&uri(), ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = conn.create_channel().await.unwrap();
+        let (conn, channel) = rabbit::open_channel().await;
+        // duplicates: deliberate — lapin declarations (here the exchange, in the tap a queue).
         // Kombu's declaration: fanout, durable=False, auto_delete=False (no 406 if ours differs).
         channel
             .exchange_declare(
@@ -80,26 +75,7 @@ impl PythonPeer {
             .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
             .await
             .unwrap();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let consumer = rabbit::bind_and_consume(&channel, &queue, exchange, "")
             .await
             .unwrap();
         Self {
@@ -153,6 +129,8 @@ impl PythonPeer {
     }
 }
 
+// duplicates: deliberate — each test sets up its own servers and clients in full, so that it
+// reads as its scenario.
 #[tokio::test]
 async fn three_servers_share_broadcasts_sockets_rooms_and_acks() {
     let _lock = BrokerLock::shared();
@@ -230,11 +208,17 @@ async fn python_peer_interop_over_rabbitmq() {
     assert_eq!(e.room, wire::RoomList::One("room1".into()));
     assert_eq!(e.host_id, ctr.host_id());
     assert_eq!(
-        props.content_type().as_ref().map(|s| s.as_str()),
+        props
+            .content_type()
+            .as_ref()
+            .map(lapin::types::ShortString::as_str),
         Some("text/plain")
     );
     assert_eq!(
-        props.content_encoding().as_ref().map(|s| s.as_str()),
+        props
+            .content_encoding()
+            .as_ref()
+            .map(lapin::types::ShortString::as_str),
         Some("utf-8")
     );
     assert_eq!(*props.delivery_mode(), Some(2));

@@ -12,7 +12,7 @@ use std::{
 mod common;
 mod rabbit;
 
-use common::kill_connection;
+use common::{eventually_within, kill_connection};
 use rabbit::{BrokerCleanup, BrokerLock};
 use socketioxide_amqp::broker::{AmqpConfig, AmqpDriver, AmqpError, Driver};
 
@@ -100,17 +100,15 @@ async fn reconnects_and_redeclares_after_connection_loss() {
         assert!(tokio::time::Instant::now() < deadline, "never reconnected");
     }
     // Publishing from the reconnected driver works too.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while a.publish(b"pong".to_vec()).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "publish never recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_within("publish recovered", Duration::from_secs(20), || async {
+        a.publish(b"pong".to_vec()).await.is_ok()
+    })
+    .await;
     assert!(a.is_connected());
 }
 
+// duplicates: deliberate — each test sets up its own servers and clients in full, so that it
+// reads as its scenario.
 #[tokio::test]
 async fn publisher_declares_no_queue_and_close_deletes_the_own_queue() {
     let _lock = BrokerLock::shared();
@@ -235,14 +233,12 @@ async fn a_publish_timeout_replaces_a_silently_dead_connection() {
     ));
     // The frozen connection would look alive until AMQP heartbeats notice (a minute or more):
     // the timeout makes the driver drop it and connect again.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while a.publish(b"after".to_vec()).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reconnected after the publish timeout"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_within(
+        "reconnected after the publish timeout",
+        Duration::from_secs(10),
+        || async { a.publish(b"after".to_vec()).await.is_ok() },
+    )
+    .await;
     assert_eq!(recv(&mut sb).await, b"after");
     b.close().await;
 }

@@ -66,10 +66,9 @@ async fn broadcast_from_any_node_reaches_every_client_once() {
     let (cluster, mut c) = cluster6("broadcast").await;
     for via in 0..3 {
         let msg = format!("from node {via}");
-        c[via]
-            .ok(json!({"op": "emit", "event": "hello", "data": msg}))
+        let got = cluster
+            .emit_and_fence(via, &mut c, "hello", json!(msg))
             .await;
-        let got = cluster.fence(via, &mut c).await;
         assert_eq!(
             got,
             only(6, &[0, 1, 2, 3, 4, 5], &format!("hello [{msg:?}]")),
@@ -124,7 +123,7 @@ async fn rooms_except_and_volatile_select_exactly_their_clients() {
                 // Engine.IO sends volatile packets outside the socket's ordered buffer: one may
                 // arrive after the fence. A late copy to a non-member would show up in the
                 // following fences.
-                for &i in who.iter() {
+                for &i in *who {
                     if got[i].is_empty() {
                         got[i].push(c[i].next().await.render());
                     }
@@ -159,6 +158,8 @@ async fn local_operators_stay_on_their_node() {
     assert_eq!(got, want);
 }
 
+// duplicates: deliberate — each test sets up its own servers and clients in full, so that it
+// reads as its scenario.
 #[tokio::test]
 async fn broadcast_with_ack_collects_every_client_and_ends_early() {
     let _lock = BrokerLock::shared();

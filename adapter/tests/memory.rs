@@ -59,6 +59,8 @@ async fn broadcast_reaches_every_server_with_one_python_readable_publish() {
     assert!(ctr1.metrics().ignored >= 1);
 }
 
+// duplicates: deliberate — each test sets up its own servers and clients in full, so that it
+// reads as its scenario.
 #[tokio::test]
 async fn rooms_except_and_binary_between_servers() {
     let broker = MemoryBroker::new();

@@ -13,11 +13,7 @@ worker (`StubNodeWorker`), which keeps `Node`'s method names and behaviour:
 """
 from __future__ import annotations
 
-import json
-import logging
 import threading
-import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,12 +23,12 @@ from vantage6.common.client.node_client import NodeClient
 from vantage6.common.encryption import DummyCryptor
 from vantage6.node.socket import NodeTaskNamespace
 
+from e2e_nodes import EventLog, connect_socket, kill_is_for, own_open_runs, ping
+from e2e_nodes import recording_namespace, status_change
 from harness import DEFAULT_TIMEOUT, ROOT, wait_until
-from lineproc import LineProcess, wait_on
+from lineproc import LineProcess
 from sio_testkit import disconnect_after_sends
 from rest import NodeAccount
-
-log = logging.getLogger("e2e.clients")
 
 #: Events every client sees about its own connection; scenario assertions
 #: compare everything else.
@@ -46,39 +42,6 @@ class KilledRun:
     run_id: int
     task_id: int
     parent_id: int | None
-
-
-class EventLog:
-    """Received events of one client, in arrival order, thread-safe."""
-
-    def __init__(self, label: str):
-        self.label = label
-        self._events: list[tuple[str, object]] = []
-        self._cond = threading.Condition()
-
-    def append(self, event: str, data):
-        with self._cond:
-            self._events.append((event, data))
-            self._cond.notify_all()
-
-    def snapshot(self, include_local: bool = False) -> list[tuple[str, object]]:
-        with self._cond:
-            return [e for e in self._events if include_local or e[0] not in LOCAL_EVENTS]
-
-    def mark(self) -> int:
-        with self._cond:
-            return len(self._events)
-
-    def since(self, mark: int, include_local: bool = False) -> list[tuple[str, object]]:
-        with self._cond:
-            return [e for e in self._events[mark:] if include_local or e[0] not in LOCAL_EVENTS]
-
-    def wait_for(self, predicate, timeout: float = DEFAULT_TIMEOUT, what: str = ""):
-        return wait_on(
-            self._cond, lambda: predicate(list(self._events)), timeout,
-            lambda: f"{self.label}: timed out after {timeout}s waiting for {what}; "
-            f"received {self._events}",
-        )
 
 
 class StubNodeWorker:
@@ -95,7 +58,7 @@ class StubNodeWorker:
         self.client.cryptor = DummyCryptor()  # unencrypted collaborations
         self.transports = transports
         self.ping_interval = ping_interval
-        self.events = EventLog(self.label)
+        self.events = EventLog(self.label, LOCAL_EVENTS)
         self.queue: list[dict] = []  # open runs fetched from the server, like Node.queue
         self.killed_runs: list[KilledRun] = []
         self.sockets: list[socketio.Client] = []
@@ -103,48 +66,22 @@ class StubNodeWorker:
         self.node_details_shared = 0  # share_node_details calls that emitted
         self._shared_lock = threading.Lock()
         self._stopped = threading.Event()
-        # vantage6 keeps the worker in a class attribute of NodeTaskNamespace;
-        # a subclass per node keeps several nodes in one process apart.
-        worker = self
-        events = self.events
-
-        class Namespace(NodeTaskNamespace):
-            node_worker_ref = worker
-
-            def trigger_event(self, event, *args):
-                events.append(event, args[0] if len(args) == 1 else (list(args) or None))
-                return super().trigger_event(event, *args)
-
-        self.namespace_class = Namespace
+        self.namespace_class = recording_namespace(NodeTaskNamespace, self, self.events)
 
     # --- what vantage6's Node does -------------------------------------
     def authenticate(self) -> None:
         self.client.authenticate(self.config["api_key"])
 
     def connect_to_socket(self) -> None:
-        sio = socketio.Client(request_timeout=60)
-        sio.register_namespace(self.namespace_class("/tasks"))
-        self.socketIO = sio
-        self.sockets.append(sio)
         kwargs = {"transports": self.transports} if self.transports else {}
-        sio.connect(url=f"{self.client.host}:{self.client.port}", headers=self.client.headers,
-                    wait=False, **kwargs)
-        deadline = time.monotonic() + 30
-        while not sio.connected:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.label}: could not connect the websocket channel")
-            time.sleep(0.05)
+        connect_socket(self, url=f"{self.client.host}:{self.client.port}",
+                       headers=self.client.headers, **kwargs)
         if len(self.sockets) == 1:
             threading.Thread(target=self._ping_worker, daemon=True).start()
 
     def _ping_worker(self) -> None:
         while not self._stopped.wait(self.ping_interval):
-            sio = self.socketIO
-            try:
-                if sio is not None and sio.connected:
-                    sio.emit("ping", namespace="/tasks")
-            except Exception:  # as in vantage6: log and keep pinging
-                log.exception("%s: ping failed", self.label)
+            ping(self.socketIO, self.label)
 
     def sync_task_queue_with_server(self) -> None:
         self.queue.extend(self.client.run.list(state="open", include_task=True))
@@ -171,9 +108,7 @@ class StubNodeWorker:
     def kill_containers(self, kill_info: dict) -> list[KilledRun]:
         """vantage6's checks; the 'running containers' are the runs this node
         queued and has not killed yet (`running`)."""
-        if kill_info["collaboration_id"] != self.client.collaboration_id:
-            return []
-        if "node_id" in kill_info and kill_info["node_id"] != self.client.whoami.id_:
+        if not kill_is_for(kill_info, self.client):
             return []
         wanted = kill_info.get("kill_list")
         killed = []
@@ -188,16 +123,8 @@ class StubNodeWorker:
     @property
     def running(self) -> list[dict]:
         """Queued runs of this node's organisation not killed yet, oldest first."""
-        gone = {k.run_id for k in self.killed_runs}
-        seen, out = set(), []
-        for run in self.queue:
-            if run["id"] in gone or run["id"] in seen:
-                continue
-            if run["organization"]["id"] != self.client.whoami.organization_id:
-                continue
-            seen.add(run["id"])
-            out.append(run)
-        return out
+        return own_open_runs(self.queue, {k.run_id for k in self.killed_runs},
+                             self.client.whoami.organization_id)
 
     # --- test conveniences -----------------------------------------------
     def start(self) -> "StubNodeWorker":
@@ -229,11 +156,7 @@ class StubNodeWorker:
 
     def status_change(self, run: dict, status: str) -> None:
         """What Node.__speaking_worker emits when a container changes state."""
-        self.emit("algorithm_status_change", {
-            "node_id": self.client.whoami.id_, "status": status, "run_id": run["id"],
-            "task_id": run["task"]["id"], "collaboration_id": self.client.collaboration_id,
-            "organization_id": self.client.whoami.organization_id, "parent_id": None,
-        })
+        self.emit("algorithm_status_change", status_change(self.client, run, status))
 
     def disconnect(self) -> None:
         """A test's own disconnect (see `sio_testkit.disconnect_after_sends`: vantage6's
@@ -306,8 +229,3 @@ class UiListener:
     def close(self):
         self.reader.stop()
 
-
-def canon(events) -> Counter:
-    """Events as a multiset (order across rooms and instances is not
-    something vantage6 promises)."""
-    return Counter(json.dumps([e, d], sort_keys=True) for e, d in events)

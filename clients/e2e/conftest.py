@@ -9,7 +9,6 @@ and users through the REST API, so tests never see each other's rooms.
 """
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -18,24 +17,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # clients/: lineproc
+pytest_plugins = ["skip_policy"]  # clients/skip_policy.py: a skip for a missing tool fails the run
 
 from deployment import Deployment  # noqa: E402
+from e2e_harness import BACKENDS, processes_still_alive  # noqa: E402
 from pytest_figures import figures  # noqa: E402,F401  (the fixture)
-
-BACKENDS = [b for b in os.environ.get("V6_TEST_BACKENDS", "sqlite,postgres").split(",") if b]
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def deployment(request, tmp_path_factory) -> Deployment:
     workdir = tmp_path_factory.mktemp(f"deployment-{request.param}")
     dep = Deployment(request.param, workdir, secret=f"e2e-{uuid.uuid4().hex}", instances=3)
-    try:
-        dep.start()
-    except Exception:
-        print(dep.describe_failure())
-        dep.stop()
-        raise
-    yield dep
+    yield dep.started()
     dep.stop()
 
 
@@ -57,10 +50,4 @@ def world(world_of_deployment):
     return world_of_deployment
 
 
-@pytest.fixture(autouse=True)
-def _instances_still_alive(request):
-    yield
-    if "deployment" in request.fixturenames:
-        dep = request.getfixturevalue("deployment")
-        dead = [p.name for p in dep.processes() if not p.alive()]
-        assert not dead, f"processes died during the test: {dead}\n{dep.describe_failure()}"
+_instances_still_alive = processes_still_alive("deployment")

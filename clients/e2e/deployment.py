@@ -7,9 +7,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from clients import StubNodeWorker, UiListener, canon
+import e2e_expect
+import e2e_harness
+from clients import StubNodeWorker, UiListener
+from e2e_expect import SETTLE, joined, left, node_status  # noqa: F401  (re-exported)
 from harness import (
-    DEFAULT_TIMEOUT,
     Broker,
     Database,
     Nginx,
@@ -22,10 +24,8 @@ from harness import (
 )
 from rest import Admin, Api, Collaboration, UserAccount
 
-SETTLE = 1.5  # seconds of silence after the last expected event
 
-
-class Deployment:
+class Deployment(e2e_harness.Deployment):
     def __init__(self, backend: str, workdir: Path, *, secret: str, instances: int = 3):
         self.backend = backend
         self.workdir = workdir
@@ -62,11 +62,7 @@ class Deployment:
         for inst in self.instances:
             inst.stop()
         self.vantage6.stop()
-        try:
-            self.db.drop()
-        except Exception as exc:  # leave the database behind, say so
-            print(f"could not drop {self.db.name}: {exc}")
-        self.broker.drop()
+        self.drop_storage()
 
     def emit(self, room: str, event: str, data) -> None:
         """Publish like vantage6's REST API: `v6-socketio emit` on the shared
@@ -74,10 +70,6 @@ class Deployment:
         subprocess.run([str(server_binary()), "emit", "--config", str(self.config), "--room", room,
                         "--event", event, "--data", json.dumps(data)], check=True, timeout=30,
                        capture_output=True)
-
-    def describe_failure(self) -> str:
-        return "\n".join(f"--- {p.name} (alive={p.alive()}) ---\n{p.log_tail()}"
-                         for p in self.processes())
 
     @property
     def url(self) -> str:
@@ -195,58 +187,7 @@ class World:
                 pass
 
 
-def node_status(node: StubNodeWorker) -> dict:
-    """node-online / node-offline payload (vantage6: id, name, org_id)."""
-    return {"id": node.account.id, "name": node.account.name, "org_id": node.account.organization_id}
+class Expect(e2e_expect.Expect):
+    """e2e_expect.Expect; the nodes' pings (every 10 s) are not compared."""
 
-
-def joined(node: StubNodeWorker, room: str):
-    return ("message", f"Node <{node.account.name}> joined room <{room}>")
-
-
-def left(node: StubNodeWorker, room: str):
-    return ("message", f"{node.account.name} left room {room}")
-
-
-class Expect:
-    """Exactly who receives what after an action.
-
-    `marks = Expect.mark(clients)` before the action; then
-    `Expect.exactly(marks, {client: [events…]})`: every listed client must
-    receive exactly these events (as a multiset) and every other marked
-    client nothing, within `timeout`, with `SETTLE` seconds of silence to
-    catch late extras."""
-
-    @staticmethod
-    def mark(clients) -> dict:
-        return {c: c.events.mark() if hasattr(c, "events") else c.mark() for c in clients}
-
-    @staticmethod
-    def _since(client, mark):
-        return client.events.since(mark) if hasattr(client, "events") else client.since(mark)
-
-    @staticmethod
-    def exactly(marks: dict, expected: dict, timeout: float = DEFAULT_TIMEOUT,
-                settle: float = SETTLE, ignore=("ping",)):
-        want = {c: canon(expected.get(c, [])) for c in marks}
-        for c in expected:
-            if c not in marks:
-                raise AssertionError(f"{c} was not marked before the action")
-
-        def got(c):
-            return canon([e for e in Expect._since(c, marks[c]) if e[0] not in ignore])
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(not (want[c] - got(c)) for c in marks):
-                break
-            time.sleep(0.05)
-        time.sleep(settle)
-        problems = []
-        for c in marks:
-            g = got(c)
-            missing, extra = want[c] - g, g - want[c]
-            if missing or extra:
-                problems.append(f"{getattr(c, 'label', c)}: missing {dict(missing)} extra {dict(extra)}")
-        if problems:
-            raise AssertionError("wrong deliveries:\n  " + "\n  ".join(problems))
+    IGNORED = ("ping",)

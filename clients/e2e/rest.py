@@ -3,19 +3,15 @@ need (organisations, collaborations, nodes, users, tasks) is created through
 the real endpoints of vantage6-server 4.15.2, as an administrator would."""
 from __future__ import annotations
 
-import base64
-import json
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import requests
 
+from e2e_rest import Collaboration, RestApi, RestError, arguments, unique
+from e2e_rest import runs_of_task  # noqa: F401  (re-exported)
+
 ROOT_USER = {"username": "root", "password": "root"}  # vantage6's first-run default
 USER_PASSWORD = "Password-123!"
-
-
-class RestError(AssertionError):
-    pass
 
 
 @dataclass
@@ -35,21 +31,7 @@ class UserAccount:
     organization_id: int
 
 
-@dataclass
-class Collaboration:
-    id: int
-    name: str
-    organization_ids: list[int] = field(default_factory=list)
-
-    @property
-    def room(self) -> str:
-        return f"collaboration_{self.id}"
-
-    def org_room(self, organization_id: int) -> str:
-        return f"collaboration_{self.id}_organization_{organization_id}"
-
-
-class Api:
+class Api(RestApi):
     """A logged-in REST session (`base` is e.g. http://127.0.0.1:8080/api)."""
 
     def __init__(self, base: str, token: str):
@@ -64,23 +46,6 @@ class Api:
             raise RestError(f"login {username}: {r.status_code} {r.text[:300]}")
         return cls(base, r.json()["access_token"])
 
-    @property
-    def authorization(self) -> str:
-        return f"Bearer {self.token}"
-
-    def call(self, method: str, path: str, expect: tuple = (200, 201), **kw):
-        r = requests.request(method, f"{self.base}/{path.lstrip('/')}",
-                             headers={"Authorization": self.authorization}, timeout=30, **kw)
-        if r.status_code not in expect:
-            raise RestError(f"{method} /{path}: {r.status_code} {r.text[:500]}")
-        return r.json() if r.content else None
-
-    def get(self, path, **kw):
-        return self.call("GET", path, **kw)
-
-    def post(self, path, body, **kw):
-        return self.call("POST", path, json=body, **kw)
-
 
 class Admin(Api):
     """The root user, creating uniquely named fixtures for each test."""
@@ -88,30 +53,16 @@ class Admin(Api):
     def __init__(self, base: str):
         api = Api.login(base, ROOT_USER["username"], ROOT_USER["password"])
         super().__init__(api.base, api.token)
-        roles = self.get("role", params={"per_page": 100})["data"]
-        self.role_ids = {r["name"]: r["id"] for r in roles}
-
-    @staticmethod
-    def unique(prefix: str) -> str:
-        return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-    def organization(self, prefix: str = "org") -> int:
-        return self.post("organization", {"name": self.unique(prefix)})["id"]
-
-    def collaboration(self, organization_ids: list[int], prefix: str = "collab") -> Collaboration:
-        name = self.unique(prefix)
-        body = self.post("collaboration", {"name": name, "organization_ids": organization_ids,
-                                           "encrypted": False})
-        return Collaboration(body["id"], name, list(organization_ids))
+        self.role_ids = self.roles()
 
     def node(self, collab: Collaboration, organization_id: int, prefix: str = "node") -> NodeAccount:
-        name = self.unique(prefix)
+        name = unique(prefix)
         body = self.post("node", {"collaboration_id": collab.id, "organization_id": organization_id,
                                   "name": name})
         return NodeAccount(body["id"], name, body["api_key"], organization_id, collab.id)
 
     def user(self, organization_id: int, role: str = "Collaboration Admin") -> UserAccount:
-        username = self.unique("user")
+        username = unique("user")
         body = self.post("user", {
             "username": username, "password": USER_PASSWORD, "email": f"{username}@example.org",
             "organization_id": organization_id, "roles": [self.role_ids[role]],
@@ -126,13 +77,10 @@ class Admin(Api):
 def create_task(api: Api, collab: Collaboration, organization_ids: list[int]) -> dict:
     """POST /task the way the vantage6 UI/Python client does for an
     unencrypted collaboration (base64 JSON input per organisation)."""
-    payload = base64.b64encode(json.dumps({"method": "average", "kwargs": {}}).encode()).decode()
+    payload = arguments({"method": "average", "kwargs": {}})
     return api.post("task", {
         "name": "e2e-task", "image": "harbor2.vantage6.ai/demo/average", "description": "",
         "collaboration_id": collab.id, "databases": [],
         "organizations": [{"id": o, "input": payload} for o in organization_ids],
     })
 
-
-def runs_of_task(api: Api, task_id: int) -> list[dict]:
-    return api.get("run", params={"task_id": task_id, "per_page": 100})["data"]

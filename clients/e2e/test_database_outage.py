@@ -25,6 +25,7 @@ from clients import StubNodeWorker
 from deployment import SETTLE, Expect, joined, node_status
 from harness import Nginx, SocketioInstance, free_port, wait_until
 from rest import Api, create_task
+from skip_policy import skip_by_design
 from tcp_proxy import TcpProxy
 
 #: How long the database stays away: longer than the pool's 10 s acquire
@@ -78,7 +79,7 @@ def _synced(mark: int = 0):
 
 def test_node_connecting_during_database_outage_is_served_after_it(deployment, site, figures):
     if site.proxy is None:
-        pytest.skip("needs a database server to cut off: PostgreSQL only (SQLite is a file)")
+        skip_by_design("needs a database server to cut off: PostgreSQL only (SQLite is a file)")
     admin = deployment.admin
     orgs = [admin.organization("org-outage") for _ in range(2)]
     collab = admin.collaboration(orgs, "collab-outage")

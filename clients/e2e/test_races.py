@@ -42,14 +42,15 @@ import jwt
 import pytest
 
 from clients import StubNodeWorker
+from e2e_harness import BACKENDS
 from harness import wait_until
+from skip_policy import skip_by_design
 
 CYCLES = int(os.environ.get("V6_TEST_RACE_CYCLES", "25"))
 NODES = 4
 SYNC_TIMEOUT = 30.0  # a liveness bound for a loaded 2-core machine, not a timing target
 TRANSPORTS = [t for t in os.environ.get("V6_TEST_RACE_TRANSPORTS", "polling,websocket").split(",")
               if t]
-BACKENDS = [b for b in os.environ.get("V6_TEST_BACKENDS", "sqlite,postgres").split(",") if b]
 # scripts/test-all.sh runs one pytest process per backend and names the one
 # that runs the stress
 RACE_BACKEND = os.environ.get("V6_TEST_RACE_BACKEND") or BACKENDS[0]
@@ -214,7 +215,7 @@ def _phase(nodes, kind: str, secret: str, crashes: HandlerCrashes):
 @pytest.fixture
 def stress_nodes(deployment):
     if deployment.backend != RACE_BACKEND:  # before making the nodes
-        pytest.skip(f"the races are in the client: run on one backend only ({RACE_BACKEND})")
+        skip_by_design(f"the races are in the client: run on one backend only ({RACE_BACKEND})")
     # each node alone in its collaboration: no node's announcements reach
     # another (python-engineio's client refuses polling responses of more
     # than 16 packets, which a burst of them could produce)

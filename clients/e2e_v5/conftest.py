@@ -10,7 +10,6 @@ collaborations and nodes through HQ's REST API.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -20,11 +19,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # clients/: lineproc, stand-in
+pytest_plugins = ["skip_policy"]  # clients/skip_policy.py: a skip for a missing tool fails the run
 
+from e2e_harness import BACKENDS, processes_still_alive  # noqa: E402
 from fleet import Fleet  # noqa: E402
 from pytest_figures import figures  # noqa: E402,F401  (the fixture)
-
-BACKENDS = [b for b in os.environ.get("V6_TEST_BACKENDS", "sqlite,postgres").split(",") if b]
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -33,13 +32,7 @@ def fleet(request) -> Fleet:
     # last three of its run directories, whoever's run they are, and the
     # fleet's SQLite database and logs live here. Kept when a test failed.
     workdir = Path(tempfile.mkdtemp(prefix=f"v6-e2e5-{request.param}-"))
-    f = Fleet(request.param, workdir)
-    try:
-        f.start()
-    except Exception:
-        print(f.describe_failure())
-        f.stop()
-        raise
+    f = Fleet(request.param, workdir).started()
     failed_before = request.session.testsfailed
     yield f
     # everything the fleet asked Keycloak (HQ's admin calls, node tokens,
@@ -55,10 +48,4 @@ def fleet(request) -> Fleet:
         print(f"\nfleet logs kept in {workdir}")
 
 
-@pytest.fixture(autouse=True)
-def _processes_still_alive(request):
-    yield
-    if "fleet" in request.fixturenames:
-        f = request.getfixturevalue("fleet")
-        dead = [p.name for p in f.processes() if not p.alive()]
-        assert not dead, f"processes died during the test: {dead}\n{f.describe_failure()}"
+_processes_still_alive = processes_still_alive("fleet")

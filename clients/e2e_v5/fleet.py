@@ -2,17 +2,15 @@
 two v6-socketio instances) and the ways a test places nodes on it."""
 from __future__ import annotations
 
-import json
 import os
-import time
-from collections import Counter
 from pathlib import Path
 
+import e2e_harness
+from e2e_expect import SETTLE, Expect, joined, left, node_status  # noqa: F401  (re-exported)
 from harness5 import (
     ADMIN_CLIENT,
     ADMIN_SECRET,
     ADMIN_USER,
-    DEFAULT_TIMEOUT,
     HQ,
     REALM,
     Broker,
@@ -25,10 +23,8 @@ from keycloak_standin import KeycloakStandIn
 from nodes5 import Node5, use_task_files_root
 from rest5 import Admin, Collaboration
 
-SETTLE = 1.5  # seconds of silence after the last expected event
 
-
-class Fleet:
+class Fleet(e2e_harness.Deployment):
     def __init__(self, backend: str, workdir: Path, instances: int = 2):
         self.backend = backend
         self.workdir = workdir
@@ -68,16 +64,8 @@ class Fleet:
         for inst in self.instances:
             inst.stop()
         self.hq.stop()
-        try:
-            self.db.drop()
-        except Exception as exc:  # leave the database behind, say so
-            print(f"could not drop {self.db.name}: {exc}")
-        self.broker.drop()
+        self.drop_storage()
         self.kc.stop()
-
-    def describe_failure(self) -> str:
-        return "\n".join(f"--- {p.name} (alive={p.alive()}) ---\n{p.log_tail()}"
-                         for p in self.processes())
 
     # --- nodes -------------------------------------------------------------
     def socket_url(self, where) -> str:
@@ -102,60 +90,3 @@ class Fleet:
     def node_db_status(self, node_id: int) -> str | None:
         rows = self.db.query("SELECT status FROM authenticatable WHERE id = ?", (node_id,))
         return rows[0][0] if rows else None
-
-
-def node_status(node: Node5) -> dict:
-    """node-online / node-offline payload (HQ: id, name, org_id)."""
-    return {"id": node.account.id, "name": node.account.name,
-            "org_id": node.account.organization_id}
-
-
-def joined(node: Node5, room: str):
-    return ("message", f"Node <{node.account.name}> joined room <{room}>")
-
-
-def left(node: Node5, room: str):
-    return ("message", f"{node.account.name} left room {room}")
-
-
-def canon(events) -> Counter:
-    """Events as a multiset (order across rooms and servers is not something
-    vantage6 promises)."""
-    return Counter(json.dumps([e, d], sort_keys=True) for e, d in events)
-
-
-class Expect:
-    """Exactly who receives what after an action: `marks = Expect.mark(nodes)`
-    before it, then `Expect.exactly(marks, {node: [events…]})`: every listed
-    node must receive exactly these events (a multiset) and every other marked
-    node nothing, within `timeout`, with `SETTLE` seconds of silence after."""
-
-    @staticmethod
-    def mark(nodes) -> dict:
-        return {n: n.events.mark() for n in nodes}
-
-    @staticmethod
-    def exactly(marks: dict, expected: dict, timeout: float = DEFAULT_TIMEOUT,
-                settle: float = SETTLE, ignore=()):
-        for n in expected:
-            if n not in marks:
-                raise AssertionError(f"{n.label} was not marked before the action")
-        want = {n: canon(expected.get(n, [])) for n in marks}
-
-        def got(n):
-            return canon([e for e in n.events.since(marks[n]) if e[0] not in ignore])
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(not (want[n] - got(n)) for n in marks):
-                break
-            time.sleep(0.05)
-        time.sleep(settle)
-        problems = []
-        for n in marks:
-            g = got(n)
-            missing, extra = want[n] - g, g - want[n]
-            if missing or extra:
-                problems.append(f"{n.label}: missing {dict(missing)} extra {dict(extra)}")
-        if problems:
-            raise AssertionError("wrong deliveries:\n  " + "\n  ".join(problems))

@@ -10,145 +10,33 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import sqlite3
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
-import requests
+import e2e_harness
+from e2e_harness import DEFAULT_TIMEOUT, free_port, logging_config, wait_until  # noqa: F401
+from logged_process import Process
 
-import lineproc
-from logged_process import Process  # noqa: F401  (re-exported)
-
-ROOT = Path(__file__).resolve().parents[2]
-AMQP_URI = os.environ.get("V6_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
-PG_ADMIN = dict(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
-DEFAULT_TIMEOUT = 20.0
 REALM = "vantage6"
 ADMIN_USER = "admin"  # KEYCLOAK_ADMIN_USERNAME: HQ's root user
 ADMIN_CLIENT = "backend-admin-client"
 ADMIN_SECRET = "e2e-admin-client-secret"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.05, what: str = ""):
-    return lineproc.wait_until(predicate, timeout, interval, what)
-
-
-def server_binary() -> Path:
-    path = Path(os.environ.get("V6_SOCKETIO_BIN", ROOT / "target" / "debug" / "v6-socketio"))
-    if not path.exists():
-        raise RuntimeError(f"{path} does not exist: build with `cargo build` or set V6_SOCKETIO_BIN")
-    return path
-
-
-class Database:
+class Database(e2e_harness.Database):
     """A fresh 5.x database: a SQLite file or a new PostgreSQL database.
     HQ creates the tables on its start (`Database().connect`)."""
 
     def __init__(self, backend: str, workdir: Path):
-        self.backend = backend
-        if backend == "sqlite":
-            self.path = workdir / "hq.sqlite"
-            self.uri = f"sqlite:///{self.path}"
-            self.name = None
-        elif backend == "postgres":
-            import psycopg2
-
-            self.name = "v6e2e5_" + uuid.uuid4().hex[:12]
-            conn = psycopg2.connect(**PG_ADMIN)
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{self.name}"')
-            conn.close()
-            self.uri = f"postgresql://postgres@127.0.0.1:5432/{self.name}"
-        else:
-            raise ValueError(backend)
-
-    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        """Rows of one read-only query (`?` placeholders), straight from the
-        database: what HQ and v6-socketio wrote, not what REST shows."""
-        if self.backend == "sqlite":
-            conn = sqlite3.connect(self.path, timeout=10)
-            try:
-                return conn.execute(sql, params).fetchall()
-            finally:
-                conn.close()
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=self.name)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql.replace("?", "%s"), params)
-                return cur.fetchall()
-        finally:
-            conn.close()
-
-    def execute(self, sql: str, params: tuple = ()) -> None:
-        """One write (`?` placeholders), committed: what another of the
-        fleet's processes (HQ's offline sweep) would write."""
-        if self.backend == "sqlite":
-            conn = sqlite3.connect(self.path, timeout=10)
-            try:
-                with conn:
-                    conn.execute(sql, params)
-            finally:
-                conn.close()
-            return
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=self.name)
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(sql.replace("?", "%s"), params)
-        finally:
-            conn.close()
-
-    def drop(self):
-        if self.backend != "postgres":
-            return
-        import psycopg2
-
-        conn = psycopg2.connect(**PG_ADMIN)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                        (self.name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{self.name}"')
-        conn.close()
+        super().__init__(backend, workdir, sqlite_file="hq.sqlite", pg_prefix="v6e2e5_")
 
 
-class Broker:
-    """A RabbitMQ virtual host of the fleet's own (rabbitmqctl, when on this
-    machine): HQ's Flask-SocketIO always uses the exchange `flask-socketio`,
-    so another run's events must not reach this one."""
+class Broker(e2e_harness.Broker):
+    """A RabbitMQ virtual host of the fleet's own (see e2e_harness.Broker)."""
 
     def __init__(self):
-        self.vhost = None
-        self.uri = AMQP_URI
-        ctl = shutil.which("rabbitmqctl") or (
-            "/usr/sbin/rabbitmqctl" if Path("/usr/sbin/rabbitmqctl").exists() else None)
-        if "V6_TEST_AMQP_URL" in os.environ or ctl is None:
-            return
-        vhost = "v6e2e5-" + uuid.uuid4().hex[:12]
-        subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, timeout=60, capture_output=True)
-        subprocess.run([ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                       check=True, timeout=60, capture_output=True)
-        self.ctl, self.vhost = ctl, vhost
-        self.uri = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-
-    def drop(self):
-        if self.vhost:
-            subprocess.run([self.ctl, "-q", "delete_vhost", self.vhost], timeout=60,
-                           capture_output=True)
+        super().__init__("v6e2e5-")
 
 
 def write_hq_config(path: Path, *, db: Database, broker: Broker, api_port: int) -> Path:
@@ -162,17 +50,8 @@ def write_hq_config(path: Path, *, db: Database, broker: Broker, api_port: int) 
         "jwt_secret_key": f"container-{uuid.uuid4().hex}",
         "algorithm_stores": [],
         "rabbitmq": {"uri": broker.uri},
-        "logging": {
-            "level": "INFO",
-            "file": str(path.parent / "hq.log"),
-            "use_console": True,
-            "backup_count": 1,
-            "max_size": 1024,
-            "format": "%(asctime)s - %(name)-14s - %(levelname)-8s - %(message)s",
-            "datefmt": "%H:%M:%S",
-            "loggers": [{"name": "urllib3", "level": "warning"},
-                        {"name": "sqlalchemy.engine", "level": "warning"}],
-        },
+        "logging": logging_config(str(path.parent / "hq.log"), "%H:%M:%S",
+                                  ["urllib3", "sqlalchemy.engine"]),
         # no message_queue_format: the 5.x default (`args`, python-socketio
         # 5.16.2's argument list, as HQ 5.0.3 publishes) is what the mixed
         # fleet relies on
@@ -206,44 +85,17 @@ class HQ(Process):
     def __init__(self, workdir: Path, config: Path, port: int, kc):
         launcher = Path(__file__).with_name("run_hq.py")
         env = dict(os.environ, HOME=str(workdir), PYTHONUNBUFFERED="1", **keycloak_env(kc))
-        super().__init__("hq", [sys.executable, str(launcher), str(config), str(port)], workdir, env)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.api_url = f"{self.url}/hq"
-
-    def start(self, timeout: float = 120):
-        super().start()
-        self.wait_http(f"{self.api_url}/version", timeout)
+        super().__init__("hq", [sys.executable, str(launcher), str(config), str(port)], workdir, env,
+                         ready_url=f"{self.api_url}/version", ready_timeout=120)
 
 
-class SocketioInstance(Process):
+class SocketioInstance(e2e_harness.SocketioInstance):
     """One `v6-socketio serve` on HQ's configuration file, in 5.x mode (the
     generation is found from the database HQ created)."""
 
     def __init__(self, workdir: Path, config: Path, port: int, name: str, kc):
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"),
-                   KEYCLOAK_URL=kc.url, KEYCLOAK_REALM=kc.realm)
-        env.pop("RUST_BACKTRACE", None)
-        super().__init__(name, [str(server_binary()), "serve", "--config", str(config),
-                                "--port", str(port), "--instance-name", f"127.0.0.1:{port}"],
-                         workdir, env)
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-
-    def start(self, timeout: float = 30):
-        super().start()
-        self.wait_http(f"{self.url}/ready", timeout)
-
-    def metric(self, name: str, labels: dict | None = None) -> float:
-        text = requests.get(f"{self.url}/metrics", timeout=5).text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("#") or not line.startswith(name):
-                continue
-            head, _, value = line.rpartition(" ")
-            if head.split("{")[0] != name:
-                continue
-            if labels and not all(f'{k}="{v}"' in head for k, v in labels.items()):
-                continue
-            total += float(value)
-        return total
+        super().__init__(workdir, config, port, name,
+                         env={"KEYCLOAK_URL": kc.url, "KEYCLOAK_REALM": kc.realm})

@@ -19,9 +19,7 @@ deployment routes `/socket.io/` of the one HQ address through its ingress.
 """
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -33,11 +31,10 @@ from vantage6.node.k8s import session_manager
 from vantage6.node.k8s.session_manager import SessionFileManager
 from vantage6.node.socket import NodeTaskNamespace
 
+from e2e_nodes import EventLog, connect_socket, kill_is_for, own_open_runs, ping
+from e2e_nodes import recording_namespace, status_change
 from harness5 import DEFAULT_TIMEOUT, wait_until
-from lineproc import wait_on
 from rest5 import NodeAccount
-
-log = logging.getLogger("e2e5.nodes")
 
 #: Events every client sees about its own connection.
 LOCAL_EVENTS = {"connect", "disconnect", "connect_error", "__disconnect_final"}
@@ -53,38 +50,6 @@ class KilledRun:
     task_id: int
     parent_id: int | None
     logs: str
-
-
-class EventLog:
-    """Received events of one node, in arrival order, thread-safe."""
-
-    def __init__(self, label: str):
-        self.label = label
-        self._events: list[tuple[str, object]] = []
-        self.cond = threading.Condition()
-
-    def append(self, event: str, data):
-        with self.cond:
-            self._events.append((event, data))
-            self.cond.notify_all()
-
-    def mark(self) -> int:
-        with self.cond:
-            return len(self._events)
-
-    def since(self, mark: int, include_local: bool = False) -> list[tuple[str, object]]:
-        with self.cond:
-            return [e for e in self._events[mark:] if include_local or e[0] not in LOCAL_EVENTS]
-
-    def wait_for(self, predicate, timeout: float = DEFAULT_TIMEOUT, what: str = ""):
-        return wait_on(
-            self.cond, lambda: predicate(list(self._events)), timeout,
-            lambda: f"{self.label}: timed out after {timeout}s waiting for {what}; "
-            f"received {self._events}")
-
-    def wait_event(self, event: str, mark: int = 0, timeout: float = DEFAULT_TIMEOUT):
-        return self.wait_for(lambda evs: next((d for e, d in evs[mark:] if e == event), None)
-                             or any(e == event for e, _ in evs[mark:]), timeout, event)
 
 
 def use_task_files_root(path) -> None:
@@ -105,7 +70,7 @@ class Node5:
                                  hq_url=hq_api_url, auth_url=kc_url)
         # vantage6 keeps each node's session files apart with dev.task_dir_extension
         self.ctx = SimpleNamespace(config={"dev": {"task_dir_extension": label}})
-        self.events = EventLog(label)
+        self.events = EventLog(label, LOCAL_EVENTS)
         self.calls: list[str] = []  # Node methods the namespace called, in order
         self.queue: list[dict] = []  # open runs fetched from HQ, like Node.runs_queue
         self.killed_runs: list[KilledRun] = []
@@ -113,26 +78,14 @@ class Node5:
         self.socketIO: socketio.Client | None = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        worker, events = self, self.events
-
         real_obtain = self.client.obtain_new_token
 
         def obtain_new_token():
-            worker._called("obtain_new_token")
+            self._called("obtain_new_token")
             real_obtain()
 
         self.client.obtain_new_token = obtain_new_token
-
-        # vantage6 keeps the worker in a class attribute of NodeTaskNamespace;
-        # a subclass per node keeps several nodes in one process apart.
-        class Namespace(NodeTaskNamespace):
-            node_worker_ref = worker
-
-            def trigger_event(self, event, *args):
-                events.append(event, args[0] if len(args) == 1 else (list(args) or None))
-                return super().trigger_event(event, *args)
-
-        self.namespace_class = Namespace
+        self.namespace_class = recording_namespace(NodeTaskNamespace, self, self.events)
 
     def _called(self, name: str) -> None:
         with self._lock:
@@ -153,16 +106,7 @@ class Node5:
     def connect_to_socket(self) -> None:
         self._called("connect_to_socket")
         self._stopped = threading.Event()  # a reconnect after close() pings again
-        sio = socketio.Client(request_timeout=60)
-        sio.register_namespace(self.namespace_class("/tasks"))
-        self.socketIO = sio
-        self.sockets.append(sio)
-        sio.connect(url=self.socket_url, headers=self.client.headers, wait=False)
-        deadline = time.monotonic() + 30
-        while not sio.connected:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.label}: could not connect the websocket channel")
-            time.sleep(0.05)
+        connect_socket(self, url=self.socket_url, headers=self.client.headers)
         threading.Thread(target=self._ping_worker, daemon=True).start()
 
     def _ping_worker(self) -> None:
@@ -170,12 +114,7 @@ class Node5:
         if self._stopped.wait(5):
             return
         while True:
-            sio = self.socketIO
-            try:
-                if sio is not None and sio.connected:
-                    sio.emit("ping", namespace="/tasks")
-            except Exception:  # as vantage6: log and keep pinging
-                log.exception("%s: ping failed", self.label)
+            ping(self.socketIO, self.label)
             if self._stopped.wait(PING_INTERVAL_SECONDS):
                 return
 
@@ -206,9 +145,7 @@ class Node5:
         """Node.kill_containers: its checks, then the 'containers' (queued
         runs) named in the kill list, then their logs PATCHed to HQ."""
         self._called("kill_containers")
-        if kill_info["collaboration_id"] != self.client.collaboration_id:
-            return []
-        if "node_id" in kill_info and kill_info["node_id"] != self.client.whoami.id_:
+        if not kill_is_for(kill_info, self.client):
             return []
         wanted = kill_info.get("kill_list")
         killed = []
@@ -237,15 +174,7 @@ class Node5:
         with self._lock:
             gone = {k.run_id for k in self.killed_runs}
             queue = list(self.queue)
-        seen, out = set(), []
-        for run in queue:
-            if run["id"] in gone or run["id"] in seen:
-                continue
-            if run["organization"]["id"] != self.client.whoami.organization_id:
-                continue
-            seen.add(run["id"])
-            out.append(run)
-        return out
+        return own_open_runs(queue, gone, self.client.whoami.organization_id)
 
     # --- test conveniences -----------------------------------------------
     def start(self) -> "Node5":
@@ -274,11 +203,8 @@ class Node5:
 
     def status_change(self, run: dict, status: str) -> None:
         """What Node.__emit_algorithm_status_change sends."""
-        self.socketIO.emit("algorithm_status_change", data={
-            "node_id": self.client.whoami.id_, "status": status, "run_id": run["id"],
-            "task_id": run["task"]["id"], "collaboration_id": self.client.collaboration_id,
-            "organization_id": self.client.whoami.organization_id, "parent_id": None,
-        }, namespace="/tasks")
+        self.socketIO.emit("algorithm_status_change", data=status_change(self.client, run, status),
+                           namespace="/tasks")
 
     def log_line(self, run: dict, line: str) -> None:
         """What the container manager sends per algorithm log line."""

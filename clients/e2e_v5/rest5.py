@@ -5,19 +5,14 @@ client-credentials tokens from the realm stand-in (HQ's admin client for the
 root user; a service-account user's own client for the researcher)."""
 from __future__ import annotations
 
-import base64
-import json
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import requests
 
+from e2e_rest import Collaboration, RestApi, RestError, arguments, unique
+from e2e_rest import runs_of_task  # noqa: F401  (re-exported)
 from harness5 import ADMIN_CLIENT, ADMIN_SECRET, REALM
-
-
-class RestError(AssertionError):
-    pass
 
 
 @dataclass
@@ -30,17 +25,6 @@ class NodeAccount:
     collaboration_id: int
 
 
-@dataclass
-class Collaboration:
-    id: int
-    name: str
-    organization_ids: list[int] = field(default_factory=list)
-
-    @property
-    def room(self) -> str:
-        return f"collaboration_{self.id}"
-
-
 def client_credentials(kc_url: str, client_id: str, secret: str) -> dict:
     r = requests.post(f"{kc_url}/realms/{REALM}/protocol/openid-connect/token",
                       data={"grant_type": "client_credentials", "client_id": client_id,
@@ -50,7 +34,7 @@ def client_credentials(kc_url: str, client_id: str, secret: str) -> dict:
     return r.json()
 
 
-class Api:
+class Api(RestApi):
     """A REST session at HQ (`base` is e.g. http://127.0.0.1:7601/hq) with a
     Keycloak client's token, renewed before it runs out."""
 
@@ -67,44 +51,13 @@ class Api:
             self._renew_at = time.monotonic() + body["expires_in"] / 2
         return self._token
 
-    def call(self, method: str, path: str, expect: tuple = (200, 201), **kw):
-        r = requests.request(method, f"{self.base}/{path.lstrip('/')}",
-                             headers={"Authorization": f"Bearer {self.token}"}, timeout=30, **kw)
-        if r.status_code not in expect:
-            raise RestError(f"{method} /{path}: {r.status_code} {r.text[:500]}")
-        return r.json() if r.content else None
-
-    def get(self, path, **kw):
-        return self.call("GET", path, **kw)
-
-    def post(self, path, body, **kw):
-        return self.call("POST", path, json=body, **kw)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def arguments(obj: dict) -> str:
-    """Function arguments of an unencrypted collaboration: base64 JSON."""
-    return base64.b64encode(json.dumps(obj).encode()).decode()
-
 
 class Admin(Api):
     """HQ's root user (`KEYCLOAK_ADMIN_USERNAME`), through HQ's admin client."""
 
     def __init__(self, base: str, kc_url: str):
         super().__init__(base, kc_url, ADMIN_CLIENT, ADMIN_SECRET)
-        self.role_ids = {r["name"]: r["id"] for r in self.get("role", params={"per_page": 100})["data"]}
-
-    def organization(self, prefix: str = "org") -> int:
-        return self.post("organization", {"name": unique(prefix)})["id"]
-
-    def collaboration(self, organization_ids: list[int], prefix: str = "collab") -> Collaboration:
-        name = unique(prefix)
-        body = self.post("collaboration", {"name": name, "organization_ids": organization_ids,
-                                           "encrypted": False})
-        return Collaboration(body["id"], name, list(organization_ids))
+        self.role_ids = self.roles()
 
     def node(self, collab: Collaboration, organization_id: int) -> NodeAccount:
         """POST /node: HQ creates `<name>-node-client` in Keycloak and answers
@@ -157,6 +110,3 @@ def create_task(api: Api, collab: Collaboration, session_id: int, organization_i
         **extra,
     })
 
-
-def runs_of_task(api: Api, task_id: int) -> list[dict]:
-    return api.get("run", params={"task_id": task_id, "per_page": 100})["data"]

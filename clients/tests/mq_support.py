@@ -9,14 +9,14 @@
   result, see adapter/tests/process_cluster/node.rs);
 * ``AckRecorder``: a recording client that acknowledges every event;
 * broker helpers: the shared lock the adapter's tests take, queue and exchange
-  deletion.
+  deletion (what the 5.x suite needs too is in clients/compat_support.py).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
-import re
 import subprocess
 import threading
 import uuid
@@ -25,12 +25,19 @@ from pathlib import Path
 import kombu
 
 import support
+from compat_support import (  # noqa: F401  (re-exported for the tests)
+    AMQP_URL,
+    broker_available,
+    broker_fixture,
+    delete_queues,
+    serve_queue,
+    stop_serve,
+)
 from jsonbytes import decode, encode
 from lineproc import LineProcess
 from sio_testkit import broker_lock  # noqa: F401  (re-exported: support.broker_lock)
 from support import CLIENTS, DEFAULT_TIMEOUT, REPO, Recorder, free_port
 
-AMQP_URL = os.environ.get("V6_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 VENV_515 = CLIENTS / ".venv" / "bin" / "python"
 VENV_518 = CLIENTS / ".venv-sio518" / "bin" / "python"
 MQ_SERVER = CLIENTS / "mq_server.py"
@@ -38,58 +45,11 @@ CLUSTER_NS = "/cluster"
 
 
 # ---------------------------------------------------------------------------
-# broker
+# broker (queue deletion and the like: compat_support, re-exported)
 # ---------------------------------------------------------------------------
-def broker_available() -> str | None:
-    """None when RabbitMQ answers, else the reason."""
-    try:
-        with kombu.Connection(AMQP_URL, connect_timeout=3) as conn:
-            conn.connect()
-        return None
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-
-
-def delete_queues(*names: str):
-    names = [n for n in names if n]
-    if not names:
-        return
-    with contextlib.suppress(Exception), kombu.Connection(AMQP_URL, connect_timeout=3) as conn:
-        ch = conn.channel()
-        for n in names:
-            with contextlib.suppress(Exception):
-                ch.queue_delete(n)
-
-
 def delete_exchange(name: str):
     with contextlib.suppress(Exception), kombu.Connection(AMQP_URL, connect_timeout=3) as conn:
         conn.channel().exchange_delete(name)
-
-
-def broker_fixture():
-    """Body of the module-scoped ``broker`` fixture: fails when RabbitMQ is
-    down (an environment failure, like a missing PostgreSQL), holds the shared
-    broker lock while the module runs."""
-    import pytest
-
-    reason = broker_available()
-    if reason:
-        pytest.fail(f"RabbitMQ unavailable at {AMQP_URL}: {reason}")
-    with broker_lock():
-        yield AMQP_URL
-
-
-_SERVE_QUEUE = re.compile(r"queue=(socketioxide-amqp\.[0-9a-f-]+)")
-
-
-def serve_queue(server) -> str | None:
-    """The queue a ``v6-socketio serve`` (support.ServerProcess) logged at startup."""
-    try:
-        text = server.log_path.read_text(errors="replace")
-    except OSError:
-        return None
-    found = _SERVE_QUEUE.findall(re.sub(r"\x1b\[[0-9;]*m", "", text))
-    return found[-1] if found else None
 
 
 def queue_exists(name: str) -> bool:
@@ -101,14 +61,6 @@ def queue_exists(name: str) -> bool:
             if "NOT_FOUND" in str(exc) or getattr(exc, "code", None) == 404:
                 return False
             raise
-
-
-def stop_serve(*servers):
-    """Stop ``v6-socketio serve`` processes, then delete the queues they
-    declared (a crashed or slow instance would leave them for x-expires)."""
-    for s in servers:
-        s.stop()
-    delete_queues(*(serve_queue(s) for s in servers))
 
 
 def unique(prefix: str) -> str:
@@ -187,15 +139,44 @@ class PyServer:
 # ---------------------------------------------------------------------------
 # the generic socketioxide server of the adapter crate
 # ---------------------------------------------------------------------------
-def cluster_node_binary() -> Path | None:
-    """The newest ``cluster_processes`` test binary (``cargo build --all-targets``)."""
+CLUSTER_NODE_TARGET = "cluster_processes"
+
+
+def cluster_node_binary() -> Path:
+    """The adapter crate's ``cluster_processes`` test binary, exactly:
+    ``V6_TEST_CLUSTER_NODE_BIN`` when set, else the executable cargo reports
+    for that test target (built first if it is stale)."""
+    found = _cluster_node_binary()
+    if isinstance(found, str):
+        raise RuntimeError(found)
+    return found
+
+
+@functools.cache
+def _cluster_node_binary() -> Path | str:
+    """The binary, or why there is none; asked once per session, a failure too.
+    ``--workspace`` builds the target with the features of ``cargo build
+    --workspace --all-targets``: it is that build's binary, not a second one."""
     env = os.environ.get("V6_TEST_CLUSTER_NODE_BIN")
     if env:
         return Path(env)
-    deps = REPO / "target" / "debug" / "deps"
-    cands = [p for p in deps.glob("cluster_processes-*")
-             if p.is_file() and os.access(p, os.X_OK) and "." not in p.name]
-    return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
+    cmd = ["cargo", "test", "--workspace", "--locked", "--test", CLUSTER_NODE_TARGET, "--no-run",
+           "--message-format=json"]
+    try:
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    except OSError as exc:
+        return (f"cannot run cargo ({exc}): set V6_TEST_CLUSTER_NODE_BIN to the "
+                f"{CLUSTER_NODE_TARGET} test binary of the adapter crate")
+    executables = []
+    for line in out.stdout.splitlines():
+        msg = json.loads(line) if line.startswith("{") else {}
+        if (msg.get("reason") == "compiler-artifact" and msg.get("executable")
+                and msg["target"]["name"] == CLUSTER_NODE_TARGET and "test" in msg["target"]["kind"]):
+            executables.append(Path(msg["executable"]))
+    if out.returncode != 0 or len(executables) != 1:
+        return (f"`{' '.join(cmd)}` (exit {out.returncode}) named {len(executables)} "
+                f"executables, not one:\n{out.stderr[-3000:]}")
+    return executables[0]
 
 
 class RustNode:
@@ -217,9 +198,6 @@ class RustNode:
 
     def start(self, timeout: float = 15):
         binary = cluster_node_binary()
-        if binary is None:
-            raise RuntimeError("no target/debug/deps/cluster_processes-* binary: run "
-                               "`cargo build --workspace --all-targets`")
         env = dict(os.environ)
         env["SIO_AMQP_NODE_EXCHANGE"] = self.exchange
         env["SIO_AMQP_NODE_URI"] = AMQP_URL

@@ -6,47 +6,31 @@
 * ``Recorder`` is an in-process python-socketio client that records every
   event of ``/tasks`` in arrival order; ``wait_for`` never sleeps longer than
   needed;
-* ``ServerProcess`` runs ``v6-socketio serve --config FILE``.
+* ``ServerProcess`` runs ``v6-socketio serve --config FILE``;
+* what is the same in the 5.x suite (the database reads, the rooms) comes from
+  clients/compat_support.py.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import itertools
 import json
-import os
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
-# vantage6.server's __init__ calls gevent.monkey.patch_all() unless READTHEDOCS is
-# set; monkey-patching the test process would turn the socket.io clients'
-# threads into greenlets.
-_rtd = os.environ.get("READTHEDOCS")
-os.environ["READTHEDOCS"] = "1"
-try:
-    from vantage6.server import db as v6db  # noqa: E402
-    from vantage6.server import ServerApp  # noqa: E402
-    from vantage6.server.model.base import Database, DatabaseSessionManager  # noqa: E402
-    from vantage6.server.model.rule import Operation, Scope  # noqa: E402
-finally:
-    if _rtd is None:
-        os.environ.pop("READTHEDOCS", None)
-    else:
-        os.environ["READTHEDOCS"] = _rtd
+from compat_support import SqlTestDB, WorldRooms, make_postgres, unpatched_vantage6_import
+
+with unpatched_vantage6_import():
+    from vantage6.server import db as v6db
+    from vantage6.server import ServerApp
+    from vantage6.server.model.base import Database, DatabaseSessionManager
+    from vantage6.server.model.rule import Operation, Scope
 
 from flask import Flask  # noqa: E402
-from flask_jwt_extended import (  # noqa: E402
-    JWTManager,
-    create_access_token,
-    create_refresh_token,
-)
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
-from sqlalchemy.pool import NullPool  # noqa: E402
-
-
+from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
 # the generation-neutral half (clients/sio_testkit.py), re-exported: the tests import it from here
 from sio_testkit import (  # noqa: E402,F401
@@ -82,46 +66,22 @@ from sio_testkit import (  # noqa: E402,F401
 # ---------------------------------------------------------------------------
 # database
 # ---------------------------------------------------------------------------
-class DB:
-    """A test database built with vantage6's own models.
+class DB(SqlTestDB):
+    """A test database built with vantage6's own models (compat_support.SqlTestDB)."""
 
-    ``uri`` is what the server config gets.  Test-side access uses short-lived
-    SQLAlchemy sessions (so no transaction/lock is held while the server
-    writes to the SQLite file).
-    """
+    # the generation's models, its Database singleton and its rule enums
+    models, database, Operation, Scope = v6db, Database, Operation, Scope
 
     def __init__(self, backend: str, uri: str, cleanup=None):
-        self.backend = backend
-        self.uri = uri
-        self._cleanup = cleanup
         # vantage6's singleton: creates all tables (Base.metadata.create_all)
         Database().connect(uri, allow_drop_all=True)
         DatabaseSessionManager.clear_session() if v6db_session_exists() else None
-        self.engine = create_engine(uri, poolclass=NullPool)
-        self._counter = itertools.count(1)
+        super().__init__(backend, uri, cleanup)
         self._ensure_default_roles()
 
-    def close(self):
-        self.engine.dispose()
-        with contextlib.suppress(Exception):
-            Database().engine.dispose()
-        if self._cleanup:
-            self._cleanup()
-
-    @contextlib.contextmanager
-    def session(self):
-        s = Session(bind=self.engine, expire_on_commit=False, autoflush=True)
-        try:
-            yield s
-            s.commit()
-        except Exception:
-            s.rollback()
-            raise
-        finally:
-            s.close()
-
-    def unique(self, prefix: str) -> str:
-        return f"{prefix}-{next(self._counter)}-{uuid.uuid4().hex[:6]}"
+    @staticmethod
+    def stored_rule(operation, scope) -> tuple:
+        return operation, scope  # 4.x rule rows hold the enums
 
     def _ensure_default_roles(self):
         # vantage6's user_lookup_loader needs the default 'Node' and 'Container'
@@ -130,42 +90,6 @@ class DB:
             for name in ("Root", "Node", "Container"):
                 if not s.query(v6db.Role).filter_by(name=name).first():
                     s.add(v6db.Role(name=name, description=f"default role {name}"))
-
-    def rule(self, s: Session, name: str, operation: Operation, scope: Scope):
-        r = (
-            s.query(v6db.Rule)
-            .filter_by(name=name, operation=operation, scope=scope)
-            .first()
-        )
-        if r is None:
-            r = v6db.Rule(name=name, operation=operation, scope=scope, description=f"{name} {operation.value} {scope.value}")
-            s.add(r)
-            s.flush()
-        return r
-
-    # -- reads --------------------------------------------------------------
-    def auth_row(self, auth_id: int):
-        """(status, last_seen) as vantage6's models read them."""
-        with self.session() as s:
-            a = s.get(v6db.Authenticatable, auth_id)
-            s.refresh(a)
-            return a.status, a.last_seen
-
-    def set_auth(self, auth_id: int, **values):
-        with self.session() as s:
-            a = s.get(v6db.Authenticatable, auth_id)
-            for k, v in values.items():
-                setattr(a, k, v)
-
-    def node_config(self, node_id: int) -> Counter:
-        with self.session() as s:
-            rows = s.execute(
-                text("SELECT key, value FROM nodeconfig WHERE node_id = :n"), {"n": node_id}
-            ).all()
-        return Counter((k, v) for k, v in rows)
-
-    def node_config_count(self, node_id: int) -> int:
-        return sum(self.node_config(node_id).values())
 
     def wait_node_config(self, node_id: int, expected: Counter, timeout: float = DEFAULT_TIMEOUT,
                          what: str = ""):
@@ -183,17 +107,9 @@ class DB:
                 )
             time.sleep(0.03)
 
-    def run_log(self, run_id: int):
-        with self.session() as s:
-            return s.get(v6db.Run, run_id).log
-
     def set_run_log(self, run_id: int, value):
         with self.session() as s:
             s.get(v6db.Run, run_id).log = value
-
-    def collaboration_ids(self) -> list[int]:
-        with self.session() as s:
-            return sorted(c.id for c in s.query(v6db.Collaboration).all())
 
     # -- the reference's node_info_update, executed for real ----------------
     def reference_node_info_update(self, node_id: int, payload: dict) -> Counter:
@@ -229,31 +145,13 @@ def make_sqlite_db(tmpdir: Path) -> DB:
 
 
 def make_postgres_db() -> DB:
-    host = os.environ.get("V6_TEST_PG_HOST", "127.0.0.1")
-    port = os.environ.get("V6_TEST_PG_PORT", "5432")
-    user = os.environ.get("V6_TEST_PG_USER", "postgres")
-    admin_uri = f"postgresql://{user}@{host}:{port}/postgres"
-    name = f"v6sio_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_uri, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop():
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    try:
-        return DB("postgres", f"postgresql://{user}@{host}:{port}/{name}", cleanup=drop)
-    except Exception:
-        drop()
-        raise
+    return make_postgres("v6sio_test", DB)
 
 
 # ---------------------------------------------------------------------------
 # fixtures: a "world" of organisations, collaborations, nodes and users
 # ---------------------------------------------------------------------------
-class World:
+class World(WorldRooms):
     """A fresh, uniquely named set of fixtures (one per test).
 
     org_a: in collab1 and collab2          org_b: in collab1     org_c: in collab2
@@ -288,26 +186,16 @@ class World:
             twin = v6db.Node(name=u("node-twin"), organization=org_c, collaboration=ct, status="offline")
             s.add_all([n_a1, n_b1, n_c2, twin])
 
-            r_glo = db.rule(s, "event", Operation.RECEIVE, Scope.GLOBAL)
-            r_col = db.rule(s, "event", Operation.RECEIVE, Scope.COLLABORATION)
-            r_org = db.rule(s, "event", Operation.RECEIVE, Scope.ORGANIZATION)
-            r_send = db.rule(s, "event", Operation.SEND, Scope.GLOBAL)
-            r_task = db.rule(s, "task", Operation.VIEW, Scope.GLOBAL)
-            role_glo = v6db.Role(name=u("role-glo"), organization=org_a, rules=[r_glo, r_task])
-            role_orgscope = v6db.Role(name=u("role-orgscope"), organization=org_a, rules=[r_org])
-
             def user(name, org, **kw):
                 return v6db.User(
                     username=u(name), email=f"{u(name)}@example.org", firstname=name,
                     lastname="test", organization=org, status="offline", **kw,
                 )
 
-            u_glob = user("glob", org_a, roles=[role_glo, role_orgscope])
-            u_col = user("col", org_a, rules=[r_col])
-            u_org = user("org", org_a, roles=[role_orgscope])
-            u_orgb = user("orgb", org_b, rules=[r_org])
-            u_none = user("none", org_b, rules=[r_send, r_task])
-            s.add_all([role_glo, role_orgscope, u_glob, u_col, u_org, u_orgb, u_none])
+            grants, orgs = self.user_grants(db, s, org_a), {"a": org_a, "b": org_b}
+            users = [user(n, orgs[o], **grants[n]) for n, o in self.USERS.items()]
+            u_glob = users[0]
+            s.add_all(users)
             s.flush()
 
             t1 = v6db.Task(name=u("task-1"), image="harbor2.vantage6.ai/demo/average",
@@ -332,7 +220,7 @@ class World:
                 E(n.id, n.name, n.organization_id, n.collaboration_id) for n in (n_a1, n_b1, n_c2, twin)
             )
             self.u_glob, self.u_col, self.u_org, self.u_orgb, self.u_none = (
-                E(x.id, x.username, x.organization_id) for x in (u_glob, u_col, u_org, u_orgb, u_none)
+                E(x.id, x.username, x.organization_id) for x in users
             )
             self.task1 = E(t1.id, t1.name, collab_id=c1.id, extra={"job_id": t1.job_id})
             self.task2 = E(t2.id, t2.name, collab_id=c2.id, extra={"job_id": t2.job_id})
@@ -372,43 +260,6 @@ class World:
                 return
             except Exception:
                 time.sleep(0.2)
-
-    # rooms a node is in (contract: all_nodes is a room, but nobody hears about it)
-    @staticmethod
-    def node_rooms(node: Ent) -> list[str]:
-        return [
-            "all_nodes",
-            f"collaboration_{node.collab_id}",
-            f"collaboration_{node.collab_id}_organization_{node.org_id}",
-        ]
-
-    @staticmethod
-    def node_public_rooms(node: Ent) -> list[str]:
-        return [r for r in World.node_rooms(node) if r != "all_nodes"]
-
-    def user_rooms(self, user: Ent) -> list[str]:
-        """Reference 4.15.2 _add_user_to_rooms, computed from the DB."""
-        with self.db.session() as s:
-            usr = s.get(v6db.User, user.id)
-
-            def has(scope):
-                rule = (
-                    s.query(v6db.Rule)
-                    .filter_by(name="event", operation=Operation.RECEIVE, scope=scope)
-                    .first()
-                )
-                return rule is not None and (
-                    rule in usr.rules or any(rule in role.rules for role in usr.roles)
-                )
-
-            collabs = [c.id for c in usr.organization.collaborations]
-            if has(Scope.GLOBAL):
-                return [f"collaboration_{c.id}" for c in s.query(v6db.Collaboration).all()]
-            if has(Scope.COLLABORATION):
-                return [f"collaboration_{c}" for c in collabs]
-            if has(Scope.ORGANIZATION):
-                return [f"collaboration_{c}_organization_{usr.organization_id}" for c in collabs]
-            return []
 
 
 # ---------------------------------------------------------------------------

@@ -6,14 +6,8 @@ is ignored without hurting the server.
 """
 from __future__ import annotations
 
-from support import (
-    expect_exact,
-    expect_silence,
-    join_msg,
-    node_status_payload,
-    quiesce,
-    wait_until,
-)
+from compat_support import a1_status_payload, log_payload
+from support import expect_exact, expect_silence, join_msg, node_status_payload, quiesce, wait_until
 
 CASES = {
     # name: (how to build the Authorization header, events the client gets)
@@ -53,13 +47,8 @@ def test_unidentified_clients(world, db, srv, tokens, clients, connect_node, con
     log_before = db.run_log(world.r_a.id)
     for rec in bad.values():
         rec.emit("ping")
-        rec.emit("algorithm_status_change", {
-            "run_id": world.r_a.id, "task_id": world.task1.id, "collaboration_id": world.c1.id,
-            "status": "active", "node_id": world.node_a1.id, "organization_id": world.org_a.id,
-            "parent_id": None,
-        })
-        rec.emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_a.id,
-                                   "task_id": world.task1.id, "log": "from an unidentified client"})
+        rec.emit("algorithm_status_change", a1_status_payload(world))
+        rec.emit("algorithm_log", log_payload(world, "from an unidentified client"))
         rec.emit("node_info_update", {"encryption": True, "database_labels": ["x"]})
         rec.emit("node_metrics_update", {"cpu_percent": 99.0, "os": "linux", "platform": "x86_64"})
         rec.emit("message", "hello")

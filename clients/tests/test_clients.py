@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lineproc import LineProcess
+from skip_policy import skip_by_design, skip_missing
 from support import (
     CLIENTS,
     expect_exact,
@@ -29,7 +30,8 @@ def python_for(version: str) -> str:
     if version == "5.15.0":
         return sys.executable
     if not VENV_518.exists():
-        pytest.skip(f"{VENV_518} is missing: create it from clients/requirements-socketio-latest.txt")
+        skip_missing("venv-sio518",
+                     f"{VENV_518} is missing: create it from clients/requirements-socketio-latest.txt")
     return str(VENV_518)
 
 
@@ -61,7 +63,7 @@ def sim_events(sim):
 @pytest.mark.parametrize("sio_version", ["5.15.0", "5.18.1"])
 def test_node_simulator_lifecycle(sio_version, transport, world, db, srv, tokens, connect_user):
     if db.backend != "sqlite" and transport != "both":
-        pytest.skip("the transport matrix runs on SQLite; other backends run the default transport")
+        skip_by_design("the transport matrix runs on SQLite; other backends run the default transport")
     python = python_for(sio_version)
     assert installed_socketio(python) == sio_version
     glob = connect_user(world.u_glob)

@@ -16,18 +16,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from compat_support import node_connect_sequence
+from skip_policy import skip_by_design
 from support import (
-    DEFAULT_TIMEOUT,
-    Ent,
-    Recorder,
-    ServerProcess,
-    Unordered,
-    expect_exact,
-    expect_silence,
-    join_msg,
-    node_status_payload,
-    quiesce,
-    wait_until,
+    DEFAULT_TIMEOUT, Ent, Recorder, ServerProcess, Unordered, expect_exact, expect_silence, join_msg,
+    node_status_payload, quiesce, wait_until,
 )
 from tcp_proxy import TcpProxy
 
@@ -42,7 +35,7 @@ RECOVERY_BOUND = 20.0
 def cut(db, jwt_secret, tmp_path_factory):
     """(server, proxy): a server reaching the database through the proxy."""
     if db.backend != "postgres":
-        pytest.skip("needs a database server to cut off: PostgreSQL only (SQLite is a file)")
+        skip_by_design("needs a database server to cut off: PostgreSQL only (SQLite is a file)")
     url = urlsplit(db.uri)
     proxy = TcpProxy(url.port or 5432).start()
     uri = urlunsplit(url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}"))
@@ -63,10 +56,6 @@ def recorders(server, tokens, *ents):
     return [Recorder(server.url, tokens.access(e), label=e.name) for e in ents]
 
 
-def own_node_sequence(world, node):
-    return [("sync", None)] + [join_msg("Node", node.name, r) for r in world.node_public_rooms(node)]
-
-
 def test_clients_connecting_during_outage_get_their_connect_sequence_after_it(world, db, tokens, cut,
                                                                             figures):
     server, proxy = cut
@@ -75,7 +64,7 @@ def test_clients_connecting_during_outage_get_their_connect_sequence_after_it(wo
     made = [established]
     try:
         established.connect()
-        established.wait_for(lambda evs: own_node_sequence(world, b1) == evs, what="b1 connected")
+        established.wait_for(lambda evs: node_connect_sequence(b1) == evs, what="b1 connected")
         quiesce(established)
         retries_before = metric(server, "v6_socketio_identification_retries_total")
 
@@ -96,12 +85,12 @@ def test_clients_connecting_during_outage_get_their_connect_sequence_after_it(wo
 
         proxy.start()
         restored = time.monotonic()
-        node.wait_for(lambda evs: len(evs) >= len(own_node_sequence(world, a1)),
+        node.wait_for(lambda evs: len(evs) >= len(node_connect_sequence(a1)),
                       RECOVERY_BOUND, what="a1's connect sequence after the restore")
         recovered = time.monotonic() - restored
         c1 = f"collaboration_{world.c1.id}"
         expect_exact({
-            node: own_node_sequence(world, a1),
+            node: node_connect_sequence(a1),
             user: Unordered(join_msg("User", orgb.name, r) for r in world.user_rooms(orgb)),
             # both announced to b1's rooms, in either order
             established: Unordered([("node-online", node_status_payload(a1)),
@@ -128,7 +117,7 @@ def test_client_leaving_during_outage_is_given_up(world, db, tokens, cut):
     established, node = recorders(server, tokens, b1, a1)
     try:
         established.connect()
-        established.wait_for(lambda evs: own_node_sequence(world, b1) == evs, what="b1 connected")
+        established.wait_for(lambda evs: node_connect_sequence(b1) == evs, what="b1 connected")
         quiesce(established)
         given_up = metric(server, "v6_socketio_unidentified_connections_total",
                           reason="database_error")

@@ -40,6 +40,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from skip_policy import skip_missing
 from support import REPO, free_port, server_binary, stop_process, wait_listening
 
 DEPLOY = REPO / "deploy"
@@ -254,7 +255,8 @@ def test_nginx_template_renders_and_nginx_accepts_it(tmp_path):
 
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if nginx is None:
-        pytest.skip("nginx is not installed: the rendered template was not checked with `nginx -t`")
+        skip_missing("nginx",
+                     "nginx is not installed: the rendered template was not checked with `nginx -t`")
     (tmp_path / "vantage6.conf").write_text(rendered)
     temp_dirs = "\n".join(
         f"    {kind}_temp_path {tmp_path / kind};"
@@ -412,7 +414,8 @@ def test_compose_file_is_valid_for_docker_compose():
         )
         assert out.returncode == 0, f"`{' '.join(cmd)} config` rejects compose.yaml:\n{out.stderr}"
         return
-    pytest.skip("neither `docker compose` nor `docker-compose` works here: compose.yaml was only parsed as YAML")
+    skip_missing("docker-compose", "neither `docker compose` nor `docker-compose` works here: "
+                 "compose.yaml was only parsed as YAML")
 
 
 # ---------------------------------------------------------------------------
@@ -602,7 +605,8 @@ def test_dockerignore_keeps_the_workspace_and_drops_the_rest(tmp_path):
         assert not any(f == dropped or f.startswith(dropped + "/") for f in files), f"{dropped} is sent"
     cargo = shutil.which("cargo")
     if cargo is None:
-        pytest.skip("cargo is not installed: the build context was not checked with `cargo tree --locked`")
+        skip_missing("cargo", "cargo is not installed: "
+                     "the build context was not checked with `cargo tree --locked`")
     host = re.search(r"^host: (\S+)$", subprocess.run(
         ["rustc", "-vV"], capture_output=True, text=True, timeout=60).stdout, re.M).group(1)
     context = tmp_path / "context"
@@ -689,7 +693,7 @@ def test_systemd_unit_restarts_and_stops_gracefully(compose):
 def test_systemd_unit_verifies(binary, tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed: the unit was not verified")
+        skip_missing("systemd-analyze", "systemd-analyze is not installed: the unit was not verified")
     # An instance of the template, with the binary at a path that exists here.
     unit = tmp_path / "v6-socketio@7602.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/v6-socketio", str(binary)))
@@ -812,7 +816,8 @@ def test_kubernetes_manifests_validate_offline():
 def test_kustomize_renders_the_base_and_the_result_validates():
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed: the kustomization was not rendered (its files were validated)")
+        skip_missing("kubectl", "kubectl is not installed: "
+                     "the kustomization was not rendered (its files were validated)")
     out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"kubectl kustomize failed:\n{out.stderr}"
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -1022,7 +1027,7 @@ def test_kustomize_secret_overlay_mounts_the_file_from_a_secret(tmp_path):
 
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed: the Secret overlay was not rendered")
+        skip_missing("kubectl", "kubectl is not installed: the Secret overlay was not rendered")
     tree = tmp_path / "kubernetes"
     shutil.copytree(K8S_ROOT, tree)
     overlay = tree / K8S_SECRET_OVERLAY.name

@@ -6,47 +6,16 @@ import datetime as dt
 
 import pytest
 
+from compat_support import a1_status_payload as status_payload, log_payload
 from node_simulator_payloads import TYPICAL_4X, MIXED, WITH_NULLS
-from support import (
-    expect_exact,
-    expect_silence,
-    quiesce,
-    utcnow_naive,
-    v6db,
-    wait_until,
-)
+from support import expect_exact, expect_silence, quiesce, utcnow_naive, v6db, wait_until
 
 
 @pytest.fixture()
-def room(world, connect_node, connect_user):
+def room(connect_quiet):
     """Clients in place: a1, b1 (collab 1), c2 (collab 2), users glob/col (collab rooms),
     org (org_a subrooms), orgb, none."""
-    r = {
-        "a1": connect_node(world.node_a1),
-        "b1": connect_node(world.node_b1),
-        "c2": connect_node(world.node_c2),
-        "glob": connect_user(world.u_glob),
-        "col": connect_user(world.u_col),
-        "org": connect_user(world.u_org),
-        "orgb": connect_user(world.u_orgb),
-        "none": connect_user(world.u_none),
-    }
-    quiesce(*r.values())
-    return r
-
-
-def status_payload(world, **over):
-    p = {
-        "run_id": world.r_a.id,
-        "task_id": world.task1.id,
-        "collaboration_id": world.c1.id,
-        "status": "active",
-        "node_id": world.node_a1.id,
-        "organization_id": world.org_a.id,
-        "parent_id": None,
-    }
-    p.update(over)
-    return p
+    return connect_quiet(("a1", "b1", "c2"), ("glob", "col", "org", "orgb", "none"))
 
 
 # ---------------------------------------------------------------------------
@@ -166,8 +135,7 @@ def test_algorithm_log_appends_and_is_relayed(world, db, room):
                    what=f"run {run.id} log == {expected!r} (is {db.run_log(run.id)!r})")
 
     # a second line on the run that started empty gets a separating newline
-    room["a1"].emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_a.id,
-                                      "task_id": world.task1.id, "log": "second line"})
+    room["a1"].emit("algorithm_log", log_payload(world, "second line"))
     room["glob"].wait_event("algorithm_log")
     wait_until(lambda: db.run_log(world.r_a.id) == "first line\nsecond line",
                what=f"log append (is {db.run_log(world.r_a.id)!r})")
@@ -175,16 +143,14 @@ def test_algorithm_log_appends_and_is_relayed(world, db, room):
 
 def test_algorithm_log_on_empty_string_log(world, db, room):
     db.set_run_log(world.r_a.id, "")
-    room["a1"].emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_a.id,
-                                      "task_id": world.task1.id, "log": "only line"})
+    room["a1"].emit("algorithm_log", log_payload(world, "only line"))
     room["a1"].wait_event("algorithm_log")
     wait_until(lambda: db.run_log(world.r_a.id) == "only line",
                what=f"empty log replaced (is {db.run_log(world.r_a.id)!r})")
 
 
 def test_algorithm_log_from_user_is_ignored(world, db, room):
-    room["glob"].emit("algorithm_log", {"collaboration_id": world.c1.id, "run_id": world.r_b.id,
-                                        "task_id": world.task1.id, "log": "from a user"})
+    room["glob"].emit("algorithm_log", log_payload(world, "from a user", run=world.r_b))
     expect_silence(*room.values())
     assert db.run_log(world.r_b.id) == "line one"
 

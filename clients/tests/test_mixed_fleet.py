@@ -39,25 +39,10 @@ import uuid
 import pytest
 
 import mq_support
-from mq_support import (
-    AMQP_URL,
-    CLUSTER_NS,
-    VENV_515,
-    VENV_518,
-    AckRecorder,
-    PyServer,
-    RustNode,
-    b,
-)
+from mq_support import AMQP_URL, CLUSTER_NS, VENV_515, VENV_518, AckRecorder, PyServer, RustNode, b
+from skip_policy import skip_by_design
 from support import (
-    ServerProcess,
-    Unordered,
-    World,
-    expect_exact,
-    join_msg,
-    left_msg,
-    node_status_payload,
-    quiesce,
+    ServerProcess, Unordered, World, expect_exact, join_msg, left_msg, node_status_payload, quiesce,
     server_binary,
 )
 
@@ -104,7 +89,7 @@ def start_all(processes, cleanup):
 def v6fleet(request, broker, db, jwt_secret, tmp_path_factory):
     """(version, format, v6-socketio serve, python server P, python reference server Q)."""
     if db.backend != FIRST_BACKEND:
-        pytest.skip(f"mixed-fleet tests run on the {FIRST_BACKEND} backend only")
+        skip_by_design(f"mixed-fleet tests run on the {FIRST_BACKEND} backend only")
     version, fmt, python = FLEETS[request.param]
     workdir = tmp_path_factory.mktemp(f"mixed-{db.backend}-{fmt}")
     v6 = ServerProcess(workdir, db, jwt_secret, name=f"mixed-v6-{db.backend}-{fmt}", extra={

@@ -22,21 +22,12 @@ import subprocess
 import pytest
 
 import mq_support
-from mq_support import AMQP_URL
-from support import (
-    ServerProcess,
-    World,
-    expect_exact,
-    join_msg,
-    left_msg,
-    node_status_payload,
-    pretty,
-    quiesce,
-    server_binary,
-    wait_until,
+from compat_support import (
+    a1_status_payload, assert_same_events_any_order, heard_when_a1_connects, heard_when_a1_leaves,
+    node_connect_sequence, serving,
 )
-from support import Recorder
-
+from mq_support import AMQP_URL
+from support import Recorder, ServerProcess, expect_exact, join_msg, quiesce, server_binary, wait_until
 
 pytestmark = pytest.mark.broker  # uses RabbitMQ: runs in the broker shard (conftest.py)
 broker = pytest.fixture(scope="module")(mq_support.broker_fixture)
@@ -46,18 +37,11 @@ broker = pytest.fixture(scope="module")(mq_support.broker_fixture)
 def pair(broker, db, jwt_secret, tmp_path_factory):
     """Instances A and B on RabbitMQ and the session's database."""
     workdir = tmp_path_factory.mktemp(f"mq-pair-{db.backend}")
-    procs = []
-    try:
-        for name in ("a", "b"):
-            p = ServerProcess(workdir, db, jwt_secret, sweep_interval=2,
-                              extra={"rabbitmq": {"uri": broker}}, name=f"mq-{name}-{db.backend}")
-            procs.append(p)
-            p.start()
-    except RuntimeError as exc:
-        mq_support.stop_serve(*procs)
-        pytest.fail(str(exc))
-    yield tuple(procs)
-    mq_support.stop_serve(*procs)
+    procs = [ServerProcess(workdir, db, jwt_secret, sweep_interval=2,
+                           extra={"rabbitmq": {"uri": broker}}, name=f"mq-{name}-{db.backend}")
+             for name in ("a", "b")]
+    with serving(*procs, stop=mq_support.stop_serve):
+        yield tuple(procs)
 
 
 @pytest.fixture()
@@ -75,17 +59,14 @@ def on(pair, tokens, world):
         made.append(rec)
         rec.connect()
         if kind == "node":
-            expected = [("sync", None)] + [join_msg("Node", ent.name, r)
-                                            for r in World.node_public_rooms(ent)]
+            expected = node_connect_sequence(ent)
         else:
             expected = [join_msg("User", ent.name, r) for r in world.user_rooms(ent)]
         rec.wait_count(len(expected))
         quiesce(settle=0.05)  # a duplicate through the other instance would be here by now
-        got = rec.snapshot()
-        assert sorted(got, key=repr) == sorted(expected, key=repr), (
-            f"{rec.label}: own connect sequence (each join message exactly once, also with a "
-            f"second instance on the exchange):\n expected {pretty(expected)}\n got {pretty(got)}"
-        )
+        assert_same_events_any_order(
+            rec.snapshot(), expected, f"{rec.label}: own connect sequence (each join message "
+            "exactly once, also with a second instance on the exchange)")
         rec.clear()
         return rec
 
@@ -124,11 +105,7 @@ def relayed_status(world, status="completed"):
 
 def test_algorithm_status_change_reaches_the_collaboration_on_the_other_instance(world, fleet):
     f = fleet
-    f["a1"].emit("algorithm_status_change", {
-        "run_id": world.r_a.id, "task_id": world.task1.id, "collaboration_id": world.c1.id,
-        "status": "completed", "node_id": world.node_a1.id, "organization_id": world.org_a.id,
-        "parent_id": None,
-    })
+    f["a1"].emit("algorithm_status_change", a1_status_payload(world, status="completed"))
     relayed = relayed_status(world)
     expect_exact({
         f["a1"]: [relayed],    # sender (A) gets its echo once
@@ -213,28 +190,13 @@ def test_node_connect_and_disconnect_on_a_are_seen_on_b(world, db, on):
     }
     quiesce(*o.values())
     a1 = world.node_a1
-    c1 = f"collaboration_{world.c1.id}"
-    c1_orga = f"collaboration_{world.c1.id}_organization_{world.org_a.id}"
-    online = ("node-online", node_status_payload(a1))
-    offline = ("node-offline", node_status_payload(a1))
 
     rec = on("A", a1, kind="node")
-    expect_exact({
-        rec: [],
-        o["b1"]: [online, join_msg("Node", a1.name, c1)],
-        o["glob"]: [online, join_msg("Node", a1.name, c1)],
-        o["org"]: [online, join_msg("Node", a1.name, c1_orga)],
-        o["c2"]: [],
-    })
+    expect_exact({rec: [], **heard_when_a1_connects(world, o)})
     assert db.auth_row(a1.id)[0] == "online"
 
     rec.disconnect()
-    expect_exact({
-        o["b1"]: [left_msg(a1.name, c1), offline],
-        o["glob"]: [left_msg(a1.name, c1), offline],
-        o["org"]: [left_msg(a1.name, c1_orga), offline],
-        o["c2"]: [],
-    })
+    expect_exact(heard_when_a1_leaves(world, o))
     wait_until(lambda: db.auth_row(a1.id)[0] == "offline", what="node_a1 offline after disconnect on A")
 
 

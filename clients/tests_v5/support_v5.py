@@ -4,61 +4,50 @@
   creates the tables as HQ does at start-up);
 * tokens are Keycloak-layout access tokens signed by the loopback Keycloak stand-in
   (clients/keycloak_standin.py), whose realm endpoint the server reads through ``KEYCLOAK_URL``;
-* ``Recorder``, ``expect_exact``, ``ServerProcess`` … come from clients/sio_testkit.py, shared
-  with the 4.x suite.
+* ``Recorder``, ``expect_exact``, ``ServerProcess`` … come from clients/sio_testkit.py, the
+  database reads, the rooms and the fixtures from clients/compat_support.py, shared with the 4.x
+  suite.
 """
 from __future__ import annotations
 
 import contextlib
-import itertools
-import os
 import random
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
-# vantage6.hq's __init__ calls gevent.monkey.patch_all() unless READTHEDOCS is set; patching
-# the test process would turn the socket.io clients' threads into greenlets.
-_rtd = os.environ.get("READTHEDOCS")
-os.environ["READTHEDOCS"] = "1"
-try:
-    from vantage6.hq import model as m  # noqa: E402
-    from vantage6.hq.model.base import Database  # noqa: E402
-    from vantage6.hq.model.rule import Operation, Scope  # noqa: E402
-finally:
-    if _rtd is None:
-        os.environ.pop("READTHEDOCS", None)
-    else:
-        os.environ["READTHEDOCS"] = _rtd
+from compat_support import AMQP_URL, SqlTestDB, WorldRooms, make_postgres, unpatched_vantage6_import
 
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
-from sqlalchemy.pool import NullPool  # noqa: E402
+with unpatched_vantage6_import():
+    from vantage6.hq import model as m
+    from vantage6.hq.model.base import Database
+    from vantage6.hq.model.rule import Operation, Scope
+
+from sqlalchemy import text  # noqa: E402
 
 from sio_testkit import DEFAULT_TIMEOUT, Ent  # noqa: E402
-
-AMQP_URL = os.environ.get("V6_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 
 
 # ---------------------------------------------------------------------------
 # database
 # ---------------------------------------------------------------------------
-class DB:
+class DB(SqlTestDB):
     """A 5.x test database built by vantage6-hq 5.0.3's own ``Database().connect`` (create_all
-    plus HQ's "add missing columns"). Test-side access uses short-lived SQLAlchemy sessions, so
-    no lock is held on the SQLite file while the server writes."""
+    plus HQ's "add missing columns"); compat_support.SqlTestDB."""
+
+    # the generation's models, its Database singleton and its rule enums
+    models, database, Operation, Scope = m, Database, Operation, Scope
 
     def __init__(self, backend: str, uri: str, cleanup=None):
-        self.backend = backend
-        self.uri = uri
-        self._cleanup = cleanup
         Database().connect(uri, allow_drop_all=True)
         with contextlib.suppress(Exception):
             Database().engine.dispose()
-        self.engine = create_engine(uri, poolclass=NullPool)
-        self._counter = itertools.count(1)
+        super().__init__(backend, uri, cleanup)
         self._offset_collaboration_ids()
+
+    @staticmethod
+    def stored_rule(operation, scope) -> tuple:
+        return operation.value, scope.value  # 5.x rule rows hold the strings
 
     def _offset_collaboration_ids(self):
         """Room names carry collaboration ids, and every server on the broker shares the
@@ -72,62 +61,6 @@ class DB:
                 c.execute(text("INSERT INTO collaboration (id, name) VALUES (:i, :n)"),
                           {"i": start, "n": f"id-floor-{uuid.uuid4().hex[:8]}"})
 
-    def close(self):
-        self.engine.dispose()
-        with contextlib.suppress(Exception):
-            Database().engine.dispose()
-        if self._cleanup:
-            self._cleanup()
-
-    @contextlib.contextmanager
-    def session(self):
-        s = Session(bind=self.engine, expire_on_commit=False, autoflush=True)
-        try:
-            yield s
-            s.commit()
-        except Exception:
-            s.rollback()
-            raise
-        finally:
-            s.close()
-
-    def unique(self, prefix: str) -> str:
-        return f"{prefix}-{next(self._counter)}-{uuid.uuid4().hex[:6]}"
-
-    def rule(self, s: Session, name: str, operation: Operation, scope: Scope):
-        """A 5.x rule row: operation and scope stored as their string values."""
-        r = s.query(m.Rule).filter_by(name=name, operation=operation.value, scope=scope.value).first()
-        if r is None:
-            r = m.Rule(name=name, operation=operation.value, scope=scope.value,
-                       description=f"{name} {operation.value} {scope.value}")
-            s.add(r)
-            s.flush()
-        return r
-
-    # -- reads and writes -----------------------------------------------------
-    def auth_row(self, auth_id: int):
-        """(status, last_seen) as HQ's models read them."""
-        with self.session() as s:
-            a = s.get(m.Authenticatable, auth_id)
-            s.refresh(a)
-            return a.status, a.last_seen
-
-    def set_auth(self, auth_id: int, **values):
-        with self.session() as s:
-            a = s.get(m.Authenticatable, auth_id)
-            for k, v in values.items():
-                setattr(a, k, v)
-
-    def node_config(self, node_id: int) -> Counter:
-        with self.session() as s:
-            rows = s.execute(text("SELECT key, value FROM nodeconfig WHERE node_id = :n"),
-                             {"n": node_id}).all()
-        return Counter((k, v) for k, v in rows)
-
-    def run_log(self, run_id: int):
-        with self.session() as s:
-            return s.get(m.Run, run_id).log
-
     def pending_deletes(self, **where) -> list[tuple[str, int, int]]:
         """(dataframe_name, session_id, node_id) of dataframetobedeletedatnode rows."""
         with self.session() as s:
@@ -139,41 +72,19 @@ class DB:
             s.add(m.DataframeToBeDeletedAtNode(dataframe_name=df_name, session_id=session_id,
                                                node_id=node_id))
 
-    def collaboration_ids(self) -> list[int]:
-        with self.session() as s:
-            return sorted(c.id for c in s.query(m.Collaboration).all())
-
 
 def make_sqlite_db(tmpdir: Path) -> DB:
     return DB("sqlite", f"sqlite:///{Path(tmpdir) / 'v6-socketio-hq5.sqlite'}")
 
 
 def make_postgres_db() -> DB:
-    host = os.environ.get("V6_TEST_PG_HOST", "127.0.0.1")
-    port = os.environ.get("V6_TEST_PG_PORT", "5432")
-    user = os.environ.get("V6_TEST_PG_USER", "postgres")
-    name = f"v6sio_hq5_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(f"postgresql://{user}@{host}:{port}/postgres", isolation_level="AUTOCOMMIT",
-                          poolclass=NullPool)
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop():
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    try:
-        return DB("postgres", f"postgresql://{user}@{host}:{port}/{name}", cleanup=drop)
-    except Exception:
-        drop()
-        raise
+    return make_postgres("v6sio_hq5", DB)
 
 
 # ---------------------------------------------------------------------------
 # a "world" of organisations, collaborations, nodes, users, tasks and sessions
 # ---------------------------------------------------------------------------
-class World:
+class World(WorldRooms):
     """A fresh, uniquely named set of 5.x fixtures (one per test); every node and user has a
     ``keycloak_id`` (``ent.extra["kc"]``), the ``sub`` of its tokens.
 
@@ -209,26 +120,13 @@ class World:
             ]
             s.add_all(nodes)
 
-            r_glo = db.rule(s, "event", Operation.RECEIVE, Scope.GLOBAL)
-            r_col = db.rule(s, "event", Operation.RECEIVE, Scope.COLLABORATION)
-            r_org = db.rule(s, "event", Operation.RECEIVE, Scope.ORGANIZATION)
-            r_send = db.rule(s, "event", Operation.SEND, Scope.GLOBAL)
-            r_task = db.rule(s, "task", Operation.VIEW, Scope.GLOBAL)
-            role_glo = m.Role(name=u("role-glo"), organization=org_a, rules=[r_glo, r_task])
-            role_org = m.Role(name=u("role-orgscope"), organization=org_a, rules=[r_org])
-
             def user(name, org, **kw):
                 return m.User(username=u(name).lower(), organization=org, status="offline",
                               keycloak_id=kc(), is_service_account=False, **kw)
 
-            users = [
-                user("glob", org_a, roles=[role_glo, role_org]),
-                user("col", org_a, rules=[r_col]),
-                user("org", org_a, roles=[role_org]),
-                user("orgb", org_b, rules=[r_org]),
-                user("none", org_b, rules=[r_send, r_task]),
-            ]
-            s.add_all([role_glo, role_org, *users])
+            grants, orgs = self.user_grants(db, s, org_a), {"a": org_a, "b": org_b}
+            users = [user(n, orgs[o], **grants[n]) for n, o in self.USERS.items()]
+            s.add_all(users)
             s.flush()
 
             image = "harbor2.vantage6.ai/demo/average"
@@ -281,36 +179,6 @@ class World:
             self.sess1 = Ent(sess1.id, sess1.name, collab_id=c1.id)
             self.df1 = Ent(df1.id, df1.name, collab_id=c1.id, extra={"session_id": sess1.id})
 
-    # rooms a node is in (all_nodes is a room, but nobody hears about it)
-    @staticmethod
-    def node_rooms(node: Ent) -> list[str]:
-        return ["all_nodes", f"collaboration_{node.collab_id}",
-                f"collaboration_{node.collab_id}_organization_{node.org_id}"]
-
-    @staticmethod
-    def node_public_rooms(node: Ent) -> list[str]:
-        return [r for r in World.node_rooms(node) if r != "all_nodes"]
-
-    def user_rooms(self, user: Ent) -> list[str]:
-        """HQ 5.0.3's _add_user_to_rooms (`User.can` over 5.x string rules), from the DB."""
-        with self.db.session() as s:
-            usr = s.get(m.User, user.id)
-
-            def has(scope: Scope):
-                rule = s.query(m.Rule).filter_by(name="event", operation=Operation.RECEIVE.value,
-                                                 scope=scope.value).first()
-                return rule is not None and (
-                    rule in usr.rules or any(rule in role.rules for role in usr.roles))
-
-            collabs = [c.id for c in usr.organization.collaborations]
-            if has(Scope.GLOBAL):
-                return [f"collaboration_{c.id}" for c in s.query(m.Collaboration).all()]
-            if has(Scope.COLLABORATION):
-                return [f"collaboration_{c}" for c in collabs]
-            if has(Scope.ORGANIZATION):
-                return [f"collaboration_{c}_organization_{usr.organization_id}" for c in collabs]
-            return []
-
 
 # ---------------------------------------------------------------------------
 # tokens: Keycloak access tokens from the stand-in
@@ -348,17 +216,6 @@ class Tokens:
 # ---------------------------------------------------------------------------
 # RabbitMQ: events published the way HQ 5.0.3 (python-socketio 5.16.2) publishes them
 # ---------------------------------------------------------------------------
-def broker_available() -> str | None:
-    import kombu
-
-    try:
-        with kombu.Connection(AMQP_URL, connect_timeout=3) as conn:
-            conn.connect()
-        return None
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-
-
 class HQPublisher:
     """HQ's REST emits: Flask-SocketIO's ``socketio.emit(..., namespace="/tasks", room=...)`` on a
     ``KombuManager(url, channel="flask-socketio", write_only=True)`` of python-socketio 5.16.2,

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import node_connect_sequence
+from compat_support import node_connect_sequence
 from sio_testkit import SETTLE, expect_exact, expect_silence, quiesce
 from support_v5 import CountsRefusals, wait_db
 

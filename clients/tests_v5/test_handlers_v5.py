@@ -14,18 +14,10 @@ from support_v5 import CountsRefusals, wait_db
 
 
 @pytest.fixture()
-def c1_members(world, connect_node, connect_user):
+def c1_members(connect_quiet):
     """node_a1 (the sender), node_b1, a global user (collaboration_<c1>), node_c2 of the other
     collaboration and an organisation-scope user of org_b: connected and quiet."""
-    members = {
-        "a1": connect_node(world.node_a1),
-        "b1": connect_node(world.node_b1),
-        "c2": connect_node(world.node_c2),
-        "glob": connect_user(world.u_glob),
-        "orgb": connect_user(world.u_orgb),
-    }
-    quiesce(*members.values())
-    return members
+    return connect_quiet(("a1", "b1", "c2"), ("glob", "orgb"))
 
 
 def status_payload(world, run, status, **over):

@@ -9,13 +9,7 @@ import datetime as dt
 import pytest
 
 from sio_testkit import (
-    expect_exact,
-    expect_silence,
-    join_msg,
-    left_msg,
-    node_status_payload,
-    quiesce,
-    utcnow_naive,
+    expect_exact, expect_silence, join_msg, left_msg, node_status_payload, quiesce, utcnow_naive,
     wait_until,
 )
 from support_v5 import wait_db

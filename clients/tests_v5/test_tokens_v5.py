@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from conftest import KEY_REFRESH_INTERVAL, node_connect_sequence
+from compat_support import node_connect_sequence
+from conftest import KEY_REFRESH_INTERVAL
 from sio_testkit import expect_exact, expect_silence, join_msg, node_status_payload, quiesce
 from support_v5 import CountsRefusals
 
@@ -48,12 +49,24 @@ def test_minimal_token_sub_only(world, db, clients, keycloak):
     assert db.auth_row(a1.id)[0] == "online"
 
 
+@pytest.fixture()
+def refused(world, db, srv, clients, connect_node):
+    """``refused(event, token, label, transport)``: node_a1's client with ``token`` (node_b1
+    observing) is counted under ``event`` as a reason of UNIDENTIFIED, gets ``event`` and is
+    otherwise unidentified."""
+
+    def go(event: str, token: str, label: str, transport: str):
+        b1 = connect_node(world.node_b1)
+        with CountsRefusals(srv, event, metric=UNIDENTIFIED):
+            rec = clients(token, label=label, transport=transport)
+        assert_unidentified(db, rec, world.node_a1, b1, events=[(event, None)])
+
+    return go
+
+
 @pytest.mark.parametrize("transport", ["polling", "websocket"])
-def test_expired_token(world, db, srv, clients, tokens, connect_node, transport):
-    b1 = connect_node(world.node_b1)
-    with CountsRefusals(srv, "expired_token", metric=UNIDENTIFIED):
-        rec = clients(tokens.expired(world.node_a1), label="a1-expired", transport=transport)
-    assert_unidentified(db, rec, world.node_a1, b1, events=[("expired_token", None)])
+def test_expired_token(world, tokens, refused, transport):
+    refused("expired_token", tokens.expired(world.node_a1), "a1-expired", transport)
 
 
 def test_expired_within_leeway_is_accepted(world, db, clients, tokens):
@@ -63,11 +76,8 @@ def test_expired_within_leeway_is_accepted(world, db, clients, tokens):
 
 
 @pytest.mark.parametrize("transport", ["polling", "websocket"])
-def test_wrong_key_is_invalid_token(world, db, srv, clients, tokens, connect_node, transport):
-    b1 = connect_node(world.node_b1)
-    with CountsRefusals(srv, "invalid_token", metric=UNIDENTIFIED):
-        rec = clients(tokens.wrong_key(world.node_a1), label="a1-wrong-key", transport=transport)
-    assert_unidentified(db, rec, world.node_a1, b1, events=[("invalid_token", None)])
+def test_wrong_key_is_invalid_token(world, tokens, refused, transport):
+    refused("invalid_token", tokens.wrong_key(world.node_a1), "a1-wrong-key", transport)
 
 
 def test_wrong_key_and_expired_is_invalid_token(world, db, clients, tokens, connect_node):

@@ -198,14 +198,8 @@ impl Store {
             "run",
             "task",
         ] {
-            let sql = format!("SELECT 1 FROM {table} LIMIT 1");
-            on_pool!(self, p => sqlx::query(&sql).fetch_optional(p).await.map(|_| ())).map_err(
-                |e| {
-                    StoreError::Inconsistent(format!(
-                        "table {table} is not readable ({e}); is `uri` a vantage6 database?"
-                    ))
-                },
-            )?;
+            self.check_readable(table, "1", "a vantage6 database")
+                .await?;
         }
         Ok(())
     }
@@ -220,16 +214,26 @@ impl Store {
             ),
             ("task_depends_on", "task_id, depends_on_id"),
         ] {
-            let sql = format!("SELECT {columns} FROM {table} LIMIT 1");
-            on_pool!(self, p => sqlx::query(&sql).fetch_optional(p).await.map(|_| ())).map_err(
-                |e| {
-                    StoreError::Inconsistent(format!(
-                        "table {table} is not readable ({e}); is `uri` a vantage6 5.x database?"
-                    ))
-                },
-            )?;
+            self.check_readable(table, columns, "a vantage6 5.x database")
+                .await?;
         }
         Ok(())
+    }
+
+    /// `SELECT <columns> FROM <table>` works, or the error names the table
+    /// and asks whether `uri` is `what`.
+    async fn check_readable(
+        &self,
+        table: &str,
+        columns: &str,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let sql = format!("SELECT {columns} FROM {table} LIMIT 1");
+        on_pool!(self, p => sqlx::query(&sql).fetch_optional(p).await.map(|_| ())).map_err(|e| {
+            StoreError::Inconsistent(format!(
+                "table {table} is not readable ({e}); is `uri` {what}?"
+            ))
+        })
     }
 
     /// A round trip to the database, for readiness checks.
@@ -417,7 +421,13 @@ impl Store {
 
     /// A `ping`: status online and `last_seen` = `now` (UTC, naive, as vantage6).
     pub async fn record_ping(&self, auth_id: i64, now: NaiveDateTime) -> Result<(), StoreError> {
-        on_pool!(self, p =>
+        self.set_online_seen(auth_id, now).await?;
+        Ok(())
+    }
+
+    /// Status online and `last_seen` = `now`; the number of rows changed.
+    async fn set_online_seen(&self, auth_id: i64, now: NaiveDateTime) -> Result<u64, StoreError> {
+        Ok(on_pool!(self, p =>
             sqlx::query("UPDATE authenticatable SET status = $1, last_seen = $2 WHERE id = $3")
                 .bind(AuthStatus::Online.as_str())
                 .bind_timestamp(now)
@@ -425,8 +435,7 @@ impl Store {
                 .execute(p)
                 .await?
                 .rows_affected()
-        );
-        Ok(())
+        ))
     }
 
     /// A 5.x node's `ping`: `last_seen` = `now`, and status online if it was
@@ -450,15 +459,7 @@ impl Store {
         if touched > 0 {
             return Ok(PingRecorded::WasOnline);
         }
-        let set = on_pool!(self, p =>
-            sqlx::query("UPDATE authenticatable SET status = $1, last_seen = $2 WHERE id = $3")
-                .bind(AuthStatus::Online.as_str())
-                .bind_timestamp(now)
-                .bind(auth_id)
-                .execute(p)
-                .await?
-                .rows_affected()
-        );
+        let set = self.set_online_seen(auth_id, now).await?;
         Ok(if set > 0 {
             PingRecorded::WasNotOnline
         } else {
@@ -572,7 +573,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            tx.commit().await?
+            tx.commit().await?;
         });
         Ok(())
     }

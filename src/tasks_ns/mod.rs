@@ -247,9 +247,9 @@ async fn handle_event<A: Adapter>(
     };
     if event == "ping" {
         return if ctx.is_v5() {
-            v5::on_ping(s, ctx, identity, rooms).await
+            v5::on_ping(s, ctx, identity, rooms).await;
         } else {
-            on_ping(ctx, identity).await
+            on_ping(ctx, identity).await;
         };
     }
     let Some((node, data)) = node_payload(ctx, identity, event, data) else {
@@ -305,16 +305,7 @@ async fn join_rooms_and_notify<A: Adapter>(
 ) {
     for room in rooms {
         s.join(room.clone());
-        if is_announced(room) {
-            emit_to_room(
-                s,
-                ctx,
-                room,
-                "message",
-                &rooms::join_message(identity, room),
-            )
-            .await;
-        }
+        tell_room(s, ctx, room, || rooms::join_message(identity, room)).await;
         // A user may join hundreds of rooms: let the transport drain meanwhile.
         tokio::task::yield_now().await;
     }
@@ -532,16 +523,7 @@ async fn disconnect<A: Adapter>(
     };
     for room in &rooms {
         s.leave(room.clone());
-        if is_announced(room) {
-            emit_to_room(
-                s,
-                ctx,
-                room,
-                "message",
-                &rooms::leave_message(&identity, room),
-            )
-            .await;
-        }
+        tell_room(s, ctx, room, || rooms::leave_message(&identity, room)).await;
     }
     if let Err(e) = ctx
         .store()
@@ -609,14 +591,7 @@ async fn on_algorithm_status_change<A: Adapter>(
         "organization_id": field("organization_id"),
         "parent_id": field("parent_id"),
     });
-    emit_to_room(
-        s,
-        ctx,
-        &rooms::collaboration_room(collaboration_id),
-        EVENT,
-        &payload,
-    )
-    .await;
+    emit_to_collaboration(s, ctx, collaboration_id, EVENT, &payload).await;
 }
 
 /// `on_node_info_update`: replaces the node's `nodeconfig` rows.
@@ -629,6 +604,8 @@ async fn on_node_info_update(ctx: &TasksContext, node: &NodeIdentity, data: Map<
 
 /// `on_algorithm_log`: for a run of the node's own, appends to `run.log` and
 /// re-emits to the collaboration.
+// duplicates: deliberate — the node events' handlers open alike (vantage6's arguments, then the
+// collaboration check), each spelled out as its `on_*` method in vantage6.
 async fn on_algorithm_log<A: Adapter>(
     s: &SocketRef<A>,
     ctx: &TasksContext,
@@ -667,14 +644,7 @@ async fn on_algorithm_log<A: Adapter>(
         "task_id": data.get("task_id").cloned().unwrap_or(Value::Null),
         "log": line,
     });
-    emit_to_room(
-        s,
-        ctx,
-        &rooms::collaboration_room(collaboration_id),
-        EVENT,
-        &payload,
-    )
-    .await;
+    emit_to_collaboration(s, ctx, collaboration_id, EVENT, &payload).await;
 }
 
 /// `on_node_metrics_update`: Prometheus gauges labelled by node, `os` and
@@ -829,6 +799,19 @@ async fn announce_node<A: Adapter>(
     }
 }
 
+/// A `message` (`text`: a join or leave message) to `room` if vantage6
+/// announces arrivals and departures there.
+async fn tell_room<A: Adapter>(
+    s: &SocketRef<A>,
+    ctx: &TasksContext,
+    room: &str,
+    text: impl FnOnce() -> String,
+) {
+    if is_announced(room) {
+        emit_to_room(s, ctx, room, "message", &text()).await;
+    }
+}
+
 /// Serialises as no arguments at all (`["sync"]`), where `()` would send a `null`.
 const NO_ARGUMENTS: [(); 0] = [];
 
@@ -850,6 +833,24 @@ async fn emit_to_room<A: Adapter, T: serde::Serialize + ?Sized>(
     if let Err(e) = s.within(room.to_owned()).emit(event, data).await {
         broadcast_failed(ctx, room, event, &e);
     }
+}
+
+/// An event to the room of collaboration `collaboration_id`.
+async fn emit_to_collaboration<A: Adapter, T: serde::Serialize + ?Sized>(
+    s: &SocketRef<A>,
+    ctx: &TasksContext,
+    collaboration_id: i64,
+    event: &str,
+    data: &T,
+) {
+    emit_to_room(
+        s,
+        ctx,
+        &rooms::collaboration_room(collaboration_id),
+        event,
+        data,
+    )
+    .await;
 }
 
 /// Counts the sockets a broadcast missed and logs a rate-limited summary:
@@ -880,6 +881,7 @@ fn broadcast_failed(ctx: &TasksContext, room: &str, event: &str, e: &BroadcastEr
             "broadcasts met sockets that were already closed"
         );
     }
+    // duplicates: deliberate — two summaries at two levels (tracing's level is fixed per macro).
     if let Some(n) = ctx.log_due("broadcast_full", full) {
         warn!(
             room,

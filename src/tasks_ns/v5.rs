@@ -10,11 +10,11 @@ use socketioxide::{adapter::Adapter, extract::SocketRef};
 use tracing::{debug, info, warn};
 
 use super::{
-    announce_node, emit_to_room, emit_to_socket, join_rooms_and_notify, refuse, TasksContext,
+    announce_node, emit_to_collaboration, emit_to_socket, join_rooms_and_notify, refuse,
+    TasksContext,
 };
 use crate::{
     identity::{Identity, NodeIdentity},
-    rooms,
     store::PingRecorded,
 };
 
@@ -123,14 +123,8 @@ pub(super) async fn notify_dependent_tasks<A: Adapter>(
             // HQ would emit to `collaboration_None`, a room nobody is in.
             continue;
         };
-        emit_to_room(
-            s,
-            ctx,
-            &rooms::collaboration_room(collaboration_id),
-            "new_task_update",
-            &json!({"id": task.id, "parent_id": task.parent_id}),
-        )
-        .await;
+        let update = json!({"id": task.id, "parent_id": task.parent_id});
+        emit_to_collaboration(s, ctx, collaboration_id, "new_task_update", &update).await;
     }
 }
 

@@ -62,7 +62,7 @@ impl MemoryBroker {
         self.state
             .hub
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A new instance connection with its own queue, bound to the exchange.
@@ -158,7 +158,7 @@ impl Driver for MemoryDriver {
     fn subscribe(&self) -> Option<MessageStream> {
         self.rx
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
     }
 

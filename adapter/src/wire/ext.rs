@@ -62,6 +62,7 @@ pub struct Request {
 mod zero_is_none {
     use super::{Deserialize, Deserializer, Serializer};
 
+    #[allow(clippy::ref_option, reason = "serde's `with` signature")]
     pub(super) fn serialize<S: Serializer>(id: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(id.unwrap_or(0))
     }

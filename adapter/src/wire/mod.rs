@@ -130,29 +130,25 @@ impl Message {
 
     /// The `host_id`: the sender, except for [`Message::Callback`] where it is the destination.
     pub fn host_id(&self) -> &str {
-        match self {
-            Message::Emit(m) | Message::RawEmit(m) => &m.host_id,
-            Message::Callback(m) => &m.host_id,
-            Message::Disconnect(m) => &m.host_id,
-            Message::EnterRoom(m) | Message::LeaveRoom(m) => &m.host_id,
-            Message::CloseRoom(m) => &m.host_id,
-            Message::Request(m) => &m.host_id,
-            Message::Response(m) => &m.host_id,
-            Message::Heartbeat(m) => &m.host_id,
-        }
+        self.addressing().0
     }
 
     /// The namespace the message is about.
     pub fn namespace(&self) -> &str {
+        self.addressing().1
+    }
+
+    /// `(host_id, namespace)`: every message kind has both.
+    fn addressing(&self) -> (&str, &str) {
         match self {
-            Message::Emit(m) | Message::RawEmit(m) => &m.namespace,
-            Message::Callback(m) => &m.namespace,
-            Message::Disconnect(m) => &m.namespace,
-            Message::EnterRoom(m) | Message::LeaveRoom(m) => &m.namespace,
-            Message::CloseRoom(m) => &m.namespace,
-            Message::Request(m) => &m.namespace,
-            Message::Response(m) => &m.namespace,
-            Message::Heartbeat(m) => &m.namespace,
+            Message::Emit(m) | Message::RawEmit(m) => (&m.host_id, &m.namespace),
+            Message::Callback(m) => (&m.host_id, &m.namespace),
+            Message::Disconnect(m) => (&m.host_id, &m.namespace),
+            Message::EnterRoom(m) | Message::LeaveRoom(m) => (&m.host_id, &m.namespace),
+            Message::CloseRoom(m) => (&m.host_id, &m.namespace),
+            Message::Request(m) => (&m.host_id, &m.namespace),
+            Message::Response(m) => (&m.host_id, &m.namespace),
+            Message::Heartbeat(m) => (&m.host_id, &m.namespace),
         }
     }
 }

@@ -223,6 +223,9 @@ pub struct Callback {
     pub args: Json,
 }
 
+// duplicates: deliberate — `Disconnect`, `RoomMembership` and `CloseRoom` each spell out the fields
+// of one python-socketio message with their serde readers; a shared flattened part would hide them.
+
 /// `disconnect`: disconnect a client, wherever it is connected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]

@@ -96,7 +96,7 @@ impl Client {
     pub async fn ack(&self, frame: &str, args: &str) {
         let id: String = frame[1..]
             .chars()
-            .take_while(|c| c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
             .collect();
         assert!(!id.is_empty(), "frame has no ack id: {frame}");
         self.tx
@@ -116,9 +116,9 @@ async fn recv_text(rx: &mut mpsc::Receiver<EioPacket>) -> String {
     loop {
         match tokio::time::timeout(WAIT, rx.recv()).await {
             Ok(Some(EioPacket::Message(m))) => return m.to_string(),
-            Ok(Some(_)) => continue,
+            Ok(Some(_)) => {}
             Ok(None) => panic!("client channel closed"),
-            Err(_) => panic!("no frame within {WAIT:?}"),
+            Err(e) => panic!("no frame within {WAIT:?}: {e}"),
         }
     }
 }
@@ -161,7 +161,7 @@ where
 }
 
 /// Closes the broker side of the connection whose name contains `needle`, with `rabbitmqctl`.
-/// Returns false when `rabbitmqctl` is not usable here.
+/// Returns false when `rabbitmqctl` is not usable here; the callers assert it (no silent pass).
 pub fn kill_connection(needle: &str) -> bool {
     use std::process::Command;
     let Ok(out) = Command::new("rabbitmqctl")

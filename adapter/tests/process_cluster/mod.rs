@@ -22,11 +22,7 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
-use lapin::{
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-    Connection, ConnectionProperties,
-};
+use lapin::{options::QueueDeclareOptions, types::FieldTable, Connection};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -224,6 +220,21 @@ impl Cluster {
         }
         out
     }
+
+    /// Client `via` emits `event` with `data` to the whole namespace, then a [`fence`](Self::fence)
+    /// from the same client: what each client received up to it.
+    pub async fn emit_and_fence(
+        &self,
+        via: usize,
+        clients: &mut [SioClient],
+        event: &str,
+        data: Value,
+    ) -> Vec<Vec<String>> {
+        clients[via]
+            .ok(json!({"op": "emit", "event": event, "data": data}))
+            .await;
+        self.fence(via, clients).await
+    }
 }
 
 /// What a client received.
@@ -343,7 +354,10 @@ impl SioClient {
                             let v: Value = serde_json::from_str(json).unwrap_or_default();
                             let first = v.get(0).cloned().unwrap_or(Value::Null);
                             if let Some(tx) = id.and_then(|id| {
-                                calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
+                                calls
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .remove(&id)
                             }) {
                                 let _ = tx.send(first);
                             }
@@ -382,7 +396,7 @@ impl SioClient {
         let (tx, rx) = oneshot::channel();
         self.calls
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id, tx);
         self.out
             .send(format!("42{NS},{id}{}", json!(["op", req])))
@@ -454,10 +468,7 @@ pub struct Tap {
 impl Tap {
     /// Binds a new exclusive, auto-deleted queue to `exchange`.
     pub async fn new(exchange: &str) -> Tap {
-        let conn = Connection::connect(&rabbit::uri(), ConnectionProperties::default())
-            .await
-            .expect("connect");
-        let channel = conn.create_channel().await.expect("channel");
+        let (conn, channel) = rabbit::open_channel().await;
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -470,28 +481,9 @@ impl Tap {
             )
             .await
             .expect("tap queue");
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+        let consumer = rabbit::bind_and_consume(&channel, queue.name().as_str(), exchange, "tap")
             .await
-            .expect("bind tap");
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "tap".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+            .expect("bind and consume the tap");
         Tap {
             consumer,
             _conn: conn,

@@ -9,7 +9,8 @@ use std::{
 };
 
 use lapin::{
-    options::{ExchangeDeleteOptions, QueueDeleteOptions},
+    options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeleteOptions},
+    types::FieldTable,
     Connection, ConnectionProperties,
 };
 
@@ -51,7 +52,7 @@ impl BrokerCleanup {
     pub fn queue(&self, queue: impl Into<String>) {
         self.queues
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(queue.into());
     }
 }
@@ -59,7 +60,12 @@ impl BrokerCleanup {
 impl Drop for BrokerCleanup {
     fn drop(&mut self) {
         let exchange = self.exchange.clone();
-        let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(|p| p.into_inner()));
+        let queues = std::mem::take(
+            &mut *self
+                .queues
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let done = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -94,6 +100,45 @@ impl Drop for BrokerCleanup {
     }
 }
 
+/// A connection to the broker under test and a channel on it.
+pub async fn open_channel() -> (Connection, lapin::Channel) {
+    let conn = Connection::connect(&uri(), ConnectionProperties::default())
+        .await
+        .expect("connect to the broker");
+    let channel = conn.create_channel().await.expect("channel");
+    (conn, channel)
+}
+
+/// Binds `queue` to the fanout `exchange` and consumes it without acks, as `consumer_tag`.
+pub async fn bind_and_consume(
+    channel: &lapin::Channel,
+    queue: &str,
+    exchange: &str,
+    consumer_tag: &str,
+) -> lapin::Result<lapin::Consumer> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_consume(
+            queue.into(),
+            consumer_tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+// duplicates: deliberate — the two passive declarations differ in lapin's call and options only.
 /// Whether exchange `name` exists (a passive declaration).
 pub async fn exchange_exists(name: &str) -> bool {
     passive_declare(|channel| async move {
@@ -105,7 +150,7 @@ pub async fn exchange_exists(name: &str) -> bool {
                     passive: true,
                     ..Default::default()
                 },
-                Default::default(),
+                FieldTable::default(),
             )
             .await
     })
@@ -122,7 +167,7 @@ pub async fn queue_exists(name: &str) -> bool {
                     passive: true,
                     ..Default::default()
                 },
-                Default::default(),
+                FieldTable::default(),
             )
             .await
             .map(|_| ())
@@ -137,10 +182,7 @@ where
     F: FnOnce(lapin::Channel) -> Fut,
     Fut: std::future::Future<Output = lapin::Result<()>>,
 {
-    let conn = Connection::connect(&uri(), ConnectionProperties::default())
-        .await
-        .expect("connect");
-    let channel = conn.create_channel().await.expect("channel");
+    let (conn, channel) = open_channel().await;
     let ok = declare(channel).await.is_ok();
     let _ = conn.close(200, "bye".into()).await;
     ok
@@ -171,6 +213,7 @@ impl BrokerLock {
             .open(&path)
             .expect("lock file");
         // SAFETY: flock on a file descriptor we own; it is released when the file is closed.
+        #[allow(unsafe_code, reason = "flock(2) has no safe std wrapper at our MSRV")]
         let rc = unsafe { libc::flock(file.as_raw_fd(), mode) };
         assert_eq!(rc, 0, "flock {}", path.display());
         Self(file)

@@ -275,7 +275,7 @@ impl Driver for AmqpDriver {
         self.inner
             .rx
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
     }
 
@@ -298,12 +298,13 @@ impl Driver for AmqpDriver {
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// [`try_open_session`], at most [`AmqpConfig::connect_timeout`].
@@ -463,7 +464,7 @@ async fn supervise(
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "AMQP reconnect failed");
                     tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
+                        () = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => return,
                     }
                     delay = (delay * 2).min(config.reconnect_max);
@@ -514,7 +515,7 @@ async fn run_session(
                 }
                 None => return End::Lost,
             },
-            _ = broken.notified() => {
+            () = broken.notified() => {
                 if !session.conn.status().connected() || !session.channel.status().connected() {
                     return End::Lost;
                 }
