@@ -3,8 +3,11 @@
 //! environment variables and command-line flags, and validated up front.
 //!
 //! Precedence for our own settings is flag > environment > file > default.
-//! clap resolves "flag > environment" (see [`ServeOverrides`]); this module
-//! layers the result over the file and the defaults.
+//! Each of them is defined once, in the `own_settings!` table below: its
+//! help text, type, environment variable, default and clap attributes; the
+//! flags ([`ServeOverrides`], where clap resolves "flag > environment"), the
+//! file section and the merge over the file and the defaults are generated
+//! from it, and the merged values are validated once, into [`Config`].
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -41,7 +44,9 @@ pub const DEFAULT_MAX_BUFFER_SIZE: usize = 4096;
 /// finishes setting up its connection after the server answered; vantage6
 /// answers after tens of milliseconds, so its nodes never notice. See the
 /// README ("first_event_delay").
-pub const DEFAULT_FIRST_EVENT_DELAY: Duration = Duration::from_millis(50);
+pub const DEFAULT_FIRST_EVENT_DELAY: Duration = Duration::from_millis(DEFAULT_FIRST_EVENT_DELAY_MS);
+/// [`DEFAULT_FIRST_EVENT_DELAY`] in milliseconds, the unit of the setting.
+pub const DEFAULT_FIRST_EVENT_DELAY_MS: u64 = 50;
 /// Largest accepted `first_event_delay`.
 pub const MAX_FIRST_EVENT_DELAY: Duration = Duration::from_secs(10);
 /// Default Socket.IO path, as Flask-SocketIO.
@@ -127,7 +132,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Which vantage6 generation to serve (`vantage6_generation`).
+/// Which vantage6 generation to serve (`vantage6_generation`). In the file
+/// `auto`, `4` or `5`, as a string or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GenerationSetting {
     /// From the database schema: `authenticatable.keycloak_id` means 5.x.
@@ -141,17 +147,83 @@ pub enum GenerationSetting {
 }
 
 impl GenerationSetting {
-    fn parse(name: &'static str, text: &str) -> Result<Self, ConfigError> {
-        match text.trim() {
-            "auto" => Ok(Self::Auto),
-            "4" => Ok(Self::V4),
-            "5" => Ok(Self::V5),
-            other => Err(ConfigError::Invalid {
-                name,
-                message: format!("{other:?} is not one of auto, 4, 5"),
-            }),
+    /// The generation when no database tells it (`emit`): `auto` is 4.x.
+    pub fn without_database(self) -> Vantage6Generation {
+        match self {
+            GenerationSetting::V5 => Vantage6Generation::V5,
+            GenerationSetting::Auto | GenerationSetting::V4 => Vantage6Generation::V4,
         }
     }
+}
+
+impl<'de> Deserialize<'de> for GenerationSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = GenerationSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("auto, 4 or 5")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                <GenerationSetting as clap::ValueEnum>::from_str(text.trim(), false)
+                    .map_err(|_| E::custom(format!("{text:?} is not one of auto, 4, 5")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+                self.visit_str(&n.to_string())
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                self.visit_str(&n.to_string())
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A [`clap::ValueEnum`]'s name, as flags and files spell it.
+fn write_value_name(
+    value: &impl clap::ValueEnum,
+    f: &mut std::fmt::Formatter<'_>,
+) -> std::fmt::Result {
+    match value.to_possible_value() {
+        Some(v) => f.write_str(v.get_name()),
+        None => Ok(()),
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_value_name(self, f)
+    }
+}
+
+impl std::fmt::Display for GenerationSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_value_name(self, f)
+    }
+}
+
+/// The python-socketio message format (`message_queue_format`) of
+/// `generation`'s own server: vantage6 4.15.2's python-socketio (up to
+/// 5.15.0) writes `legacy`, HQ 5.0.3's (5.16.2) `args`.
+pub fn default_data_format(generation: Vantage6Generation) -> DataFormat {
+    match generation {
+        Vantage6Generation::V4 => DataFormat::Legacy,
+        Vantage6Generation::V5 => DataFormat::Args,
+    }
+}
+
+/// `--message-queue-format`: the names of [`DataFormat`], listed in `--help`.
+fn data_format_parser() -> impl clap::builder::TypedValueParser<Value = DataFormat> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new(DataFormat::Legacy.name()).help(
+            "python-socketio up to 5.15.0, which vantage6 4.15.2 runs: `data` is the single \
+             argument itself",
+        ),
+        PossibleValue::new(DataFormat::Args.name())
+            .help("python-socketio 5.15.1 and later: `data` is the list of arguments"),
+    ])
+    .try_map(|name| name.parse::<DataFormat>())
 }
 
 /// Keycloak's address as HQ reads it: `KEYCLOAK_URL`, `KEYCLOAK_REALM`.
@@ -218,69 +290,234 @@ pub struct Config {
     pub keycloak_key_refresh_interval: Duration,
 }
 
-/// Settings that flags or environment variables may override. Each field is
-/// `None` when neither was given.
-#[derive(Debug, Default, Clone, clap::Args)]
-pub struct ServeOverrides {
-    /// IP address to listen on [default: 0.0.0.0]
-    #[arg(long, env = "V6_SOCKETIO_IP")]
-    pub ip: Option<IpAddr>,
-    /// Port to listen on [default: 7602]
-    #[arg(long, env = "V6_SOCKETIO_PORT")]
-    pub port: Option<u16>,
-    /// Socket.IO path [default: /socket.io/]
-    #[arg(long, env = "V6_SOCKETIO_PATH")]
-    pub path: Option<String>,
-    /// Engine.IO ping interval in seconds [default: 25]
-    #[arg(long, env = "V6_SOCKETIO_PING_INTERVAL")]
-    pub ping_interval: Option<f64>,
-    /// Engine.IO ping timeout in seconds [default: 60]
-    #[arg(long, env = "V6_SOCKETIO_PING_TIMEOUT")]
-    pub ping_timeout: Option<f64>,
-    /// Seconds between two sweeps that mark silent nodes offline [default: 65]
-    #[arg(long, env = "V6_SOCKETIO_SWEEP_INTERVAL")]
-    pub sweep_interval: Option<f64>,
-    /// Largest accepted Engine.IO payload in bytes [default: 1000000]
-    #[arg(long, env = "V6_SOCKETIO_MAX_PAYLOAD")]
-    pub max_payload: Option<u64>,
-    /// Packets that may wait for one slow client before emits to it fail [default: 4096]
-    #[arg(long, env = "V6_SOCKETIO_MAX_BUFFER_SIZE")]
-    pub max_buffer_size: Option<usize>,
-    /// python-socketio message format on RabbitMQ: legacy (up to 5.15.0, vantage6 4.15.2) or args (5.15.1+, vantage6 5.x) [default: legacy when serving vantage6 4.x, args for 5.x]
-    #[arg(long, env = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT", value_parser = parse_data_format)]
+/// The `--help` line of a setting: its doc comment and its default.
+fn help_text(doc: &str, default: &str) -> String {
+    format!("{} [default: {default}]", doc.trim())
+}
+
+/// The type a setting resolves to: itself with a default value, an
+/// `Option` when the default is only described (`shown`).
+macro_rules! resolved_type {
+    (default, $ty:ty) => { $ty };
+    (shown, $ty:ty) => { Option<$ty> };
+}
+
+/// A setting's resolved value from its flag, environment or file value.
+macro_rules! resolve_value {
+    (default; $value:expr; $($default:tt)*) => { $value.unwrap_or_else(|| $($default)*) };
+    (shown; $value:expr; $text:literal) => { $value };
+}
+
+/// A setting's default as `--help` and the README show it.
+macro_rules! default_text {
+    (default; $($default:tt)*) => { ($($default)*).to_string() };
+    (shown; $text:literal) => { String::from($text) };
+}
+
+/// Defines our own settings, each once: the doc comment is the help text,
+/// then an optional `#[arg(..)]` with clap attributes beyond `long` and
+/// `env`, the name (flag `--name-with-dashes`, file key `v6_socketio.name`),
+/// the type of the flag, environment and file value, the environment
+/// variable, and the default: `default(expr)` (shown with `Display`) or
+/// `shown("text")` for a default computed later from other settings.
+/// `env_only` settings have a flag and an environment variable but no file
+/// key (HQ's own variables).
+///
+/// Generates [`ServeOverrides`] (clap: flag > environment), `OwnSection`
+/// (the file's `v6_socketio:`, unknown keys refused), `OwnSettings` (the
+/// merge, flag > environment > file > default) and `FILE_SETTINGS`.
+macro_rules! own_settings {
+    (
+        file {$(
+            $(#[doc = $doc:literal])+
+            $(#[arg($($arg:tt)*)])?
+            $name:ident: $ty:ty = $env:literal, $kind:ident($($default:tt)*);
+        )+}
+        env_only {$(
+            $(#[doc = $edoc:literal])+
+            $ename:ident: $ety:ty = $eenv:literal;
+        )+}
+    ) => {
+        /// Settings that flags or environment variables may override (clap
+        /// resolves flag > environment). Each field is `None` when neither
+        /// was given.
+        #[derive(Debug, Default, Clone, clap::Args)]
+        pub struct ServeOverrides {$(
+            $(#[doc = $doc])+
+            #[arg(
+                long,
+                env = $env,
+                help = help_text(concat!($($doc),+), &default_text!($kind; $($default)*))
+                $(, $($arg)*)?
+            )]
+            pub $name: Option<$ty>,
+        )+$(
+            $(#[doc = $edoc])+
+            #[arg(
+                long,
+                env = $eenv,
+                hide_env = true,
+                help = format!("{} [env: {}]", concat!($($edoc),+).trim(), $eenv)
+            )]
+            pub $ename: Option<$ety>,
+        )+}
+
+        /// Our own section, `v6_socketio:` in the vantage6 file.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct OwnSection {$(
+            $name: Option<$ty>,
+        )+}
+
+        /// Our own settings, merged: flag > environment > file > default.
+        #[derive(Debug)]
+        struct OwnSettings {
+            $($name: resolved_type!($kind, $ty),)+
+            $($ename: Option<$ety>,)+
+        }
+
+        impl OwnSettings {
+            fn resolve(flags: ServeOverrides, file: OwnSection) -> Self {
+                Self {
+                    $($name: resolve_value!($kind; flags.$name.or(file.$name); $($default)*),)+
+                    $($ename: flags.$ename,)+
+                }
+            }
+        }
+
+        /// Each file setting's name and doc comment, in the README's order.
+        const FILE_SETTINGS: &[(&str, &str)] = &[$((stringify!($name), concat!($($doc),+)),)+];
+    };
+}
+
+own_settings! {
+    file {
+        /// IP address to listen on
+        ip: IpAddr = "V6_SOCKETIO_IP", default(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        /// Port to listen on
+        port: u16 = "V6_SOCKETIO_PORT", default(DEFAULT_PORT);
+        /// Socket.IO path
+        path: String = "V6_SOCKETIO_PATH", default(DEFAULT_PATH.to_owned());
+        /// Engine.IO ping interval in seconds
+        ping_interval: f64 = "V6_SOCKETIO_PING_INTERVAL",
+            default(DEFAULT_PING_INTERVAL.as_secs_f64());
+        /// Engine.IO ping timeout in seconds
+        ping_timeout: f64 = "V6_SOCKETIO_PING_TIMEOUT",
+            default(DEFAULT_PING_TIMEOUT.as_secs_f64());
+        /// Seconds between two sweeps that mark silent nodes offline
+        sweep_interval: f64 = "V6_SOCKETIO_SWEEP_INTERVAL",
+            default(DEFAULT_SWEEP_INTERVAL.as_secs_f64());
+        /// Largest accepted Engine.IO payload in bytes
+        max_payload: u64 = "V6_SOCKETIO_MAX_PAYLOAD", default(DEFAULT_MAX_PAYLOAD);
+        /// Packets that may wait for one slow client before emits to it fail
+        max_buffer_size: usize = "V6_SOCKETIO_MAX_BUFFER_SIZE", default(DEFAULT_MAX_BUFFER_SIZE);
+        /// python-socketio message format on RabbitMQ: legacy (up to 5.15.0, vantage6 4.15.2)
+        /// or args (5.15.1+)
+        #[arg(value_parser = data_format_parser())]
+        message_queue_format: DataFormat = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT",
+            shown("legacy for vantage6 4.x, args for 5.x");
+        /// Log format
+        #[arg(value_enum)]
+        log_format: LogFormat = "V6_SOCKETIO_LOG_FORMAT", default(LogFormat::Text);
+        /// Name of this instance in the session-affinity cookie and the proxy's pin map:
+        /// 1-128 characters of A-Z a-z 0-9 . _ : -
+        instance_name: String = "V6_SOCKETIO_INSTANCE_NAME", shown("<hostname>:<port>");
+        /// Set the cookie `v6_socketio_instance=<instance name>` on Engine.IO handshake
+        /// responses, for the proxy's session affinity
+        #[arg(value_name = "true|false", value_parser = clap::builder::BoolishValueParser::new())]
+        affinity_cookie: bool = "V6_SOCKETIO_AFFINITY_COOKIE", default(true);
+        /// Milliseconds between the CONNECT acknowledgement and the first event the server
+        /// sends the client (sync, expired_token, invalid_token); 0 sends it at once
+        #[arg(value_name = "MS")]
+        first_event_delay: u64 = "V6_SOCKETIO_FIRST_EVENT_DELAY",
+            default(DEFAULT_FIRST_EVENT_DELAY_MS);
+        /// vantage6 generation to serve: auto (from the database schema), 4 or 5
+        #[arg(value_enum)]
+        vantage6_generation: GenerationSetting = "V6_SOCKETIO_VANTAGE6_GENERATION",
+            default(GenerationSetting::Auto);
+        /// 5.x: the realm's public key as a PEM file, instead of fetching it from Keycloak at
+        /// start-up
+        keycloak_public_key_file: PathBuf = "V6_SOCKETIO_KEYCLOAK_PUBLIC_KEY_FILE", shown("none");
+        /// 5.x: shortest pause in seconds between two re-fetches of the realm key after a
+        /// signature failure
+        keycloak_key_refresh_interval: f64 = "V6_SOCKETIO_KEYCLOAK_KEY_REFRESH_INTERVAL",
+            default(DEFAULT_KEYCLOAK_KEY_REFRESH_INTERVAL.as_secs_f64());
+    }
+    env_only {
+        /// 5.x: Keycloak's address, as HQ reads it
+        keycloak_url: String = "KEYCLOAK_URL";
+        /// 5.x: Keycloak realm, as HQ reads it
+        keycloak_realm: String = "KEYCLOAK_REALM";
+    }
+}
+
+/// `emit`'s `--message-queue-format`: `serve`'s option (flag, environment
+/// variable, values) with `emit`'s default, as `emit` has no database to
+/// tell the generation ([`data_format`](Self::data_format)).
+#[derive(Debug, Default, Clone)]
+pub struct EmitOverrides {
+    /// The flag or environment value.
     pub message_queue_format: Option<DataFormat>,
-    /// Log format [default: text]
-    #[arg(long, env = "V6_SOCKETIO_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Name of this instance in the session-affinity cookie and the proxy's pin map: 1-128 characters of A-Z a-z 0-9 . _ : - [default: <hostname>:<port>]
-    #[arg(long, env = "V6_SOCKETIO_INSTANCE_NAME")]
-    pub instance_name: Option<String>,
-    /// Set the cookie `v6_socketio_instance=<instance name>` on Engine.IO handshake responses, for the proxy's session affinity [default: true]
-    #[arg(
-        long,
-        env = "V6_SOCKETIO_AFFINITY_COOKIE",
-        value_name = "true|false",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub affinity_cookie: Option<bool>,
-    /// Milliseconds between the CONNECT acknowledgement and the first event the server sends the client (sync, expired_token, invalid_token); 0 sends it at once [default: 50]
-    #[arg(long, env = "V6_SOCKETIO_FIRST_EVENT_DELAY", value_name = "MS")]
-    pub first_event_delay: Option<u64>,
-    /// vantage6 generation to serve: auto (from the database schema), 4 or 5 [default: auto]
-    #[arg(long, env = "V6_SOCKETIO_VANTAGE6_GENERATION", value_enum)]
-    pub vantage6_generation: Option<GenerationSetting>,
-    /// 5.x: Keycloak's address, as HQ reads it [env: KEYCLOAK_URL]
-    #[arg(long, env = "KEYCLOAK_URL", hide_env = true)]
-    pub keycloak_url: Option<String>,
-    /// 5.x: Keycloak realm, as HQ reads it [env: KEYCLOAK_REALM]
-    #[arg(long, env = "KEYCLOAK_REALM", hide_env = true)]
-    pub keycloak_realm: Option<String>,
-    /// 5.x: the realm's public key as a PEM file, instead of fetching it from Keycloak at start-up
-    #[arg(long, env = "V6_SOCKETIO_KEYCLOAK_PUBLIC_KEY_FILE")]
-    pub keycloak_public_key_file: Option<PathBuf>,
-    /// 5.x: shortest pause in seconds between two re-fetches of the realm key after a signature failure [default: 60]
-    #[arg(long, env = "V6_SOCKETIO_KEYCLOAK_KEY_REFRESH_INTERVAL")]
-    pub keycloak_key_refresh_interval: Option<f64>,
+}
+
+const MESSAGE_QUEUE_FORMAT: &str = "message_queue_format";
+
+impl EmitOverrides {
+    /// The format to publish in: the flag or environment, else the file's
+    /// setting, else the default of the generation the file sets (`auto`:
+    /// 4.x); without a file, the defaults'.
+    pub fn data_format(&self, file: Option<&Config>) -> DataFormat {
+        let (setting, generation) = if let Some(c) = file {
+            (c.message_queue_format, c.vantage6_generation)
+        } else {
+            let own = OwnSettings::resolve(ServeOverrides::default(), OwnSection::default());
+            (own.message_queue_format, own.vantage6_generation)
+        };
+        self.message_queue_format
+            .or(setting)
+            .unwrap_or_else(|| default_data_format(generation.without_database()))
+    }
+}
+
+impl clap::FromArgMatches for EmitOverrides {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let format = matches
+            .try_get_one::<DataFormat>(MESSAGE_QUEUE_FORMAT)
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, e))?;
+        Ok(Self {
+            message_queue_format: format.copied(),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for EmitOverrides {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let serve = <ServeOverrides as clap::Args>::augment_args(clap::Command::new("serve"));
+        let doc = FILE_SETTINGS
+            .iter()
+            .find(|(name, _)| *name == MESSAGE_QUEUE_FORMAT)
+            .map_or("", |(_, doc)| doc);
+        let arg = serve
+            .get_arguments()
+            .find(|a| a.get_id() == MESSAGE_QUEUE_FORMAT)
+            .cloned();
+        match arg {
+            Some(arg) => cmd.arg(arg.help(help_text(
+                doc,
+                "from --config: args when it sets vantage6_generation: 5, else legacy",
+            ))),
+            None => cmd,
+        }
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 /// The parts of a vantage6 4.x server configuration file that we read.
@@ -310,28 +547,6 @@ enum CorsValue {
     Many(Vec<String>),
 }
 
-/// Our own section, `v6_socketio:` in the vantage6 file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OwnSection {
-    ip: Option<IpAddr>,
-    port: Option<u16>,
-    path: Option<String>,
-    ping_interval: Option<f64>,
-    ping_timeout: Option<f64>,
-    sweep_interval: Option<f64>,
-    max_payload: Option<u64>,
-    max_buffer_size: Option<usize>,
-    message_queue_format: Option<DataFormat>,
-    log_format: Option<LogFormat>,
-    instance_name: Option<String>,
-    affinity_cookie: Option<bool>,
-    first_event_delay: Option<u64>,
-    vantage6_generation: Option<serde_yaml_ng::Value>,
-    keycloak_public_key_file: Option<PathBuf>,
-    keycloak_key_refresh_interval: Option<f64>,
-}
-
 /// What [`Config::load`] noticed but accepted; the caller logs these once
 /// logging is set up.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -354,14 +569,11 @@ impl Config {
         Self::load_for(path, overrides, Purpose::Serve)
     }
 
-    /// The message format on the RabbitMQ exchange: the setting, else the
-    /// python-socketio of `generation`'s server (vantage6 4.15.2 runs
-    /// python-socketio 5.14, `legacy`; HQ 5.0.3 runs 5.16.2, `args`).
+    /// The message format on the RabbitMQ exchange: the setting, else that
+    /// of `generation`'s python-socketio ([`default_data_format`]).
     pub fn message_queue_format_for(&self, generation: Vantage6Generation) -> DataFormat {
-        self.message_queue_format.unwrap_or(match generation {
-            Vantage6Generation::V4 => DataFormat::Legacy,
-            Vantage6Generation::V5 => DataFormat::Args,
-        })
+        self.message_queue_format
+            .unwrap_or_else(|| default_data_format(generation))
     }
 
     /// Reads `path` for `emit`, which sends no tokens: a file without
@@ -418,19 +630,8 @@ impl Config {
         purpose: Purpose,
     ) -> Result<(Config, ConfigWarnings), ConfigError> {
         let mut warnings = ConfigWarnings::default();
-        let own = file.v6_socketio;
-        let vantage6_generation = match (&overrides.vantage6_generation, &own.vantage6_generation) {
-            (Some(g), _) => *g,
-            (None, None) => GenerationSetting::Auto,
-            (None, Some(v)) => GenerationSetting::parse(
-                "vantage6_generation",
-                &match v {
-                    serde_yaml_ng::Value::String(s) => s.clone(),
-                    serde_yaml_ng::Value::Number(n) => n.to_string(),
-                    other => format!("{other:?}"),
-                },
-            )?,
-        };
+        let own = OwnSettings::resolve(overrides.clone(), file.v6_socketio);
+        let vantage6_generation = own.vantage6_generation;
         let jwt_decode_algorithms = match file.jwt_decode_algorithms {
             None => DEFAULT_DECODE_ALGORITHMS.to_vec(),
             Some(names) => names
@@ -449,28 +650,19 @@ impl Config {
             }
         };
         let non_empty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
-        let keycloak = match (
-            non_empty(&overrides.keycloak_url),
-            non_empty(&overrides.keycloak_realm),
-        ) {
+        let keycloak = match (non_empty(&own.keycloak_url), non_empty(&own.keycloak_realm)) {
             (Some(url), Some(realm)) => Some(KeycloakRealm { url, realm }),
             _ => None,
         };
-        let keycloak_public_key_file = overrides
-            .keycloak_public_key_file
-            .clone()
-            .or(own.keycloak_public_key_file);
         let keycloak_key_refresh_interval = seconds(
             "keycloak_key_refresh_interval",
-            overrides
-                .keycloak_key_refresh_interval
-                .or(own.keycloak_key_refresh_interval),
-            DEFAULT_KEYCLOAK_KEY_REFRESH_INTERVAL,
+            own.keycloak_key_refresh_interval,
         )?;
-        let can_serve_5 =
-            keycloak.is_some() || keycloak_public_key_file.is_some() || purpose == Purpose::Emit;
+        let can_serve_5 = keycloak.is_some()
+            || own.keycloak_public_key_file.is_some()
+            || purpose == Purpose::Emit;
         if vantage6_generation == GenerationSetting::V5 && !can_serve_5 {
-            return Err(no_realm_key(overrides));
+            return Err(no_realm_key(&own));
         }
         let jwt_secret_key = file.jwt_secret_key.filter(|k| !k.is_empty());
         let jwt_secret_key = match jwt_secret_key {
@@ -518,64 +710,17 @@ impl Config {
             Some(CorsValue::Many(list)) => CorsOrigins::List(list),
         };
 
-        let ip = overrides
-            .ip
-            .or(own.ip)
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let port = overrides.port.or(own.port).unwrap_or(DEFAULT_PORT);
-        let path = normalize_path(
-            overrides
-                .path
-                .clone()
-                .or(own.path)
-                .unwrap_or_else(|| DEFAULT_PATH.to_owned()),
-        )?;
-        let ping_interval = seconds(
-            "ping_interval",
-            overrides.ping_interval.or(own.ping_interval),
-            DEFAULT_PING_INTERVAL,
-        )?;
-        let ping_timeout = seconds(
-            "ping_timeout",
-            overrides.ping_timeout.or(own.ping_timeout),
-            DEFAULT_PING_TIMEOUT,
-        )?;
-        let sweep_interval = seconds(
-            "sweep_interval",
-            overrides.sweep_interval.or(own.sweep_interval),
-            DEFAULT_SWEEP_INTERVAL,
-        )?;
-        let max_payload = nonzero(
-            "max_payload",
-            overrides
-                .max_payload
-                .or(own.max_payload)
-                .unwrap_or(DEFAULT_MAX_PAYLOAD),
-            "byte",
-        )?;
-        let max_buffer_size = nonzero(
-            "max_buffer_size",
-            overrides
-                .max_buffer_size
-                .or(own.max_buffer_size)
-                .unwrap_or(DEFAULT_MAX_BUFFER_SIZE),
-            "packet",
-        )?;
-        let message_queue_format = overrides.message_queue_format.or(own.message_queue_format);
-        let log_format = overrides
-            .log_format
-            .or(own.log_format)
-            .unwrap_or(LogFormat::Text);
-        let instance_name = match overrides.instance_name.clone().or(own.instance_name) {
+        let path = normalize_path(own.path)?;
+        let ping_interval = seconds("ping_interval", own.ping_interval)?;
+        let ping_timeout = seconds("ping_timeout", own.ping_timeout)?;
+        let sweep_interval = seconds("sweep_interval", own.sweep_interval)?;
+        let max_payload = nonzero("max_payload", own.max_payload, "byte")?;
+        let max_buffer_size = nonzero("max_buffer_size", own.max_buffer_size, "packet")?;
+        let instance_name = match own.instance_name {
             Some(name) => instance_name(name)?,
-            None => default_instance_name(port)?,
+            None => default_instance_name(own.port)?,
         };
-        let affinity_cookie = overrides
-            .affinity_cookie
-            .or(own.affinity_cookie)
-            .unwrap_or(true);
-        let first_event_delay =
-            first_event_delay(overrides.first_event_delay.or(own.first_event_delay))?;
+        let first_event_delay = first_event_delay(own.first_event_delay)?;
 
         Ok((
             Config {
@@ -583,23 +728,23 @@ impl Config {
                 database,
                 rabbitmq_uri,
                 cors_allowed_origins,
-                listen: SocketAddr::new(ip, port),
+                listen: SocketAddr::new(own.ip, own.port),
                 path,
                 ping_interval,
                 ping_timeout,
                 sweep_interval,
                 max_payload,
                 max_buffer_size,
-                message_queue_format,
-                log_format,
+                message_queue_format: own.message_queue_format,
+                log_format: own.log_format,
                 instance_name,
-                affinity_cookie,
+                affinity_cookie: own.affinity_cookie,
                 first_event_delay,
                 vantage6_generation,
                 jwt_decode_algorithms,
                 jwt_decode_leeway,
                 keycloak,
-                keycloak_public_key_file,
+                keycloak_public_key_file: own.keycloak_public_key_file,
                 keycloak_key_refresh_interval,
             },
             warnings,
@@ -624,11 +769,6 @@ impl Config {
     }
 }
 
-/// `--message-queue-format`: the adapter's names, `legacy` and `args`.
-pub fn parse_data_format(name: &str) -> Result<DataFormat, socketioxide_amqp::UnknownDataFormat> {
-    name.parse()
-}
-
 /// The error for a 4.x setup without `jwt_secret_key`.
 pub fn missing_jwt_secret_key() -> ConfigError {
     ConfigError::Missing(
@@ -640,9 +780,9 @@ pub fn missing_jwt_secret_key() -> ConfigError {
 
 /// The error for a 5.x setup with no way to get the realm key; names what
 /// is half set.
-fn no_realm_key(overrides: &ServeOverrides) -> ConfigError {
+fn no_realm_key(own: &OwnSettings) -> ConfigError {
     let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
-    match (set(&overrides.keycloak_url), set(&overrides.keycloak_realm)) {
+    match (set(&own.keycloak_url), set(&own.keycloak_realm)) {
         (true, false) => ConfigError::Missing(
             "KEYCLOAK_REALM",
             "KEYCLOAK_URL is set; vantage6 5.x needs both to fetch the realm key",
@@ -714,25 +854,17 @@ fn instance_name(name: String) -> Result<InstanceName, ConfigError> {
     })
 }
 
-fn seconds(
-    name: &'static str,
-    value: Option<f64>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
+fn seconds(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
     match value {
-        None => Ok(default),
-        Some(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(Duration::from_secs_f64(v)),
-        Some(v) => Err(ConfigError::Invalid {
+        v if v.is_finite() && v > 0.0 && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        v => Err(ConfigError::Invalid {
             name,
             message: format!("{v} is not a positive number of seconds"),
         }),
     }
 }
 
-fn first_event_delay(ms: Option<u64>) -> Result<Duration, ConfigError> {
-    let Some(ms) = ms else {
-        return Ok(DEFAULT_FIRST_EVENT_DELAY);
-    };
+fn first_event_delay(ms: u64) -> Result<Duration, ConfigError> {
     let delay = Duration::from_millis(ms);
     if delay > MAX_FIRST_EVENT_DELAY {
         return Err(ConfigError::Invalid {
@@ -811,6 +943,243 @@ mod tests {
         assert!(c.affinity_cookie);
         assert_eq!(c.first_event_delay, DEFAULT_FIRST_EVENT_DELAY);
         assert!(w.0.is_empty());
+    }
+
+    /// The `serve` flags as clap builds them.
+    fn serve_command() -> clap::Command {
+        <ServeOverrides as clap::Args>::augment_args(clap::Command::new("serve"))
+    }
+
+    /// A setting's argument in `command`.
+    fn arg<'a>(command: &'a clap::Command, name: &str) -> &'a clap::Arg {
+        command
+            .get_arguments()
+            .find(|a| a.get_id() == name)
+            .unwrap_or_else(|| panic!("no argument {name}"))
+    }
+
+    /// The text between the first two backticks of a table cell.
+    fn code(cell: &str) -> &str {
+        cell.split('`')
+            .nth(1)
+            .unwrap_or_else(|| panic!("no code in {cell:?}"))
+    }
+
+    /// The rows of the README's settings table: setting, flag, environment,
+    /// default.
+    fn readme_settings() -> Vec<Vec<&'static str>> {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("| setting | flag | environment | default |")
+            .expect("the README's settings table");
+        readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+            .collect()
+    }
+
+    #[test]
+    fn readme_documents_each_setting_as_defined() {
+        let command = serve_command();
+        let rows = readme_settings();
+        let keys: Vec<&str> = rows.iter().map(|r| code(r[0])).collect();
+        let names: Vec<&str> = FILE_SETTINGS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(keys, names, "the README lists every file setting, in order");
+        for row in &rows {
+            let name = code(row[0]);
+            let arg = arg(&command, name);
+            let flag = format!("--{}", name.replace('_', "-"));
+            assert_eq!(arg.get_long().map(|l| format!("--{l}")), Some(flag.clone()));
+            assert_eq!(
+                code(row[1]).split(' ').next(),
+                Some(flag.as_str()),
+                "{name}"
+            );
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(code(row[2])),
+                "{name}"
+            );
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let default = help
+                .split_once("[default: ")
+                .and_then(|(_, d)| d.strip_suffix(']'))
+                .unwrap_or_else(|| panic!("--help of {name} shows no default: {help:?}"));
+            let documented = row[3].replace('`', "");
+            assert!(
+                documented.starts_with(default),
+                "{name}: the README's default {documented:?} is not {default:?}"
+            );
+        }
+        // HQ's variables: a flag and the variable, no file key, documented.
+        let readme = include_str!("../README.md");
+        for (name, env) in [
+            ("keycloak_url", "KEYCLOAK_URL"),
+            ("keycloak_realm", "KEYCLOAK_REALM"),
+        ] {
+            let arg = arg(&command, name);
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env));
+            let flag = format!("`--{}`", name.replace('_', "-"));
+            assert!(
+                readme.contains(&flag) && readme.contains(&format!("`{env}`")),
+                "{name}"
+            );
+            let yaml = format!("v6_socketio: {{{name}: x}}\n");
+            let err = serde_yaml_ng::from_str::<FileConfig>(&yaml).expect_err(&yaml);
+            assert!(err.to_string().contains("unknown field"), "{err}");
+        }
+        // Nothing else.
+        let mut all: Vec<&str> = command
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .collect();
+        all.sort_unstable();
+        let mut expected = names.clone();
+        expected.extend(["keycloak_url", "keycloak_realm"]);
+        expected.sort_unstable();
+        assert_eq!(all, expected);
+    }
+
+    /// Two values of each file setting, neither its default.
+    const SAMPLES: &[(&str, &str, &str)] = &[
+        ("ip", "127.0.0.2", "127.0.0.3"),
+        ("port", "7001", "7002"),
+        ("path", "/a/", "/b/"),
+        ("ping_interval", "1", "2"),
+        ("ping_timeout", "1", "2"),
+        ("sweep_interval", "1", "2"),
+        ("max_payload", "1", "2"),
+        ("max_buffer_size", "1", "2"),
+        ("message_queue_format", "args", "legacy"),
+        ("log_format", "json", "text"),
+        ("instance_name", "a", "b"),
+        ("affinity_cookie", "false", "true"),
+        ("first_event_delay", "1", "2"),
+        ("vantage6_generation", "4", "5"),
+        ("keycloak_public_key_file", "/a.pem", "/b.pem"),
+        ("keycloak_key_refresh_interval", "1", "2"),
+    ];
+
+    /// Each file key and each flag sets its own setting, the flag over the
+    /// file.
+    #[test]
+    fn file_key_and_flag_of_each_setting() {
+        use clap::FromArgMatches as _;
+        let names: Vec<&str> = FILE_SETTINGS.iter().map(|(name, _)| *name).collect();
+        let sampled: Vec<&str> = SAMPLES.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(sampled, names, "a sample for every setting");
+        let resolve = |flag: Option<(&str, &str)>, file: Option<(&str, &str)>| {
+            let mut argv = vec!["serve".to_owned()];
+            if let Some((name, value)) = flag {
+                argv.extend([format!("--{}", name.replace('_', "-")), value.to_owned()]);
+            }
+            let matches = serve_command()
+                .no_binary_name(false)
+                .try_get_matches_from(argv)
+                .expect("flags");
+            let flags = ServeOverrides::from_arg_matches(&matches).expect("overrides");
+            let yaml = match file {
+                Some((name, value)) => format!("v6_socketio: {{{name}: {value}}}\n"),
+                None => "v6_socketio: {}\n".to_owned(),
+            };
+            let file: FileConfig = serde_yaml_ng::from_str(&yaml).expect(&yaml);
+            format!("{:?}", OwnSettings::resolve(flags, file.v6_socketio))
+        };
+        let defaults = resolve(None, None);
+        for &(name, a, b) in SAMPLES {
+            let from_file = resolve(None, Some((name, a)));
+            assert_ne!(from_file, defaults, "file key {name}");
+            let from_flag = resolve(Some((name, b)), None);
+            assert_ne!(from_flag, from_file, "flag of {name}");
+            assert_eq!(
+                resolve(Some((name, b)), Some((name, a))),
+                from_flag,
+                "{name}: flag > file"
+            );
+        }
+    }
+
+    #[test]
+    fn vantage6_generation_in_the_file_as_a_number_or_a_string() {
+        for (text, expected) in [
+            ("5", GenerationSetting::V5),
+            ("'5'", GenerationSetting::V5),
+            ("4", GenerationSetting::V4),
+            ("' 4 '", GenerationSetting::V4),
+            ("auto", GenerationSetting::Auto),
+        ] {
+            let yaml = format!("v6_socketio: {{vantage6_generation: {text}}}\n");
+            let file: FileConfig = serde_yaml_ng::from_str(&yaml).expect(&yaml);
+            assert_eq!(
+                file.v6_socketio.vantage6_generation,
+                Some(expected),
+                "{text}"
+            );
+        }
+        for text in ["6", "'v5'", "4.0", "[5]", "-4"] {
+            let yaml = format!("v6_socketio: {{vantage6_generation: {text}}}\n");
+            let err = serde_yaml_ng::from_str::<FileConfig>(&yaml).expect_err(&yaml);
+            assert!(err.to_string().contains("vantage6_generation"), "{err}");
+        }
+    }
+
+    /// `emit` shares `serve`'s option and the generation rule, with the
+    /// file's generation setting instead of the database.
+    #[test]
+    fn emit_message_queue_format() {
+        use clap::FromArgMatches as _;
+        let emit = <EmitOverrides as clap::Args>::augment_args(clap::Command::new("emit"));
+        let serve = serve_command();
+        let (e, s) = (
+            arg(&emit, MESSAGE_QUEUE_FORMAT),
+            arg(&serve, MESSAGE_QUEUE_FORMAT),
+        );
+        assert_eq!(e.get_long(), s.get_long());
+        assert_eq!(e.get_env(), s.get_env());
+        assert_eq!(e.get_possible_values(), s.get_possible_values());
+        let help = e.get_help().map(ToString::to_string).unwrap_or_default();
+        assert!(
+            help.ends_with(
+                "[default: from --config: args when it sets vantage6_generation: 5, else legacy]"
+            ),
+            "{help}"
+        );
+        let parse = |argv: &[&str]| {
+            let m = emit.clone().try_get_matches_from(argv).expect("flags");
+            EmitOverrides::from_arg_matches(&m).expect("emit overrides")
+        };
+        let none = parse(&["emit"]);
+        let args = parse(&["emit", "--message-queue-format", "args"]);
+        let legacy = parse(&["emit", "--message-queue-format", "legacy"]);
+        assert!(emit
+            .clone()
+            .try_get_matches_from(["emit", "--message-queue-format", "value"])
+            .is_err());
+        let file = |own: &str| {
+            Config::from_yaml_for(
+                &format!("uri: sqlite:///x\nv6_socketio: {own}\n"),
+                &ServeOverrides::default(),
+                Purpose::Emit,
+            )
+            .expect(own)
+            .0
+        };
+        let v4 = file("{}");
+        let v5 = file("{vantage6_generation: 5}");
+        let v5_legacy = file("{vantage6_generation: 5, message_queue_format: legacy}");
+        for (flags, config, expected) in [
+            (&none, None, DataFormat::Legacy),
+            (&none, Some(&v4), DataFormat::Legacy),
+            (&none, Some(&v5), DataFormat::Args),
+            (&none, Some(&v5_legacy), DataFormat::Legacy),
+            (&args, None, DataFormat::Args),
+            (&args, Some(&v5_legacy), DataFormat::Args),
+            (&legacy, Some(&v5), DataFormat::Legacy),
+        ] {
+            assert_eq!(flags.data_format(config), expected, "{flags:?} {config:?}");
+        }
     }
 
     #[test]

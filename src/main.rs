@@ -1,7 +1,6 @@
 //! The `v6-socketio` command: `serve` a vantage6 configuration, or run the
 //! embedded `demo`.
 
-use socketioxide_amqp::DataFormat;
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
@@ -9,7 +8,7 @@ use clap::{Parser, Subcommand};
 use socketioxide_amqp::BrokerUri;
 use tracing_subscriber::{fmt, EnvFilter};
 use v6_socketio::{
-    config::{parse_data_format, Config, GenerationSetting, LogFormat, ServeOverrides},
+    config::{Config, EmitOverrides, LogFormat, ServeOverrides},
     demo::{self, DemoOptions},
     emit::{self, EmitRequest},
     generation::Vantage6Generation,
@@ -32,13 +31,10 @@ enum Command {
     /// From the vantage6 file: jwt_secret_key (4.x), uri, cors_allowed_origins,
     /// rabbitmq.uri (or the legacy rabbitmq_uri), jwt_decode_algorithms and
     /// jwt_decode_leeway (5.x); for 5.x also KEYCLOAK_URL and KEYCLOAK_REALM from
-    /// the environment, as HQ. Our own settings live in a
-    /// `v6_socketio:` section of the same file (ip, port, path, ping_interval,
-    /// ping_timeout, sweep_interval, max_payload, max_buffer_size,
-    /// message_queue_format, log_format, instance_name, affinity_cookie,
-    /// first_event_delay, vantage6_generation, keycloak_public_key_file,
-    /// keycloak_key_refresh_interval) and can
-    /// be overridden by environment variables and flags (flag > env > file > default).
+    /// the environment, as HQ. Our own settings, the options below except --config,
+    /// --keycloak-url and --keycloak-realm, live in a `v6_socketio:` section of the
+    /// same file (e.g. `ping_interval` for --ping-interval) and can be overridden by
+    /// environment variables and flags (flag > env > file > default).
     /// Log verbosity: RUST_LOG (default info).
     Serve {
         /// The vantage6 server configuration file (YAML).
@@ -79,11 +75,9 @@ enum Command {
         /// Namespace.
         #[arg(long, default_value = "/tasks")]
         namespace: String,
-        /// python-socketio message format: legacy (up to 5.15.0, vantage6 4.15.2) or args
-        /// (5.15.1+) [default: from --config (args when it sets vantage6_generation: 5), else
-        /// legacy]
-        #[arg(long, env = "V6_SOCKETIO_MESSAGE_QUEUE_FORMAT", value_parser = parse_data_format)]
-        message_queue_format: Option<DataFormat>,
+        /// `serve`'s --message-queue-format.
+        #[command(flatten)]
+        queue_format: EmitOverrides,
     },
     /// Run a self-contained demo: SQLite database with two nodes and a user, tokens printed
     /// (`--vantage6 5`: the vantage6 5.x layout and Keycloak-style tokens).
@@ -139,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             event,
             data,
             namespace,
-            message_queue_format,
+            queue_format,
         } => {
             init_logging(LogFormat::Text);
             let file = match config {
@@ -154,14 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .context("the configuration file has no `rabbitmq.uri`")?,
                 (None, None) => anyhow::bail!("give --config or --rabbitmq-uri"),
             };
-            // Without a database the generation is the file's setting.
-            let format = message_queue_format.unwrap_or(match &file {
-                Some(f) if f.vantage6_generation == GenerationSetting::V5 => {
-                    f.message_queue_format_for(Vantage6Generation::V5)
-                }
-                Some(f) => f.message_queue_format_for(Vantage6Generation::V4),
-                None => DataFormat::Legacy,
-            });
+            let format = queue_format.data_format(file.as_ref());
             let request = EmitRequest {
                 rabbitmq_uri,
                 exchange,

@@ -166,6 +166,7 @@ impl Metrics {
             "Client events that were dropped, by reason",
             ignored.clone(),
         );
+        // duplicates: deliberate — metric registrations, one per family
         let db_errors = Counter::default();
         registry.register(
             "v6_socketio_database_errors",

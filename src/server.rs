@@ -115,7 +115,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .await
             .map_err(broker_err)?;
             info!(uri = %uri, vhost = uri.vhost(), host_id = ctr.host_id(),
-                message_queue_format = ?queue_format, "sharing rooms over RabbitMQ");
+                message_queue_format = %queue_format, "sharing rooms over RabbitMQ");
             let metrics = Metrics::with_collectors(vec![Box::new(BrokerCollector(ctr.clone()))]);
             let broker = ctr.clone();
             let broker_connected: BrokerConnected =

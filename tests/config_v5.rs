@@ -142,7 +142,7 @@ fn defaults_are_hqs() {
         Vantage6Generation::V4
     );
     // The queue format follows the python-socketio of the generation's
-    // server (4.15.2: 5.14, HQ 5.0.3: 5.16.2) unless it is set.
+    // server (4.15.2: up to 5.15.0, HQ 5.0.3: 5.16.2) unless it is set.
     assert_eq!(c.message_queue_format, None);
     assert_eq!(
         c.message_queue_format_for(Vantage6Generation::V4),

@@ -61,6 +61,7 @@ impl AdapterConfig {
     pub fn with_heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.heartbeat_interval = interval;
         self.heartbeat_timeout = timeout.max(interval);
+        // duplicates: deliberate — builder setters, one per option
         self
     }
     /// Sets the layout of the `data` of `emit` messages, read and published

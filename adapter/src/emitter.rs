@@ -178,6 +178,7 @@ impl<D: Driver> AmqpEmitter<D> {
             skip_sid: RoomList::from_list(self.skip.clone()),
             callback: None,
             host_id: self.inner.host_id.clone(),
+            // duplicates: deliberate — an `Emit` literal names every wire field
             x_uid: None,
             x_opts: None,
             x_req: None,
@@ -190,6 +191,7 @@ impl<D: Driver> AmqpEmitter<D> {
     }
 
     /// Removes every client of the namespace from `room`, on every server.
+    // duplicates: deliberate — one publisher per python-socketio message kind
     pub async fn close_room(&self, room: &str) -> Result<(), Error> {
         self.publish(&Message::CloseRoom(CloseRoom {
             room: room.to_owned(),

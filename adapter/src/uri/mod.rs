@@ -170,6 +170,7 @@ impl BrokerUri {
     }
 }
 
+// duplicates: deliberate — the getters and Display/Debug of a redacting newtype, as InstanceName's
 impl fmt::Display for BrokerUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted)

@@ -77,6 +77,7 @@ mod zero_is_none {
 #[non_exhaustive]
 pub struct WireValue {
     /// The JSON text of a string payload.
+    // duplicates: deliberate — serde attributes of the wire fields, one per field
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     /// The binary attachments of a string payload, base64.

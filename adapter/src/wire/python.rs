@@ -174,6 +174,7 @@ pub struct Emit {
     #[serde(default, deserialize_with = "lenient_string")]
     pub host_id: String,
     /// Extension: the socketioxide server id of the sender.
+    // duplicates: deliberate — serde attributes of the wire fields, one per field
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_uid: Option<Uid>,
     /// Extension: the exact socketioxide broadcast options (rooms, except, flags, target).

@@ -117,6 +117,7 @@ fn python_args_semantics() {
         event_value(&e, DataFormat::Args, false).unwrap(),
         Value::Str(r#"["multi","a",2,null]"#.into(), None)
     );
+    // duplicates: deliberate — each case spells out its own message
     let Message::Emit(e) = decode(EMIT_NONE.as_bytes()).unwrap() else {
         panic!()
     };

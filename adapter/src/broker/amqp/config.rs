@@ -76,6 +76,7 @@ impl AmqpConfig {
     }
     /// Sets the `x-expires` of the own queue.
     pub fn with_queue_expires(mut self, expires: Option<Duration>) -> Self {
+        // duplicates: deliberate — builder setters, one per option
         self.queue_expires = expires;
         self
     }
