@@ -281,6 +281,12 @@ def markdown(lines: list[dict]) -> str:
                 out.append("| " + " | ".join(row) + " |")
             saturated |= any(line.get("loadgen_saturated") for line in per.values())
         out.append("")
+    for line in data:
+        if line.get("scenario") in ("deployment", "preflight") and line.get("errors"):
+            out.append(f"- {DEPLOYMENTS.get(line.get('label'), line.get('label'))}: "
+                       f"{line['scenario']} failed: {_short(str(line['errors'][0]), 300)}")
+    if out[-1].startswith("- "):
+        out.append("")
     if saturated:
         out.append("† the load generator was saturated (CPU above 90 % of one core): "
                    "that figure is its limit, not the server's.\n")
