@@ -265,13 +265,13 @@ class Comparison:
     def deployment(self, key: str) -> stack.Deployment:
         w = self.work
         if key == "a":
-            return stack.Deployment("a", lambda: [stack.SocketioServer(self.server_bin, self.config_broker, w, f"v6-socketio-a{i}")
-                                                  for i in range(2)], broker=True)
+            return stack.Deployment("a", [stack.SocketioServer(self.server_bin, self.config_broker, w, f"v6-socketio-a{i}")
+                                          for i in range(2)], broker=True)
         if key == "b":
-            return stack.Deployment("b", lambda: [stack.SocketioServer(self.server_bin, self.config_alone, w, "v6-socketio-b0")],
+            return stack.Deployment("b", [stack.SocketioServer(self.server_bin, self.config_alone, w, "v6-socketio-b0")],
                                     broker=False)
-        return stack.Deployment("c", lambda: [stack.Vantage6Server(self.venv, self.wsgi_file, self.config_broker, w, f"vantage6-c{i}")
-                                              for i in range(2)], broker=True)
+        return stack.Deployment("c", [stack.Vantage6Server(self.venv, self.wsgi_file, self.config_broker, w, f"vantage6-c{i}")
+                                      for i in range(2)], broker=True)
 
     # --- scenarios ---------------------------------------------------------
     def common(self, sub: str, dep: stack.Deployment, fixture: str) -> list[str]:

@@ -293,17 +293,16 @@ class Vantage6Server(Server):
 
 
 class Deployment:
-    """Named server processes started and stopped together; ``urls`` and ``pids`` for the load
-    generator."""
+    """Server processes started and stopped together, each on the same port every time (a
+    restarted deployment is where the load generator's clients reconnect); ``urls`` and
+    ``pids`` for the load generator."""
 
-    def __init__(self, key: str, servers: Callable[[], list[Server]], *, broker: bool):
+    def __init__(self, key: str, servers: list[Server], *, broker: bool):
         self.key = key
-        self._make = servers
+        self.servers = servers
         self.broker = broker
-        self.servers: list[Server] = []
 
     def start(self) -> None:
-        self.servers = self._make()
         try:
             for s in self.servers:
                 s.start()
