@@ -42,7 +42,7 @@ from stack import ROOT, Cleanup, log  # noqa: E402
 
 SCENARIOS = ["fanout-one", "fanout-collabs", "relay", "capacity", "restart"]
 ALIASES = {"fanout": ["fanout-one", "fanout-collabs"], "all": SCENARIOS}
-NO_BROKER = "no broker: the publisher reaches v6-socketio only over RabbitMQ"
+NO_BROKER = "no broker to publish on"
 
 
 @dataclass(frozen=True)

@@ -372,7 +372,7 @@ def svg(lines: list[dict]) -> str:
         p99 = (line.get("latency_ms") or {}).get("p99")
         points.setdefault((line.get("label"), line.get("topology") or "one"), []).append(
             (float(line["offered_per_s"]), line.get("deliveries_per_s"), p99, failure(line) is not None))
-    width, height = 1000, 470
+    width, height = 1040, 470
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
              f'<rect width="{width}" height="{height}" fill="white"/>']
@@ -422,9 +422,9 @@ def svg(lines: list[dict]) -> str:
                                  f'L{x + 5:.1f},{y - 5:.1f}" stroke="{colour}" stroke-width="2"/>')
                 else:
                     parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{colour}"/>')
-    y = 420
-    x = 80
-    for (label, topology) in sorted(points):
+    y, x = 420, 60
+    order = sorted(points, key=lambda k: (k[0], list(TOPOLOGY_DASH).index(k[1]) if k[1] in TOPOLOGY_DASH else 9))
+    for (label, topology) in order:
         colour = COLOURS.get(label, "#555")
         dash = TOPOLOGY_DASH.get(topology, "2 2")
         name = f"{DEPLOYMENTS.get(label, label)}, {TOPOLOGY_TITLE.get(topology, topology)}"
@@ -433,7 +433,7 @@ def svg(lines: list[dict]) -> str:
         parts.append(f'<text x="{x + 34}" y="{y}">{escape(name)}</text>')
         y += 16
         if y > height - 4:
-            y, x = 420, x + 460
+            y, x = 420, x + 490
     parts.append(f'<text x="{width - 20}" y="{height - 8}" text-anchor="end" fill="#666">'
                  'cross: measurement failed (loss, errors or timeout)</text>')
     parts.append("</svg>")
