@@ -161,6 +161,7 @@ CAPACITY = [
     Figure("KiB per connection", _field("kib_per_connection")),
 ]
 RESTART = [
+    Figure("nodes", _field("connections")),
     Figure("synced again", _field("synced")),
     Figure("failed", _field("failed")),
     Figure("all synced after s", _field("reconnect_s")),
@@ -258,6 +259,17 @@ def markdown(lines: list[dict]) -> str:
     head = ["figure", *(DEPLOYMENTS.get(label, label) for label in labels)]
     if with_ratio:
         head += [f"({label}) ÷ (c)" for label in others]
+    summary = _summary(by_key, labels)
+    if summary:
+        out.append("### summary\n")
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for title, fig_lines, fig in summary:
+            row = [title, *(_cell(fig_lines.get(label), fig, True) for label in labels)]
+            if with_ratio:
+                row += [_ratio(fig_lines.get(label), fig_lines.get(BASELINE), fig) for label in others]
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
     saturated = False
     for i, (_, title) in enumerate(SECTIONS):
         keys = sorted((k for k in by_key if _section_of(k) == i), key=_sort_key)
@@ -291,6 +303,47 @@ def markdown(lines: list[dict]) -> str:
         out.append("† the load generator was saturated (CPU above 90 % of one core): "
                    "that figure is its limit, not the server's.\n")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _best_rate(by_key: dict[tuple, dict[str, dict]], topology: str) -> dict[str, dict]:
+    """Per deployment, its fanout line at the highest offered rate it took without failing."""
+    best: dict[str, dict] = {}
+    for key, per in by_key.items():
+        if key[:2] != ("fanout", topology) or key[2] is None:
+            continue
+        for label, line in per.items():
+            if failure(line) is None and (label not in best or key[2] > best[label]["offered_per_s"]):
+                best[label] = line
+    return best
+
+
+def _summary(by_key: dict[tuple, dict[str, dict]], labels: list[str]) -> list[tuple[str, dict, Figure]]:
+    """The headline rows: p99 per offered rate (one collaboration), the highest rate taken
+    without loss, server CPU per delivery nearest 100k/s, memory per connection, connect and
+    restart times."""
+    rows: list[tuple[str, dict, Figure]] = []
+    p99, cpu = THROUGHPUT[2], THROUGHPUT[7]
+    rates = sorted(k[2] for k in by_key if k[:2] == ("fanout", "one") and k[2] is not None)
+    for r in rates:
+        rows.append((f"fanout p99 ms at {_rate(r)}/s (one collaboration)", by_key[("fanout", "one", r)], p99))
+    for topology in ("one", "collabs"):
+        best = _best_rate(by_key, topology)
+        if best:
+            rows.append((f"fanout: highest offered deliveries/s taken without loss ({TOPOLOGY_TITLE[topology]})",
+                         best, Figure("offered", _field("offered_per_s"))))
+    if rates:
+        near = min(rates, key=lambda r: abs(math.log10(r) - 5))
+        rows.append((f"fanout server CPU µs/delivery at {_rate(near)}/s", by_key[("fanout", "one", near)], cpu))
+    for phase, title in (("fresh", "fresh instance"), ("after_storm", "after the connect storm")):
+        if ("capacity", phase) in by_key:
+            rows.append((f"capacity: KiB per connection, {title}", by_key[("capacity", phase)], CAPACITY[5]))
+    if ("capacity", "fresh") in by_key:
+        rows.append(("capacity: connections/s, fresh instance", by_key[("capacity", "fresh")], CAPACITY[2]))
+    if ("restart",) in by_key:
+        rows.append(("restart: nodes", by_key[("restart",)], RESTART[0]))
+        rows.append(("restart: every node synced again after s", by_key[("restart",)], RESTART[3]))
+    return [(t, per, f) for t, per, f in rows if any(f.get(per[label]) is not None or failure(per[label])
+                                                     for label in labels if label in per)]
 
 
 def _meta_text(meta: dict) -> str:

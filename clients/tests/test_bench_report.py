@@ -69,7 +69,7 @@ def test_table_has_every_figure_per_deployment_and_the_ratio_to_c(results):
     assert [c.strip() for c in header.strip("|").split("|")] == [
         "figure", report.DEPLOYMENTS["a"], report.DEPLOYMENTS["b"], report.DEPLOYMENTS["c"],
         "(a) ÷ (c)", "(b) ÷ (c)"]
-    r = rows(md.split("### ")[1])  # fanout, one collaboration
+    r = rows(md.split("### ")[2])  # fanout, one collaboration (after the summary)
     assert r["10k/s offered: deliveries/s"] == ["9,990", "—", "9,980", "1.00×", "—"]
     assert r["10k/s offered: p99 ms"] == ["8.00", "—", "100", "0.0800×", "—"]
     assert r["10k/s offered: server CPU µs/delivery"] == ["1.25", "—", "—", "—", "—"]
@@ -81,6 +81,22 @@ def test_table_has_every_figure_per_deployment_and_the_ratio_to_c(results):
     assert "† the load generator was saturated" in md
     assert "Run 2026-12-02; commit abc1234; Test CPU, 2 cores, 24 GiB, 6.1; --quick sizes" in md
     assert "    ./scripts/bench.sh --quick" in md
+
+
+def test_summary_has_the_headline_figures(results):
+    md = report.markdown(report.load(results))
+    summary = md.split("### ")[1]
+    assert summary.startswith("summary")
+    r = rows(summary)
+    assert r["fanout p99 ms at 10k/s (one collaboration)"] == ["8.00", "—", "100", "0.0800×", "—"]
+    assert r["fanout p99 ms at 100k/s (one collaboration)"][2] == "2,400 (failed: 37.0 % lost)"
+    # (c) took 10k/s without loss, not 100k/s
+    assert r["fanout: highest offered deliveries/s taken without loss (one collaboration)"] == [
+        "100,000 †", "—", "10,000", "10.0×", "—"]
+    assert r["capacity: KiB per connection, fresh instance"] == [
+        "12.0", "—", "85.0 (failed: 18,010 of 20,000 not synced)", "0.141×", "—"]
+    assert r["restart: nodes"] == ["5,000", "—", "—", "—", "—"]
+    assert r["restart: every node synced again after s"] == ["4.50", "—", "—", "—", "—"]
 
 
 def test_measurements_that_could_not_be_taken_say_why(results):
