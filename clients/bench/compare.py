@@ -138,8 +138,8 @@ def run_loadgen(run: Run, results: Results, logdir: Path, cleanup: Cleanup) -> l
             except json.JSONDecodeError:
                 tail.append(f"stdout: {text}")
                 continue
-            line.setdefault("label", run.label)
-            line.update(run.extra)
+            for k, v in {"label": run.label, **run.extra}.items():
+                line.setdefault(k, v)
             got.append(line)
             results.add(line)
 
@@ -180,8 +180,8 @@ def run_loadgen(run: Run, results: Results, logdir: Path, cleanup: Cleanup) -> l
         error = f"loadgen exited {proc.returncode}: {tail[-1] if tail else ''}"
     for want in run.expected:
         if not any(all(line.get(k) == v for k, v in want.items()) for line in got):
-            line = {**want, "label": run.label, "errors": [error or "no measurement printed"],
-                    "source": "compare", **run.extra}
+            line = {**run.extra, **want, "label": run.label, "errors": [error or "no measurement printed"],
+                    "source": "compare"}
             got.append(line)
             results.add(line)
     if error:
@@ -306,7 +306,8 @@ class Comparison:
                     "--nodes", str(s.fanout_nodes), "--topology", topology,
                     "--rates", ",".join(map(str, s.fanout_rates)), "--duration", str(s.duration_s),
                     "--amqp-uri", self.amqp_uri, "--message-queue-format", "legacy"]
-                run_loadgen(Run(scenario, argv, key, want, self.sweep_timeout(s.fanout_rates)),
+                run_loadgen(Run(scenario, argv, key, want, self.sweep_timeout(s.fanout_rates),
+                                extra={"topology": topology}),
                             self.results, self.logdir, self.cleanup)
             elif scenario == "relay":
                 want = [{"scenario": "relay", "offered_per_s": r} for r in s.relay_rates]
