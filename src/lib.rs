@@ -18,6 +18,7 @@ pub mod broker_metrics;
 pub mod config;
 pub mod database_url;
 pub mod demo;
+pub mod detached_head;
 pub mod emit;
 pub mod generation;
 pub mod http;

@@ -18,6 +18,7 @@ use crate::{
     auth::{KeycloakVerifier, TokenVerifier, Verifier},
     broker_metrics::BrokerCollector,
     config::{Config, ConfigError},
+    detached_head,
     generation::{self, Vantage6Generation},
     http,
     keycloak::{KeycloakError, RealmKey, StartupRetry},
@@ -192,7 +193,11 @@ pub fn app<A: Adapter>(
     metrics: Metrics,
     readiness: http::Readiness,
 ) -> axum::Router {
-    let mut app = http::router(metrics, readiness).layer(layer);
+    let mut app = http::router(metrics, readiness)
+        .layer(layer)
+        // Outside the Socket.IO layer: the session keeps the request head it
+        // sees (see detached_head).
+        .layer(axum::middleware::map_request(detach));
     if config.affinity_cookie {
         // Outside the Socket.IO layer, which answers its requests itself;
         // inside CORS, so that preflight answers get no cookie.
@@ -207,6 +212,10 @@ pub fn app<A: Adapter>(
         config.path.clone(),
         config.cors_allowed_origins.clone(),
     )
+}
+
+async fn detach(req: axum::extract::Request) -> axum::extract::Request {
+    detached_head::detach_head(req)
 }
 
 /// What [`run`] serves: the Socket.IO layer and server over one adapter,
