@@ -56,17 +56,18 @@ class Sizes:
     capacity_connections: int
     restart_nodes: int
     #: vantage6 under uWSGI holds at most --gevent 1000 connections per instance (async cores,
-    #: one per websocket); its restart runs with what two instances can take
-    vantage6_restart_nodes: int
+    #: one per websocket) and connects about 20 nodes/s here: its capacity and restart run with
+    #: at most this many (what two instances can take)
+    vantage6_max_connections: int
     collaboration_size: tuple[int, int] = (5, 20)
     idle_collaboration_size: int = 10
 
 
 FULL = Sizes(fanout_nodes=1000, fanout_rates=[10_000, 30_000, 100_000, 200_000, 300_000],
              relay_rates=[1_000, 10_000, 30_000], duration_s=10, capacity_connections=20_000,
-             restart_nodes=5_000, vantage6_restart_nodes=1_800)
+             restart_nodes=5_000, vantage6_max_connections=1_800)
 QUICK = Sizes(fanout_nodes=100, fanout_rates=[1_000, 5_000], relay_rates=[500, 2_000], duration_s=3,
-              capacity_connections=500, restart_nodes=300, vantage6_restart_nodes=300)
+              capacity_connections=500, restart_nodes=300, vantage6_max_connections=500)
 
 
 # ---------------------------------------------------------------------------
@@ -318,18 +319,19 @@ class Comparison:
                             self.results, self.logdir, self.cleanup)
             elif scenario == "capacity":
                 dep.restart()  # a fresh instance
-                n = s.capacity_connections
+                n = s.capacity_connections if key != "c" else min(s.capacity_connections, s.vantage6_max_connections)
                 want = [{"scenario": "capacity", "phase": p} for p in ("fresh", "after_storm")]
                 argv = self.common("capacity", dep, "idle") + ["--connections", str(n)]
                 run_loadgen(Run(scenario, argv, key, want, 300 + n / 20), self.results, self.logdir, self.cleanup)
             elif scenario == "restart":
                 dep.restart()
-                n = s.vantage6_restart_nodes if key == "c" else s.restart_nodes
+                n = s.restart_nodes if key != "c" else min(s.restart_nodes, s.vantage6_max_connections)
                 argv = self.common("restart", dep, "idle") + ["--connections", str(n)]
 
                 def bounce(dep=dep):
-                    log(f"{key} restart: the load generator is READY; restarting the servers")
-                    dep.restart()
+                    # killed, not stopped: the figure is the reconnection, not a graceful stop
+                    log(f"{key} restart: the load generator is READY; killing and restarting the servers")
+                    dep.restart(kill=True)
 
                 run_loadgen(Run(scenario, argv, key, [{"scenario": "restart"}], 300 + n / 10, on_ready=bounce),
                             self.results, self.logdir, self.cleanup)

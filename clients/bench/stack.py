@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -230,6 +231,12 @@ class Server(Process):
     def pids(self) -> list[int]:
         return process_tree(self.proc.pid) if self.alive() else []
 
+    def signal(self, sig: int) -> None:
+        """Sends ``sig`` to the server's process group (nothing when it is not running)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
     def stop(self, sig=None, timeout: float = 20):
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -302,22 +309,45 @@ class Deployment:
         self.servers = servers
         self.broker = broker
 
-    def start(self) -> None:
+    def start(self, *, together: bool = False) -> None:
+        """Starts every server, one after the other (the first start of vantage6 creates its
+        tables and root user: two at once would race), or ``together`` (a restart)."""
         try:
-            for s in self.servers:
-                s.start()
+            if together:
+                errors: list[Exception] = []
+
+                def start(server: Server) -> None:
+                    try:
+                        server.start()
+                    except Exception as exc:
+                        errors.append(exc)
+
+                threads = [threading.Thread(target=start, args=(s,)) for s in self.servers]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                if errors:
+                    raise errors[0]
+            else:
+                for s in self.servers:
+                    s.start()
         except Exception:
             self.stop()
             raise
         log(f"deployment {self.key} up: " + ", ".join(f"{s.name} {s.url} pid {s.proc.pid}" for s in self.servers))
 
-    def stop(self) -> None:
+    def stop(self, *, kill: bool = False) -> None:
+        """Stops every server at once (signals all, then waits); ``kill``: SIGKILL, no
+        graceful stop."""
+        for s in self.servers:
+            s.signal(signal.SIGKILL if kill else s.stop_signal)
         for s in self.servers:
             s.stop()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+    def restart(self, *, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start(together=True)
 
     @property
     def urls(self) -> list[str]:

@@ -121,6 +121,10 @@ def test_failure_reasons():
     assert report.failure({"connections": 10, "synced": 7, "failed": 0}) == "failed: 3 of 10 not synced"
     assert report.failure({"errors": ["loadgen exited 2: boom | bang"]}) == "failed: loadgen exited 2: boom / bang"
     assert report.failure({"expected": 10, "delivered": 10, "lost": 0}) is None
+    # restart: failed counts reconnection attempts against a server that is down, not nodes
+    assert report.failure({"scenario": "restart", "connections": 300, "synced": 300, "failed": 1280}) is None
+    assert report.failure({"scenario": "restart", "connections": 300, "synced": 290, "failed": 9}) == \
+        "failed: 10 of 300 not synced"
 
 
 def test_chart_is_svg_with_a_series_per_deployment_and_topology(results):
