@@ -111,7 +111,7 @@ pub(super) async fn run(setup: &Setup, rates: &[f64], duration: f64) -> anyhow::
                     Err(_) => {
                         *step_errors
                             .entry("relay sender busy".to_owned())
-                            .or_default() += 1
+                            .or_default() += 1;
                     }
                 }
             } else {
