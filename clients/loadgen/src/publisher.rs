@@ -47,6 +47,7 @@ where
     let mut p = Pacing::default();
     let per_s = per_s.max(1e-9);
     let mut j = 0u64;
+    tokio::time::sleep_until(start).await;
     while j < total {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(start).as_secs_f64();

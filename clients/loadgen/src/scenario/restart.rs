@@ -42,27 +42,37 @@ pub(super) async fn run(
     while state.synced() >= synced && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let down = Instant::now();
+    let lost_at = Instant::now();
     if state.synced() >= synced {
         errors.insert("the server did not go away".to_owned(), 1);
     } else {
-        // Until every server accepts connections again.
+        // The server may serve on while it shuts down: wait until one URL refuses
+        // connections (if none does within the timeout, the loss itself is the start).
         let deadline = Instant::now() + timeout;
-        while !all_accepting(setup).await && Instant::now() < deadline {
+        let mut gone = false;
+        while Instant::now() < deadline && state.synced() < n {
+            if !all_accepting(setup).await {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Until every server accepts connections again.
+        while gone && !all_accepting(setup).await && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let back = Instant::now();
         let failed_before = state.failed.load(Ordering::Acquire);
-        let syncs_before = state.sync_total.load(Ordering::Acquire);
+        let attempts_before = state.attempts.load(Ordering::Acquire);
         let deadline = Instant::now() + timeout;
         while state.synced() < n && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        line.down_s = Some(round3(back.duration_since(down).as_secs_f64()));
+        line.down_s = Some(round3(back.duration_since(lost_at).as_secs_f64()));
         line.reconnect_s = Some(round3(back.elapsed().as_secs_f64()));
         line.failed = Some(state.failed.load(Ordering::Acquire) - failed_before);
+        line.attempts = Some(state.attempts.load(Ordering::Acquire) - attempts_before);
         line.synced = Some(state.synced());
-        line.attempts = Some(state.sync_total.load(Ordering::Acquire) - syncs_before);
         if state.synced() < n {
             errors.insert(
                 format!("only {} of {n} clients synced again", state.synced()),
