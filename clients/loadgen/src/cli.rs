@@ -68,6 +68,13 @@ pub struct Common {
     /// Seconds of pause between two steps.
     #[arg(long, global = true, default_value_t = 1.0)]
     pub pause: f64,
+    /// Processes (fanout, relay): the parent re-executes itself as P-1 workers, each serving
+    /// the clients `i` with `i mod P = k`, and merges their measurements into its lines.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub processes: usize,
+    /// Internal: run as worker `k` of `--processes` (commands on stdin, answers on stdout).
+    #[arg(long, global = true, hide = true)]
+    pub worker: Option<usize>,
     /// Tokio worker threads (default: one per CPU).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
