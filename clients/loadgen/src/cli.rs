@@ -65,6 +65,10 @@ pub struct Common {
     /// Seconds to wait after a step's last event for its deliveries.
     #[arg(long, global = true, default_value_t = 10.0)]
     pub drain_timeout: f64,
+    /// Before the first step, wait until no client received any event for this long (seconds;
+    /// the connect storm's join messages), at most `--sync-timeout`.
+    #[arg(long, global = true, default_value_t = 1.0)]
+    pub quiet_period: f64,
     /// Seconds of pause between two steps.
     #[arg(long, global = true, default_value_t = 1.0)]
     pub pause: f64,

@@ -113,6 +113,12 @@ pub(super) async fn run(
     );
     let mut errors = BTreeMap::new();
     let synced_here = setup.wait_all_synced(&fleet, &mut errors).await;
+    fleet
+        .wait_quiet(
+            Duration::from_secs_f64(c.quiet_period),
+            Duration::from_secs_f64(c.sync_timeout),
+        )
+        .await;
 
     // What a step is made of.
     let topology = match kind {
