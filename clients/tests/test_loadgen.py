@@ -75,6 +75,13 @@ def test_fanout_delivers_every_new_task_once(bench):
         assert_zero_loss(line, 20)
 
 
+def test_fanout_over_two_processes_merges_their_counts(bench):
+    (line,) = loadgen(bench, "--nodes", "20", "--polling-share", "0.25", "--processes", "2",
+                      "fanout", "--rates", "200", "--duration", "1")
+    assert line["processes"] == 2
+    assert_zero_loss(line, 20)
+
+
 def test_relay_delivers_every_status_change_once(bench):
     lines = loadgen(bench, "--nodes", "20", "--polling-share", "0.25",
                     "relay", "--rates", "100,300", "--duration", "1")

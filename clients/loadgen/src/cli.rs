@@ -65,9 +65,20 @@ pub struct Common {
     /// Seconds to wait after a step's last event for its deliveries.
     #[arg(long, global = true, default_value_t = 10.0)]
     pub drain_timeout: f64,
+    /// Before the first step, wait until no client received any event for this long (seconds;
+    /// the connect storm's join messages), at most `--sync-timeout`.
+    #[arg(long, global = true, default_value_t = 1.0)]
+    pub quiet_period: f64,
     /// Seconds of pause between two steps.
     #[arg(long, global = true, default_value_t = 1.0)]
     pub pause: f64,
+    /// Processes (fanout, relay): the parent re-executes itself as P-1 workers, each serving
+    /// the clients `i` with `i mod P = k`, and merges their measurements into its lines.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub processes: usize,
+    /// Internal: run as worker `k` of `--processes` (commands on stdin, answers on stdout).
+    #[arg(long, global = true, hide = true)]
+    pub worker: Option<usize>,
     /// Tokio worker threads (default: one per CPU).
     #[arg(long, global = true)]
     pub threads: Option<usize>,

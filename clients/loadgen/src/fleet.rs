@@ -233,6 +233,25 @@ impl Fleet {
         }
     }
 
+    /// Waits until no client has received an event for `quiet` (at most `timeout`): after a
+    /// connect storm the servers still send every member's join messages to the rooms.
+    pub async fn wait_quiet(&self, quiet: Duration, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = self.shared.events.load(Ordering::Relaxed);
+        let mut since = tokio::time::Instant::now();
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = self.shared.events.load(Ordering::Relaxed);
+            if now != last {
+                last = now;
+                since = tokio::time::Instant::now();
+            } else if since.elapsed() >= quiet {
+                return;
+            }
+        }
+        tracing::warn!("clients still receiving events after the quiet-period timeout");
+    }
+
     /// Tells every client to disconnect and waits for their tasks.
     pub async fn close(self) {
         for m in &self.members {

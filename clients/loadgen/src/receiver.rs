@@ -62,6 +62,9 @@ pub struct Shared {
     pub relay: RelaySchedule,
     /// Fleet counters, set once the fleet exists.
     pub fleet: std::sync::OnceLock<Arc<FleetState>>,
+    /// Events received after `sync`, of any name (to tell when the connect storm's room
+    /// messages have all arrived).
+    pub events: AtomicU64,
 }
 
 impl Shared {
@@ -71,6 +74,7 @@ impl Shared {
             recorder: Recorder::new(),
             relay,
             fleet: std::sync::OnceLock::new(),
+            events: AtomicU64::new(0),
         })
     }
 }
@@ -194,6 +198,7 @@ impl Handler for NodeHandler {
     }
 
     fn event(&mut self, name: &str, args: &str) {
+        self.shared.events.fetch_add(1, Ordering::Relaxed);
         match name {
             "new_task" => self.new_task(args),
             "algorithm_status_change" => self.status_change(args),

@@ -1,8 +1,8 @@
 //! The scenarios, each printing one JSON line per measurement.
 
 mod capacity;
-mod fanout;
-mod relay;
+mod peers;
+mod rates;
 mod restart;
 
 use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
@@ -15,7 +15,7 @@ use crate::{
     fixture::Fixture,
     fleet::{Fleet, FleetOptions, Plan},
     report::{error_list, round3, Line},
-    stats::{now_us, Tally},
+    stats::Tally,
     sysstat::CpuUse,
     token::Minter,
     transport::{polling, Endpoint},
@@ -112,13 +112,23 @@ impl Setup {
 /// Runs the chosen scenario.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let setup = Setup::new(args.common)?;
+    if setup.common.processes > 1
+        && matches!(
+            args.scenario,
+            Scenario::Capacity { .. } | Scenario::Restart { .. }
+        )
+    {
+        anyhow::bail!("--processes is for fanout and relay only");
+    }
     match args.scenario {
         Scenario::Fanout {
             rates,
             duration,
             topology,
-        } => fanout::run(&setup, &rates, duration, topology).await,
-        Scenario::Relay { rates, duration } => relay::run(&setup, &rates, duration).await,
+        } => rates::run(&setup, rates::Kind::Fanout(topology), &rates, duration).await,
+        Scenario::Relay { rates, duration } => {
+            rates::run(&setup, rates::Kind::Relay, &rates, duration).await
+        }
         Scenario::Capacity {
             connections,
             settle,
@@ -215,10 +225,4 @@ fn finish_errors(line: &mut Line, fleet: &Fleet, mut errors: BTreeMap<String, u6
         *errors.entry("sessions lost".to_owned()).or_default() += lost;
     }
     line.errors = error_list(&errors);
-}
-
-/// Microseconds since the epoch, a few ms ahead (a step's start, for the schedule).
-fn start_soon() -> (tokio::time::Instant, u64) {
-    let lead = Duration::from_millis(20);
-    (tokio::time::Instant::now() + lead, now_us() + 20_000)
 }
