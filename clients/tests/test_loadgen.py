@@ -1,0 +1,104 @@
+"""Smoke run of the load generator (clients/loadgen, binary v6-loadgen) against one v6-socketio
+instance on RabbitMQ: a few nodes (some on long-polling), a few events, nothing lost. Figures
+(latency, CPU, memory) are printed by the load generator, never asserted here."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mq_support
+from compat_support import serving
+from support import REPO, ServerProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import fixture  # noqa: E402
+
+pytestmark = pytest.mark.broker  # uses RabbitMQ: runs in the broker shard (conftest.py)
+broker = pytest.fixture(scope="module")(mq_support.broker_fixture)
+
+LOADGEN = Path(os.environ.get("V6_LOADGEN_BIN", REPO / "target" / "debug" / "v6-loadgen"))
+NODES = 50
+
+
+@pytest.fixture(scope="module")
+def bench(broker, db, jwt_secret, tmp_path_factory):
+    """A seeded fixture (50 nodes in collaborations of 5-10, two runs each) and one server."""
+    if not LOADGEN.exists():
+        pytest.fail(f"{LOADGEN} does not exist: run `cargo build --workspace` or set V6_LOADGEN_BIN")
+    workdir = tmp_path_factory.mktemp(f"loadgen-{db.backend}")
+    seeded = fixture.seed(db.uri, nodes=NODES, collaboration_size=5, collaboration_size_max=10,
+                          runs_per_node=2, secret=jwt_secret)
+    path = workdir / "fixture.json"
+    path.write_text(json.dumps(seeded))
+    srv = ServerProcess(workdir, db, jwt_secret, extra={"rabbitmq": {"uri": broker}},
+                        name=f"loadgen-{db.backend}")
+    with serving(srv, stop=mq_support.stop_serve):
+        yield path, srv, broker
+
+
+def loadgen(bench, *args: str) -> list[dict]:
+    path, srv, broker = bench
+    cmd = [str(LOADGEN), "--fixture", str(path), "--url", srv.url, "--amqp-uri", broker,
+           "--server-pid", str(srv.proc.pid), "--label", "smoke", "--pause", "0.1", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"{cmd} exited {done.returncode}:\n{done.stderr[-4000:]}"
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert lines, f"no result line:\n{done.stderr[-4000:]}"
+    return lines
+
+
+def assert_zero_loss(line: dict, nodes: int):
+    assert line["label"] == "smoke"
+    assert line["nodes"] == nodes
+    assert line["transport"]["polling"] > 0 and line["transport"]["websocket"] > 0
+    assert line["events"] > 0
+    assert line["expected"] > 0
+    assert line["delivered"] == line["expected"], line
+    assert line["lost"] == 0, line
+    assert line["duplicated"] == 0, line
+    assert line["errors"] == [], line
+    assert set(line["latency_ms"]) == {"p50", "p90", "p99", "p999", "max"}
+
+
+def test_fanout_delivers_every_new_task_once(bench):
+    lines = loadgen(bench, "--nodes", "20", "--polling-share", "0.25",
+                    "fanout", "--rates", "100,400", "--duration", "1")
+    assert [line["offered_per_s"] for line in lines] == [100, 400]
+    for line in lines:
+        assert line["scenario"] == "fanout" and line["topology"] == "collabs"
+        assert_zero_loss(line, 20)
+
+
+def test_fanout_over_two_processes_merges_their_counts(bench):
+    (line,) = loadgen(bench, "--nodes", "20", "--polling-share", "0.25", "--processes", "2",
+                      "fanout", "--rates", "200", "--duration", "1")
+    assert line["processes"] == 2
+    assert_zero_loss(line, 20)
+
+
+def test_relay_delivers_every_status_change_once(bench):
+    lines = loadgen(bench, "--nodes", "20", "--polling-share", "0.25",
+                    "relay", "--rates", "100,300", "--duration", "1")
+    assert len(lines) == 2
+    for line in lines:
+        assert line["scenario"] == "relay"
+        assert_zero_loss(line, 20)
+
+
+def test_capacity_connects_and_syncs_every_node(bench):
+    lines = loadgen(bench, "--polling-share", "0.2", "capacity", "--connections", str(NODES),
+                    "--settle", "0.2")
+    assert [line["phase"] for line in lines] == ["fresh", "after_storm"]
+    for line in lines:
+        assert line["scenario"] == "capacity"
+        assert line["connections"] == NODES
+        assert line["connected"] == line["synced"] == NODES, line
+        assert line["failed"] == 0, line
+        assert line["errors"] == [], line
+        assert line["rss_after_kib"] > 0 and line["rss_before_kib"] > 0
