@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -213,6 +212,15 @@ class Server(Process):
         super().__init__(name, argv, workdir, env, ready_url=self.url + ready_path, ready_timeout=ready_timeout)
 
     def start(self):
+        self.spawn()
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        self.wait_http(self.ready_url, self.ready_timeout)
+
+    def spawn(self) -> None:
+        """Starts the process without waiting for it. Call it from the main thread: the death
+        signal is sent when the *thread* that forked the child ends."""
         log_file = open(self.log_path, "ab")
         death = self.stop_signal
 
@@ -226,7 +234,6 @@ class Server(Process):
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, preexec_fn=die_with_parent)
         log_file.close()
-        self.wait_http(self.ready_url, self.ready_timeout)
 
     def pids(self) -> list[int]:
         return process_tree(self.proc.pid) if self.alive() else []
@@ -313,22 +320,11 @@ class Deployment:
         """Starts every server, one after the other (the first start of vantage6 creates its
         tables and root user: two at once would race), or ``together`` (a restart)."""
         try:
-            if together:
-                errors: list[Exception] = []
-
-                def start(server: Server) -> None:
-                    try:
-                        server.start()
-                    except Exception as exc:
-                        errors.append(exc)
-
-                threads = [threading.Thread(target=start, args=(s,)) for s in self.servers]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                if errors:
-                    raise errors[0]
+            if together:  # all spawned at once (from this thread), then waited for
+                for s in self.servers:
+                    s.spawn()
+                for s in self.servers:
+                    s.wait_ready()
             else:
                 for s in self.servers:
                     s.start()
