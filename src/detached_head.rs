@@ -16,7 +16,13 @@ use http::Uri;
 
 /// `req` with its URI and header values in allocations of their own; the
 /// same request otherwise (header order, repeated headers, sensitivity).
+///
+/// Only an Engine.IO handshake (an `EIO` parameter and no `sid`) is copied:
+/// the requests of an open session, and the other routes, are not kept.
 pub fn detach_head(mut req: Request) -> Request {
+    if !opens_session(req.uri()) {
+        return req;
+    }
     if let Ok(uri) = Uri::try_from(req.uri().to_string()) {
         *req.uri_mut() = uri;
     }
@@ -29,6 +35,13 @@ pub fn detach_head(mut req: Request) -> Request {
         }
     }
     req
+}
+
+/// An Engine.IO request that opens a session (whose head the session keeps).
+fn opens_session(uri: &Uri) -> bool {
+    let mut params = uri.query().unwrap_or("").split('&');
+    let eio = params.clone().any(|p| p.starts_with("EIO="));
+    eio && !params.any(|p| p.starts_with("sid="))
 }
 
 #[cfg(test)]
@@ -52,11 +65,22 @@ mod tests {
     }
 
     #[test]
+    fn only_handshakes_are_copied() {
+        assert!(opens_session(&Uri::from_static(
+            "/socket.io/?EIO=4&transport=polling"
+        )));
+        assert!(!opens_session(&Uri::from_static(
+            "/socket.io/?EIO=4&transport=polling&sid=abc"
+        )));
+        assert!(!opens_session(&Uri::from_static("/metrics")));
+    }
+
+    #[test]
     fn keeps_sensitivity() {
         let mut value = HeaderValue::from_static("Bearer secret");
         value.set_sensitive(true);
         let req = Request::builder()
-            .uri("/")
+            .uri("/socket.io/?EIO=4&transport=polling")
             .header("authorization", value)
             .body(axum::body::Body::empty())
             .unwrap();
