@@ -23,14 +23,11 @@ pub struct Node {
 
 /// Generation 5: what signs the nodes' Keycloak-layout access tokens.
 #[derive(Debug, Clone, Deserialize)]
+/// (The fixture's `public_key_file`, for the servers or a realm stand-in, is not read here.)
 pub struct Keycloak {
     /// The realm's private key, a PKCS#8 (or PKCS#1) PEM file; relative to the fixture's
     /// directory when relative.
     pub private_key_file: PathBuf,
-    /// The realm's public key (SPKI PEM), for the server (`keycloak_public_key_file`) or a
-    /// realm stand-in; the load generator does not read it.
-    #[serde(default)]
-    pub public_key_file: Option<PathBuf>,
     /// The tokens' `iss` (`{KEYCLOAK_URL}/realms/{realm}`; HQ does not check it).
     pub issuer: String,
     /// The `kid` of the tokens' header.
@@ -82,6 +79,7 @@ fn four() -> u8 {
     4
 }
 
+#[derive(Debug)]
 enum ParseOrCheck {
     Parse(serde_json::Error),
     Check(FixtureError),
@@ -207,7 +205,7 @@ mod tests {
 
     #[test]
     fn generation_four_unchanged() {
-        let f = Fixture::parse(V4).ok().expect("parses");
+        let f = Fixture::parse(V4).expect("parses");
         assert_eq!(f.generation, 4);
         assert_eq!(f.jwt_secret_key.as_deref(), Some("s"));
         assert!(f.keycloak.is_none());
@@ -217,7 +215,7 @@ mod tests {
 
     #[test]
     fn generation_five_fields() {
-        let f = Fixture::parse(V5).ok().expect("parses");
+        let f = Fixture::parse(V5).expect("parses");
         assert_eq!(f.generation, 5);
         assert!(f.jwt_secret_key.is_none());
         let kc = f.keycloak.expect("keycloak");
@@ -246,10 +244,12 @@ mod tests {
 
     #[test]
     fn what_a_generation_lacks_is_refused() {
-        let check = |text: &str| Fixture::parse(text).err().map(|e| match e {
-            ParseOrCheck::Check(e) => e.to_string(),
-            ParseOrCheck::Parse(e) => format!("parse: {e}"),
-        });
+        let check = |text: &str| {
+            Fixture::parse(text).err().map(|e| match e {
+                ParseOrCheck::Check(e) => e.to_string(),
+                ParseOrCheck::Parse(e) => format!("parse: {e}"),
+            })
+        };
         let no_secret = V4.replace(r#""jwt_secret_key": "s","#, "");
         assert_eq!(
             check(&no_secret).as_deref(),

@@ -122,7 +122,10 @@ impl Minter {
                 Ok(Self::new_v4(secret))
             }
             5 => {
-                let kc = fixture.keycloak.as_ref().ok_or_else(|| missing("keycloak"))?;
+                let kc = fixture
+                    .keycloak
+                    .as_ref()
+                    .ok_or_else(|| missing("keycloak"))?;
                 let path = &kc.private_key_file;
                 let pem = std::fs::read(path).map_err(|source| TokenError::KeyFile {
                     path: path.clone(),
@@ -194,7 +197,9 @@ impl Minter {
                 lifetime,
                 nodes,
             } => {
-                let node = nodes.get(&node_id).ok_or(TokenError::UnknownNode(node_id))?;
+                let node = nodes
+                    .get(&node_id)
+                    .ok_or(TokenError::UnknownNode(node_id))?;
                 // the layout of a Keycloak client-credentials access token of the node's
                 // service account, with the `vantage6_client_type` claim of HQ's mapper
                 let claims = serde_json::json!({
@@ -267,7 +272,6 @@ mod tests {
             jwt_secret_key: (generation == 4).then(|| "s3cret".to_owned()),
             keycloak: (generation == 5).then(|| Keycloak {
                 private_key_file: key,
-                public_key_file: None,
                 issuer: "http://127.0.0.1:8080/realms/vantage6".to_owned(),
                 kid: "bench-kid".to_owned(),
                 token_lifetime_s: 300,
@@ -279,7 +283,8 @@ mod tests {
 
     #[test]
     fn node_token_claims() {
-        let m = Minter::from_fixture(&fixture(4, key_file(), vec![node(12, None)])).expect("minter");
+        let m =
+            Minter::from_fixture(&fixture(4, key_file(), vec![node(12, None)])).expect("minter");
         assert_eq!(m.generation(), 4);
         let t = m.node_token(12).expect("token");
         let data = decode::<serde_json::Value>(
@@ -301,7 +306,11 @@ mod tests {
     #[test]
     fn keycloak_node_token_claims() {
         let kc_id = "0b7c8e4e-7f0e-4a43-9d6f-2f4f1b1e2c3d";
-        let f = fixture(5, key_file(), vec![node(7, Some(kc_id)), node(8, Some("other"))]);
+        let f = fixture(
+            5,
+            key_file(),
+            vec![node(7, Some(kc_id)), node(8, Some("other"))],
+        );
         let m = Minter::from_fixture(&f).expect("minter");
         assert_eq!(m.generation(), 5);
         let t = m.node_token(7).expect("token");
@@ -312,13 +321,18 @@ mod tests {
         v.set_audience(&["account"]);
         v.set_issuer(&["http://127.0.0.1:8080/realms/vantage6"]);
         let key = DecodingKey::from_rsa_pem(REALM_PUB.as_bytes()).expect("public key");
-        let c = decode::<serde_json::Value>(&t, &key, &v).expect("valid").claims;
+        let c = decode::<serde_json::Value>(&t, &key, &v)
+            .expect("valid")
+            .claims;
         assert_eq!(c["sub"], kc_id);
         assert_eq!(c["typ"], "Bearer");
         assert_eq!(c["vantage6_client_type"], "node");
         assert_eq!(c["azp"], "bench-node-7-node-client");
         assert_eq!(c["client_id"], "bench-node-7-node-client");
-        assert_eq!(c["preferred_username"], "service-account-bench-node-7-node-client");
+        assert_eq!(
+            c["preferred_username"],
+            "service-account-bench-node-7-node-client"
+        );
         assert_eq!(c["exp"].as_u64(), c["iat"].as_u64().map(|i| i + 300));
         assert_eq!(c["jti"].as_str().map(str::len), Some(36));
         // what the server refuses for a 5.x token must not be there
@@ -343,7 +357,11 @@ mod tests {
 
     #[test]
     fn generation_five_needs_a_readable_rsa_key() {
-        let absent = fixture(5, PathBuf::from("/nonexistent/realm-key.pem"), vec![node(7, Some("kc"))]);
+        let absent = fixture(
+            5,
+            PathBuf::from("/nonexistent/realm-key.pem"),
+            vec![node(7, Some("kc"))],
+        );
         assert!(matches!(
             Minter::from_fixture(&absent),
             Err(TokenError::KeyFile { .. })
