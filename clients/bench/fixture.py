@@ -173,9 +173,10 @@ def seed(database_url: str, *, nodes: int, collaboration_size: int,
         slots = [(c, o) for c, members in enumerate(layout.members) for o in members]
         first = conn.execute(select(auth_t.c.id).order_by(auth_t.c.id.desc()).limit(1)).scalar() or 0
         auth_rows = [{"type": "node", "status": "offline"} for _ in slots]
-        if generation == 5:  # the Keycloak service-account user: its tokens' sub
+        if generation == 5:  # the node's Keycloak service-account user (its tokens' sub), client
             for row in auth_rows:
                 row["keycloak_id"] = str(uuid.uuid4())
+                row["keycloak_client_id"] = str(uuid.uuid4())
         _insert(conn, auth_t, auth_rows)
         auth_ids = [r[0] for r in conn.execute(
             select(auth_t.c.id).where(auth_t.c.id > first, auth_t.c.type == "node").order_by(auth_t.c.id)).all()]
@@ -189,7 +190,6 @@ def seed(database_url: str, *, nodes: int, collaboration_size: int,
                 select(auth_t.c.id, auth_t.c.keycloak_id).where(auth_t.c.id.in_(auth_ids))).all())
             for row in node_rows:
                 row.pop("api_key")  # 5.x nodes authenticate through Keycloak
-                row["keycloak_client_id"] = str(uuid.uuid4())  # the node's Keycloak client
         _insert(conn, node_t, node_rows)
 
         _insert(conn, task_t, [{"name": f"{prefix}-task-{c}", "image": "bench/none",
