@@ -306,22 +306,22 @@ mod tests {
     #[test]
     fn keycloak_node_token_claims() {
         let kc_id = "0b7c8e4e-7f0e-4a43-9d6f-2f4f1b1e2c3d";
-        let f = fixture(
+        let fx = fixture(
             5,
             key_file(),
             vec![node(7, Some(kc_id)), node(8, Some("other"))],
         );
-        let m = Minter::from_fixture(&f).expect("minter");
-        assert_eq!(m.generation(), 5);
-        let t = m.node_token(7).expect("token");
-        let header = decode_header(&t).expect("header");
+        let minter = Minter::from_fixture(&fx).expect("minter");
+        assert_eq!(minter.generation(), 5);
+        let token = minter.node_token(7).expect("token");
+        let header = decode_header(&token).expect("header");
         assert_eq!(header.alg, Algorithm::RS256);
         assert_eq!(header.kid.as_deref(), Some("bench-kid"));
-        let mut v = Validation::new(Algorithm::RS256);
-        v.set_audience(&["account"]);
-        v.set_issuer(&["http://127.0.0.1:8080/realms/vantage6"]);
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&["account"]);
+        validation.set_issuer(&["http://127.0.0.1:8080/realms/vantage6"]);
         let key = DecodingKey::from_rsa_pem(REALM_PUB.as_bytes()).expect("public key");
-        let c = decode::<serde_json::Value>(&t, &key, &v)
+        let c = decode::<serde_json::Value>(&token, &key, &validation)
             .expect("valid")
             .claims;
         assert_eq!(c["sub"], kc_id);
@@ -335,16 +335,18 @@ mod tests {
         );
         assert_eq!(c["exp"].as_u64(), c["iat"].as_u64().map(|i| i + 300));
         assert_eq!(c["jti"].as_str().map(str::len), Some(36));
-        // what the server refuses for a 5.x token must not be there
+        // a Keycloak access token has no flask-jwt-extended `type` claim
         assert!(c.get("type").is_none());
         // a fresh jti per token, each node its own subject
-        let again = decode::<serde_json::Value>(&m.node_token(7).expect("token"), &key, &v)
-            .expect("valid")
-            .claims;
+        let again =
+            decode::<serde_json::Value>(&minter.node_token(7).expect("token"), &key, &validation)
+                .expect("valid")
+                .claims;
         assert_ne!(again["jti"], c["jti"]);
-        let other = decode::<serde_json::Value>(&m.node_token(8).expect("token"), &key, &v)
-            .expect("valid")
-            .claims;
+        let other =
+            decode::<serde_json::Value>(&minter.node_token(8).expect("token"), &key, &validation)
+                .expect("valid")
+                .claims;
         assert_eq!(other["sub"], "other");
     }
 
