@@ -4,7 +4,7 @@ a generation-5 fixture (clients/bench/fixture.py: HQ 5.0.3's tables, every node 
 public key, and one ``v6-socketio serve`` configured for 5.x as the suite's session server is
 (``vantage6_generation: 5``, ``KEYCLOAK_URL``/``KEYCLOAK_REALM``, RabbitMQ). The load generator
 mints the nodes' RS256 tokens itself; every client must connect and sync, and every published
-event reach each member of its room once. Figures (latency, CPU, memory) are printed by the
+event (fanout) or relayed status change (relay) reach each member of its room once. Figures (latency, CPU, memory) are printed by the
 load generator, never asserted here."""
 from __future__ import annotations
 
@@ -99,6 +99,19 @@ def test_fanout_reaches_every_keycloak_node_once(bench):
         assert line["scenario"] == "fanout" and line["topology"] == "collabs"
         assert line["nodes"] == NODES
         assert line["transport"]["polling"] > 0 and line["transport"]["websocket"] > 0
+        assert line["events"] > 0 and line["expected"] > 0
+        assert line["delivered"] == line["expected"], line
+        assert line["lost"] == 0, line
+        assert line["duplicated"] == 0, line
+        assert line["errors"] == [], line
+
+
+def test_relay_reaches_every_keycloak_node_once(bench):
+    lines = loadgen(bench, "--polling-share", "0.25", "relay", "--rates", "50,150",
+                    "--duration", "1")
+    assert len(lines) == 2
+    for line in lines:
+        assert line["scenario"] == "relay" and line["nodes"] == NODES
         assert line["events"] > 0 and line["expected"] > 0
         assert line["delivered"] == line["expected"], line
         assert line["lost"] == 0, line

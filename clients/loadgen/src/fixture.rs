@@ -21,9 +21,9 @@ pub struct Node {
     pub keycloak_id: Option<String>,
 }
 
-/// Generation 5: what signs the nodes' Keycloak-layout access tokens.
+/// Generation 5: what signs the nodes' Keycloak-layout access tokens. (The fixture's
+/// `public_key_file`, for the servers or a realm stand-in, is not read here.)
 #[derive(Debug, Clone, Deserialize)]
-/// (The fixture's `public_key_file`, for the servers or a realm stand-in, is not read here.)
 pub struct Keycloak {
     /// The realm's private key, a PKCS#8 (or PKCS#1) PEM file; relative to the fixture's
     /// directory when relative.
