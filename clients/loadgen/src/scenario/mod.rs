@@ -35,7 +35,7 @@ impl Setup {
     fn new(common: Common) -> anyhow::Result<Self> {
         let mut fixture = Fixture::load(&common.fixture)?;
         fixture.truncate_nodes(common.nodes);
-        let minter = Minter::new(&fixture.jwt_secret_key, fixture.generation)?;
+        let minter = Minter::from_fixture(&fixture)?;
         let endpoints = common
             .urls
             .iter()
