@@ -29,11 +29,13 @@ pub struct Pacing {
 }
 
 impl Pacing {
-    /// Whether the loop could not hold the rate (an event more than 50 ms late, or the whole
-    /// run 2 % longer than planned).
+    /// Whether the loop could not hold the rate: the whole run took 2 % longer than planned.
+    ///
+    /// A single late event is not: latency is measured from the time an event is actually
+    /// published, so a scheduling hiccup of the load generator delays a few events without
+    /// changing what is measured; it shows as [`Pacing::max_lag`] in the result.
     pub fn behind(&self, planned: Duration) -> bool {
-        self.max_lag > Duration::from_millis(50)
-            || self.elapsed.as_secs_f64() > planned.as_secs_f64() * 1.02 + 0.01
+        self.elapsed.as_secs_f64() > planned.as_secs_f64() * 1.02 + 0.01
     }
 }
 
@@ -148,5 +150,21 @@ mod tests {
         assert_eq!(times.len(), 100);
         assert!(!p.behind(Duration::from_millis(100)));
         assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn behind_means_the_rate_was_not_held_not_one_late_event() {
+        let planned = Duration::from_secs(10);
+        let hiccup = Pacing {
+            events: 3000,
+            max_lag: Duration::from_millis(300),
+            elapsed: Duration::from_millis(10_050),
+        };
+        assert!(!hiccup.behind(planned));
+        let slow = Pacing {
+            elapsed: Duration::from_millis(10_300),
+            ..hiccup
+        };
+        assert!(slow.behind(planned));
     }
 }
