@@ -317,3 +317,53 @@ async fn own_queue_flags_are_a_combination_rabbitmq_4_3_accepts() {
     driver.close().await;
     assert_eq!(listed_queue(&name), None, "a graceful close deletes it");
 }
+
+/// `messages_unacknowledged` of a queue, as `rabbitmqctl list_queues` reports it.
+fn unacknowledged(name: &str) -> Option<u64> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--formatter", "json", "-p", "/"])
+        .args(["name", "messages_unacknowledged"])
+        .output()
+        .expect("rabbitmqctl is needed for this test");
+    assert!(out.status.success(), "rabbitmqctl list_queues failed");
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON list");
+    list.into_iter()
+        .find(|q| q["name"] == name)?
+        .get("messages_unacknowledged")?
+        .as_u64()
+}
+
+/// Deliveries are acknowledged several at a time: a burst larger than both the prefetch and the
+/// acknowledgement batch arrives whole and in order (the consumer never waits for an
+/// acknowledgement it did not send), and once it is handled nothing stays unacknowledged (which
+/// would be delivered again after a reconnection).
+#[tokio::test]
+async fn bursts_are_acknowledged_in_batches_and_completely() {
+    let _lock = BrokerLock::shared();
+    let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("ackbatch"));
+    for prefetch in [4, 256] {
+        let cfg = config(cleanup.exchange()).with_prefetch(prefetch);
+        let a = AmqpDriver::connect(cfg.clone()).await.unwrap();
+        cleanup.queue(a.queue_name());
+        let publisher = AmqpDriver::connect_publisher(cfg).await.unwrap();
+        let mut sa = a.subscribe().unwrap();
+        let sent: Vec<Vec<u8>> = (0..300)
+            .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+            .collect();
+        // All published before any is read: they pile up in the consumer as a burst.
+        for m in &sent {
+            publisher.publish(m.clone()).await.unwrap();
+        }
+        for m in &sent {
+            assert_eq!(&recv(&mut sa).await, m, "prefetch {prefetch}");
+        }
+        eventually_within(
+            "every delivery acknowledged",
+            Duration::from_secs(20),
+            || async { unacknowledged(a.queue_name()) == Some(0) },
+        )
+        .await;
+        a.close().await;
+        publisher.close().await;
+    }
+}
