@@ -102,3 +102,21 @@ def test_capacity_connects_and_syncs_every_node(bench):
         assert line["failed"] == 0, line
         assert line["errors"] == [], line
         assert line["rss_after_kib"] > 0 and line["rss_before_kib"] > 0
+
+
+def test_capacity_over_two_processes_adds_up_their_clients(bench):
+    lines = loadgen(bench, "--polling-share", "0.2", "--processes", "2", "capacity",
+                    "--connections", str(NODES), "--settle", "0.2")
+    assert [line["phase"] for line in lines] == ["fresh", "after_storm"]
+    for line in lines:
+        assert line["scenario"] == "capacity" and line["processes"] == 2
+        assert line["connections"] == line["nodes"] == NODES
+        assert line["transport"]["websocket"] + line["transport"]["polling"] == NODES
+        assert line["transport"]["polling"] == NODES // 5
+        # every client of both processes, counted once
+        assert line["connected"] == line["synced"] == NODES, line
+        assert line["attempts"] == NODES and line["failed"] == 0, line
+        assert line["errors"] == [], line
+        assert line["rss_after_kib"] > 0 and line["rss_before_kib"] > 0
+        assert line["kib_per_connection"] is not None
+    assert lines[1]["rss_disconnected_kib"] > 0
