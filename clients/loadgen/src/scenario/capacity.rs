@@ -53,9 +53,7 @@ pub(super) async fn run(setup: &Setup, connections: usize, settle: f64) -> anyho
         line.failed = Some(merged.failed);
         line.attempts = Some(merged.attempts);
         line.connect_s = Some(round3(merged.connect_s));
-        line.connect_per_s = Some(round3(
-            merged.synced as f64 / merged.connect_s.max(1e-9),
-        ));
+        line.connect_per_s = Some(round3(merged.synced as f64 / merged.connect_s.max(1e-9)));
         line.rss_before_kib = baseline;
         line.rss_disconnected_kib = disconnected;
         line.rss_after_kib = after;
@@ -190,7 +188,12 @@ mod tests {
         let start = 1_000_000;
         let parts = [
             part(5, 5, start + 2_000_000, &[("connect: timeout", 1)]),
-            part(5, 5, start + 3_500_000, &[("connect: timeout", 2), ("sessions lost", 1)]),
+            part(
+                5,
+                5,
+                start + 3_500_000,
+                &[("connect: timeout", 2), ("sessions lost", 1)],
+            ),
             part(4, 4, start + 500_000, &[]),
         ];
         let m = merge_connect(&parts, start);

@@ -201,7 +201,9 @@ mod tests {
     #[test]
     fn clients_not_back_are_counted_over_every_process() {
         let mut stuck = part(5, 3, (0, 10, 20));
-        stuck.errors.insert("the server did not go away".to_owned(), 1);
+        stuck
+            .errors
+            .insert("the server did not go away".to_owned(), 1);
         stuck.went_away = false;
         let parts = [part(5, 5, (0, 10, 20)), part(4, 2, (0, 10, 30)), stuck];
         let mut line = Line::default();
@@ -227,13 +229,15 @@ mod tests {
         let mut line = Line::default();
         let mut errors = BTreeMap::new();
         merge_restart(&[p.clone(), p], &mut line, &mut errors);
-        assert_eq!((line.down_s, line.reconnect_s, line.synced), (None, None, None));
+        assert_eq!(
+            (line.down_s, line.reconnect_s, line.synced),
+            (None, None, None)
+        );
         assert_eq!(line.connected, Some(10));
         assert_eq!(errors.get("the server did not go away"), Some(&2));
-        let back: RestartPart = serde_json::from_str(
-            &serde_json::to_string(&part(1, 1, (1, 2, 3))).expect("json"),
-        )
-        .expect("part");
+        let back: RestartPart =
+            serde_json::from_str(&serde_json::to_string(&part(1, 1, (1, 2, 3))).expect("json"))
+                .expect("part");
         assert_eq!(back, part(1, 1, (1, 2, 3)));
     }
 }
