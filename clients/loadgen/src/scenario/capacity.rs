@@ -2,10 +2,11 @@
 //! marginal resident memory per connection, on a fresh server ("fresh") and after every client
 //! disconnected and reconnected at once ("after_storm").
 //!
-//! With `--processes P` every process connects its share of the clients (client `i`: process
-//! `i mod P`) when the parent says `Connect`, waits for them, lets the servers settle and answers
-//! with its counters; the parent adds them up, reads the servers' memory once and prints the
-//! line. `Disconnect` closes every process's clients before the next phase.
+//! With `--processes P` every worker says `Ready` once started; then every process connects its
+//! share of the clients (client `i`: process `i mod P`) when the parent says `Connect`, waits for
+//! them, lets the servers settle and answers with its counters; the parent adds them up, reads
+//! the servers' memory once and prints the line. `Disconnect` closes every process's clients
+//! before the next phase.
 
 use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
 
@@ -33,6 +34,8 @@ pub(super) async fn run(setup: &Setup, connections: usize, settle: f64) -> anyho
     let full = setup.plan(connections);
     let processes = setup.processes();
     let mut peers = setup.spawn_workers(connections)?;
+    // the workers have read the fixture: their start-up is not part of the connect time
+    peers.ready().await?;
     let baseline = rss_sum_kib(&c.server_pids);
     let mut disconnected = None;
     for phase in ["fresh", "after_storm"] {
@@ -78,6 +81,7 @@ pub(super) async fn run(setup: &Setup, connections: usize, settle: f64) -> anyho
 /// Worker `k`: connects its clients on `Connect`, closes them on `Disconnect`.
 async fn worker(setup: &Setup, local: &Plan, settle: Duration) {
     let mut parent = Parent::new();
+    parent.answer(&FromWorker::Ready { synced: 0 });
     let mut fleet: Option<Fleet> = None;
     loop {
         match parent.next().await {
