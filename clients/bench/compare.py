@@ -69,6 +69,51 @@ FULL = Sizes(fanout_nodes=1000, fanout_rates=[10_000, 30_000, 100_000, 200_000, 
 QUICK = Sizes(fanout_nodes=100, fanout_rates=[1_000, 5_000], relay_rates=[500, 2_000], duration_s=3,
               capacity_connections=500, restart_nodes=300, vantage6_max_connections=500)
 
+#: sockets one load generator process may need at most: the open-files limit is per process
+#: (20,000 hard here, not raisable), so capacity and restart spread larger fleets over processes
+SOCKETS_PER_LOADGEN_PROCESS = 9_000
+#: open files a server process keeps for what is not a connection (listeners, database, broker,
+#: logs): a deployment holds at most (its servers' limit − this) connections per server
+SERVER_FD_MARGIN = 200
+
+
+def loadgen_processes(clients: int) -> int:
+    """How many processes the load generator runs for ``clients`` websocket clients (one
+    socket each) so that none needs more than SOCKETS_PER_LOADGEN_PROCESS."""
+    return max(1, -(-clients // SOCKETS_PER_LOADGEN_PROCESS))
+
+
+def open_files_limit(pid: int) -> int | None:
+    """The (soft, i.e. effective) open-files limit of a running process, from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/limits").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("Max open files"):
+            soft = line[len("Max open files"):].split()[0]
+            return None if soft == "unlimited" else int(soft)
+    return None
+
+
+def connection_cap(limits: list[int | None]) -> tuple[int, int] | None:
+    """What the servers (their open-files limits; clients spread round-robin over them) can
+    hold: ``(connections, the smallest limit)``, or None when no limit is known."""
+    known = [n for n in limits if n is not None]
+    if not known or len(known) != len(limits):
+        return None
+    limit = min(known)
+    return max(0, limit - SERVER_FD_MARGIN) * len(limits), limit
+
+
+def capped(wanted: int, cap: tuple[int, int] | None) -> tuple[int, str | None]:
+    """``wanted`` connections within the cap, and the note saying so when it cut them."""
+    if cap is None or wanted <= cap[0]:
+        return wanted, None
+    return cap[0], (f"capped at {cap[0]:,} connections (of {wanted:,}) by the servers' open-files "
+                    f"limit {cap[1]:,} (− {SERVER_FD_MARGIN} per server process)")
+
+
 
 # ---------------------------------------------------------------------------
 # the results file
@@ -283,6 +328,11 @@ class Comparison:
             argv += ["--server-pid", str(pid)]
         return argv
 
+    @staticmethod
+    def processes(clients: int) -> list[str]:
+        p = loadgen_processes(clients)
+        return ["--processes", str(p)] if p > 1 else []
+
     def sweep_timeout(self, rates: list[int]) -> float:
         return 180 + len(rates) * (self.sizes.duration_s + 30)
 
@@ -320,13 +370,18 @@ class Comparison:
             elif scenario == "capacity":
                 dep.restart()  # a fresh instance
                 n = s.capacity_connections if key != "c" else min(s.capacity_connections, s.vantage6_max_connections)
+                n, note = capped(n, connection_cap([open_files_limit(srv.proc.pid) for srv in dep.servers
+                                                    if srv.proc is not None]))
+                if note:
+                    log(f"{key} capacity: {note}")
                 want = [{"scenario": "capacity", "phase": p} for p in ("fresh", "after_storm")]
-                argv = self.common("capacity", dep, "idle") + ["--connections", str(n)]
-                run_loadgen(Run(scenario, argv, key, want, 300 + n / 20), self.results, self.logdir, self.cleanup)
+                argv = self.common("capacity", dep, "idle") + ["--connections", str(n)] + self.processes(n)
+                run_loadgen(Run(scenario, argv, key, want, 300 + n / 20, extra={"note": note} if note else {}),
+                            self.results, self.logdir, self.cleanup)
             elif scenario == "restart":
                 dep.restart()
                 n = s.restart_nodes if key != "c" else min(s.restart_nodes, s.vantage6_max_connections)
-                argv = self.common("restart", dep, "idle") + ["--connections", str(n)]
+                argv = self.common("restart", dep, "idle") + ["--connections", str(n)] + self.processes(n)
 
                 def bounce(dep=dep):
                     # killed, not stopped: the figure is the reconnection, not a graceful stop
@@ -420,9 +475,6 @@ def main(argv: list[str] | None = None) -> int:
                          "machine": machine(), "quick": a.quick, "sizes": asdict(sizes),
                          "deployments": {k: report.DEPLOYMENTS[k] for k in a.only}, "scenarios": a.scenarios,
                          "command": "./scripts/bench.sh " + " ".join(argv if argv is not None else sys.argv[1:])})
-        if machine()["open_files"] < sizes.capacity_connections + 1000:
-            log(f"warning: the open-files limit is {machine()['open_files']}: capacity with "
-                f"{sizes.capacity_connections} connections on one process may fail for that reason")
         for key in a.only:
             try:
                 cmp.run_deployment(key, a.scenarios)

@@ -214,6 +214,18 @@ def _sizes_note(lines: list[dict]) -> str:
     return ", ".join(_num(n) for n in nodes)
 
 
+def _notes(lines: list[dict], labels: list[str]) -> list[str]:
+    """``- (deployment): note`` for every distinct note of a section's lines (compare.py's,
+    e.g. capacity connections capped by the servers' open-files limit), in deployment order."""
+    seen: dict[str, list[str]] = {}
+    for line in lines:
+        note = line.get("note")
+        if note and note not in seen.setdefault(line.get("label"), []):
+            seen[line.get("label")].append(note)
+    order = labels + sorted(set(seen) - set(labels), key=str)
+    return [f"- {DEPLOYMENTS.get(label, label)}: {note}" for label in order for note in seen.get(label, [])]
+
+
 def labels_in(lines: Iterable[dict]) -> list[str]:
     """The deployments present, in key order (a, b, c, then any other label)."""
     found = {line.get("label") for line in lines if line.get("scenario") != "meta" and line.get("label")}
@@ -297,6 +309,10 @@ def markdown(lines: list[dict]) -> str:
                 out.append("| " + " | ".join(row) + " |")
             saturated |= any(line.get("loadgen_saturated") for line in per.values())
         out.append("")
+        notes = _notes(group_lines, labels)
+        if notes:
+            out.extend(notes)
+            out.append("")
     for line in data:
         if line.get("scenario") in ("deployment", "preflight") and line.get("errors"):
             out.append(f"- {DEPLOYMENTS.get(line.get('label'), line.get('label'))}: "

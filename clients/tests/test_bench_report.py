@@ -41,6 +41,14 @@ RESULTS = [
      "rss_before_kib": 10000, "rss_after_kib": 250000, "kib_per_connection": 12.0},
     {"scenario": "capacity", "label": "c", "phase": "fresh", "connections": 20000, "connected": 1990,
      "synced": 1990, "failed": 18010, "connect_per_s": 60.0, "kib_per_connection": 85.0},
+    {"scenario": "capacity", "label": "b", "phase": "fresh", "connections": 19800, "connected": 19800,
+     "synced": 19800, "failed": 0, "connect_per_s": 2000.0, "processes": 3, "kib_per_connection": 11.0,
+     "note": "capped at 19,800 connections (of 20,000) by the servers' open-files limit 20,000 "
+             "(− 200 per server process)"},
+    {"scenario": "capacity", "label": "b", "phase": "after_storm", "connections": 19800, "connected": 19800,
+     "synced": 19800, "failed": 0, "processes": 3, "kib_per_connection": 11.5,
+     "note": "capped at 19,800 connections (of 20,000) by the servers' open-files limit 20,000 "
+             "(− 200 per server process)"},
     {"scenario": "restart", "label": "a", "connections": 5000, "synced": 5000, "failed": 0,
      "reconnect_s": 4.5},
 ]
@@ -94,7 +102,7 @@ def test_summary_has_the_headline_figures(results):
     assert r["fanout: highest offered deliveries/s taken without loss (one collaboration)"] == [
         "100,000 †", "—", "10,000", "10.0×", "—"]
     assert r["capacity: KiB per connection, fresh instance"] == [
-        "12.0", "—", "85.0 (failed: 18,010 of 20,000 not synced)", "0.141×", "—"]
+        "12.0", "11.0", "85.0 (failed: 18,010 of 20,000 not synced)", "0.141×", "0.129×"]
     assert r["restart: nodes"] == ["5,000", "—", "—", "—", "—"]
     assert r["restart: every node synced again after s"] == ["4.50", "—", "—", "—", "—"]
 
@@ -106,9 +114,9 @@ def test_measurements_that_could_not_be_taken_say_why(results):
     assert rows(collabs) == {"10k/s offered: deliveries/s": ["—", "—", "failed: timeout after 300 s", "—", "—"]}
     capacity = next(s for s in sections if s.startswith("capacity"))
     cap = rows(capacity)
-    assert cap["fresh instance: synced"] == ["20,000", "—", "1,990 (failed: 18,010 of 20,000 not synced)",
-                                      "10.1×", "—"]
-    assert cap["fresh instance: KiB per connection"] == ["12.0", "—", "85.0", "0.141×", "—"]
+    assert cap["fresh instance: synced"] == ["20,000", "19,800", "1,990 (failed: 18,010 of 20,000 not synced)",
+                                      "10.1×", "9.95×"]
+    assert cap["fresh instance: KiB per connection"] == ["12.0", "11.0", "85.0", "0.141×", "0.129×"]
     restart = rows(next(s for s in sections if s.startswith("restart")))
     assert restart["all synced after s"] == ["4.50", "—", "—", "—", "—"]  # no (c) line, no ratio
 
@@ -155,3 +163,34 @@ def test_a_broken_line_names_its_number(tmp_path):
     path.write_text('{"scenario": "meta"}\nnot json\n')
     with pytest.raises(ValueError, match=r"r.jsonl:2: not JSON"):
         report.load(path)
+
+
+def test_a_capped_capacity_says_so_once_under_its_table(results):
+    md = report.markdown(report.load(results))
+    capacity = next(s for s in md.split("### ") if s.startswith("capacity"))
+    assert capacity.startswith("capacity: idle node connections — 19,800, 20,000 nodes")
+    note = (f"- {report.DEPLOYMENTS['b']}: capped at 19,800 connections (of 20,000) by the servers' "
+            "open-files limit 20,000 (− 200 per server process)")
+    assert capacity.count("capped at") == 1
+    assert note in capacity.splitlines()
+    # a capped run is not a failed one
+    assert rows(capacity)["after the connect storm: synced"][1] == "19,800"
+
+
+def test_compare_splits_large_fleets_and_caps_at_the_servers_open_files():
+    import compare
+
+    assert [compare.loadgen_processes(n) for n in (1, 300, 9_000, 9_001, 20_000)] == [1, 1, 1, 2, 3]
+    assert all(-(-n // compare.loadgen_processes(n)) <= compare.SOCKETS_PER_LOADGEN_PROCESS
+               for n in (5_000, 19_800, 20_000, 50_000))
+    # one server with 20,000 open files holds 19,800; two hold 20,000 (10,000 each)
+    assert compare.connection_cap([20_000]) == (19_800, 20_000)
+    assert compare.capped(20_000, compare.connection_cap([20_000])) == (
+        19_800, "capped at 19,800 connections (of 20,000) by the servers' open-files limit 20,000 "
+                "(− 200 per server process)")
+    assert compare.capped(20_000, compare.connection_cap([20_000, 20_000])) == (20_000, None)
+    assert compare.capped(20_000, compare.connection_cap([20_000, None])) == (20_000, None)  # unknown: no cap
+    import os
+    import resource
+    assert compare.open_files_limit(os.getpid()) == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert compare.open_files_limit(2**22 + 12345) is None  # no such process

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,67 @@ def test_capacity_connects_and_syncs_every_node(bench):
         assert line["failed"] == 0, line
         assert line["errors"] == [], line
         assert line["rss_after_kib"] > 0 and line["rss_before_kib"] > 0
+
+
+def test_capacity_over_two_processes_adds_up_their_clients(bench):
+    lines = loadgen(bench, "--polling-share", "0.2", "--processes", "2", "capacity",
+                    "--connections", str(NODES), "--settle", "0.2")
+    assert [line["phase"] for line in lines] == ["fresh", "after_storm"]
+    for line in lines:
+        assert line["scenario"] == "capacity" and line["processes"] == 2
+        assert line["connections"] == line["nodes"] == NODES
+        assert line["transport"]["websocket"] + line["transport"]["polling"] == NODES
+        assert line["transport"]["polling"] == NODES // 5
+        # every client of both processes, counted once
+        assert line["connected"] == line["synced"] == NODES, line
+        assert line["attempts"] == NODES and line["failed"] == 0, line
+        assert line["errors"] == [], line
+        assert line["rss_after_kib"] > 0 and line["rss_before_kib"] > 0
+        assert line["kib_per_connection"] is not None
+    assert lines[1]["rss_disconnected_kib"] > 0
+
+
+def test_restart_over_two_processes_waits_for_every_client(broker, db, jwt_secret, tmp_path, bench):
+    """A server of its own (no broker) is killed once the load generator, as two processes,
+    says READY (once), and started again on the same port: one line, every client of both
+    processes synced again."""
+    path = bench[0]
+    srv = ServerProcess(tmp_path, db, jwt_secret, name=f"loadgen-restart-{db.backend}")
+    with serving(srv):
+        cmd = [str(LOADGEN), "--fixture", str(path), "--url", srv.url, "--label", "smoke",
+               "--processes", "2", "--nodes", "20", "--polling-share", "0.25",
+               "restart", "--connections", "20", "--reconnection-delay", "0.2",
+               "--reconnection-delay-max", "1", "--restart-timeout", "60"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stderr: list[str] = []
+        ready = threading.Event()
+
+        def read_stderr():
+            for text in proc.stderr:
+                stderr.append(text)
+                if text.strip() == "READY":
+                    ready.set()
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        try:
+            assert ready.wait(120), f"no READY:\n{''.join(stderr)[-4000:]}"
+            srv.proc.kill()
+            srv.proc.wait(10)
+            srv.start()
+            out, _ = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        reader.join(10)
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}:\n{''.join(stderr)[-4000:]}"
+    assert [t.strip() for t in stderr].count("READY") == 1, "READY once, from the parent"
+    (line,) = [json.loads(t) for t in out.splitlines() if t.strip()]
+    assert line["scenario"] == "restart" and line["processes"] == 2
+    assert line["connections"] == line["nodes"] == 20
+    assert line["transport"] == {"websocket": 15, "polling": 5}
+    assert line["synced"] == line["connected"] == 20, line
+    assert line["attempts"] >= 20, line
+    assert line["down_s"] >= 0 and line["reconnect_s"] >= 0, line
+    assert line["errors"] == [], line

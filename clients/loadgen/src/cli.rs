@@ -72,7 +72,7 @@ pub struct Common {
     /// Seconds of pause between two steps.
     #[arg(long, global = true, default_value_t = 1.0)]
     pub pause: f64,
-    /// Processes (fanout, relay): the parent re-executes itself as P-1 workers, each serving
+    /// Processes: the parent re-executes itself as P-1 workers, each serving
     /// the clients `i` with `i mod P = k`, and merges their measurements into its lines.
     #[arg(long, global = true, default_value_t = 1)]
     pub processes: usize,

@@ -9,6 +9,8 @@ use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
 
 use anyhow::Context as _;
 
+use self::peers::Peers;
+
 use crate::{
     cli::{Args, Common, Scenario},
     client::ClientCtx,
@@ -74,6 +76,38 @@ impl Setup {
         )
     }
 
+    /// Processes of the run (`--processes`, at least 1).
+    fn processes(&self) -> usize {
+        self.common.processes.max(1)
+    }
+
+    /// This process's share of a plan of `count` clients (client `i` belongs to process
+    /// `i mod P`; the parent is process 0).
+    fn local_plan(&self, count: usize) -> Plan {
+        Plan::new(
+            &self.fixture,
+            count,
+            self.ctx.endpoints.len(),
+            self.common.polling_share,
+            (self.common.worker.unwrap_or(0), self.processes()),
+        )
+    }
+
+    /// The parent's handle on its workers (none with one process). Capacity and restart have
+    /// fewer clients than the fixture may have nodes: every process must get one at least.
+    fn spawn_workers(&self, clients: usize) -> anyhow::Result<Peers> {
+        let processes = self.processes();
+        anyhow::ensure!(
+            processes <= clients.max(1),
+            "--processes {processes} is more than the {clients} clients"
+        );
+        if processes > 1 {
+            Peers::spawn(processes)
+        } else {
+            Ok(Peers::none())
+        }
+    }
+
     /// A line with the fields every scenario fills.
     fn line(&self, scenario: &'static str, plan: &Plan) -> Line {
         Line {
@@ -88,6 +122,13 @@ impl Setup {
 
     /// Waits for the fleet to be synced; a shortfall becomes an error of the lines.
     async fn wait_all_synced(&self, fleet: &Fleet, errors: &mut BTreeMap<String, u64>) -> u64 {
+        let synced = self.wait_synced(fleet).await;
+        note_shortfall(errors, synced, fleet.members.len() as u64);
+        synced
+    }
+
+    /// Waits for the fleet to be synced (at most `--sync-timeout`); the clients synced.
+    async fn wait_synced(&self, fleet: &Fleet) -> u64 {
         let n = fleet.members.len() as u64;
         let t = std::time::Instant::now();
         fleet
@@ -100,26 +141,22 @@ impl Setup {
             secs = t.elapsed().as_secs_f64(),
             "clients synced"
         );
-        if synced < n {
-            *errors
-                .entry(format!("only {synced} of {n} clients synced"))
-                .or_default() += 1;
-        }
         synced
+    }
+}
+
+/// `only S of N clients synced` when S < N.
+fn note_shortfall(errors: &mut BTreeMap<String, u64>, synced: u64, n: u64) {
+    if synced < n {
+        *errors
+            .entry(format!("only {synced} of {n} clients synced"))
+            .or_default() += 1;
     }
 }
 
 /// Runs the chosen scenario.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let setup = Setup::new(args.common)?;
-    if setup.common.processes > 1
-        && matches!(
-            args.scenario,
-            Scenario::Capacity { .. } | Scenario::Restart { .. }
-        )
-    {
-        anyhow::bail!("--processes is for fanout and relay only");
-    }
     match args.scenario {
         Scenario::Fanout {
             rates,
@@ -217,12 +254,23 @@ impl StepResult {
 
 /// Adds the fleet's errors and lost sessions to `errors` and sets them on the line.
 fn finish_errors(line: &mut Line, fleet: &Fleet, mut errors: BTreeMap<String, u64>) {
-    for (k, n) in fleet.state.take_errors() {
-        *errors.entry(k).or_default() += n;
-    }
+    add_errors(&mut errors, take_fleet_errors(fleet));
+    line.errors = error_list(&errors);
+}
+
+/// The fleet's errors and lost sessions so far (both reset).
+fn take_fleet_errors(fleet: &Fleet) -> BTreeMap<String, u64> {
+    let mut errors = fleet.state.take_errors();
     let lost = fleet.state.lost.swap(0, Ordering::AcqRel);
     if lost > 0 {
         *errors.entry("sessions lost".to_owned()).or_default() += lost;
     }
-    line.errors = error_list(&errors);
+    errors
+}
+
+/// Adds the counts of `more` to `errors`.
+fn add_errors(errors: &mut BTreeMap<String, u64>, more: BTreeMap<String, u64>) {
+    for (k, n) in more {
+        *errors.entry(k).or_default() += n;
+    }
 }

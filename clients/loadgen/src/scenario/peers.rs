@@ -36,6 +36,10 @@ pub enum ToWorker {
         /// `(collaboration id, events)`.
         events_by_collab: Vec<(u64, u64)>,
     },
+    /// Capacity: start this process's clients and answer `Connected` once they are synced.
+    Connect,
+    /// Capacity: disconnect this process's clients and answer `Closed`.
+    Disconnect,
     /// Disconnect every client and exit.
     Quit,
 }
@@ -50,6 +54,54 @@ pub enum FromWorker {
     },
     /// A step's measurement.
     Part(Part),
+    /// Capacity: this process's clients connected (or the sync timeout passed).
+    Connected(ConnectPart),
+    /// Capacity: this process's clients are disconnected.
+    Closed,
+    /// Restart: this process's clients after the servers' restart.
+    Restarted(RestartPart),
+}
+
+/// One process's connect phase (capacity).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectPart {
+    /// Clients of the process.
+    pub clients: u64,
+    /// Namespace CONNECT acknowledgements (every session).
+    pub connected: u64,
+    /// Clients synced when the wait ended.
+    pub synced: u64,
+    /// Attempts that did not reach `sync`.
+    pub failed: u64,
+    /// Connection attempts.
+    pub attempts: u64,
+    /// When the wait for `sync` ended (every client synced, or the timeout), µs since the epoch.
+    pub done_us: u64,
+    /// Errors counted by the process (a sync shortfall is the parent's, over all processes).
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// One process's view of a server restart (restart).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestartPart {
+    /// Clients of the process.
+    pub clients: u64,
+    /// Whether one of its sessions was lost (the server went away) within the timeout.
+    pub went_away: bool,
+    /// First lost session, µs since the epoch.
+    pub lost_us: u64,
+    /// Every server accepting connections again, µs since the epoch.
+    pub back_us: u64,
+    /// Every client synced again (or the timeout), µs since the epoch.
+    pub done_us: u64,
+    /// Clients synced at the end.
+    pub synced: u64,
+    /// Failed connection attempts after `back_us`.
+    pub failed: u64,
+    /// Connection attempts after `back_us`.
+    pub attempts: u64,
+    /// Errors of the process (not the connection failures while the server was down).
+    pub errors: BTreeMap<String, u64>,
 }
 
 /// One process's measurement of one step.
@@ -212,7 +264,7 @@ impl Peers {
         for a in self.receive().await? {
             match a {
                 FromWorker::Ready { synced: s } => synced += s,
-                FromWorker::Part(_) => anyhow::bail!("worker answered out of turn"),
+                _ => anyhow::bail!("worker answered out of turn"),
             }
         }
         Ok(synced)
@@ -225,7 +277,42 @@ impl Peers {
             .into_iter()
             .map(|a| match a {
                 FromWorker::Part(p) => Ok(p),
-                FromWorker::Ready { .. } => anyhow::bail!("worker answered out of turn"),
+                _ => anyhow::bail!("worker answered out of turn"),
+            })
+            .collect()
+    }
+
+    /// Every worker's connect phase (capacity).
+    pub async fn connected(&mut self) -> anyhow::Result<Vec<ConnectPart>> {
+        self.receive()
+            .await?
+            .into_iter()
+            .map(|a| match a {
+                FromWorker::Connected(p) => Ok(p),
+                _ => anyhow::bail!("worker answered out of turn"),
+            })
+            .collect()
+    }
+
+    /// Waits until every worker has disconnected its clients (capacity).
+    pub async fn closed(&mut self) -> anyhow::Result<()> {
+        for a in self.receive().await? {
+            anyhow::ensure!(
+                matches!(a, FromWorker::Closed),
+                "worker answered out of turn"
+            );
+        }
+        Ok(())
+    }
+
+    /// Every worker's view of the restart.
+    pub async fn restarted(&mut self) -> anyhow::Result<Vec<RestartPart>> {
+        self.receive()
+            .await?
+            .into_iter()
+            .map(|a| match a {
+                FromWorker::Restarted(p) => Ok(p),
+                _ => anyhow::bail!("worker answered out of turn"),
             })
             .collect()
     }
