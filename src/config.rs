@@ -38,6 +38,12 @@ pub const DEFAULT_MAX_PAYLOAD: u64 = 1_000_000;
 /// to it fail. python-socketio's queues are unbounded; a user with the
 /// global event scope receives one join message per collaboration at once.
 pub const DEFAULT_MAX_BUFFER_SIZE: usize = 4096;
+/// Default size in bytes of each websocket's read buffer, and the most one
+/// read from its socket takes. tungstenite grows the buffer for a frame
+/// that needs more, so this bounds what an idle connection holds, not the
+/// messages it may send: vantage6's messages to the server are small; 4096
+/// (engineioxide's default) cost 2.9 KiB more per connection (docs/memory.md).
+pub const DEFAULT_WS_READ_BUFFER_SIZE: usize = 1024;
 /// Default hold of a connection's first server-initiated event (`sync`,
 /// `expired_token`, `invalid_token`) after the CONNECT acknowledgement.
 /// python-socketio's client handles each packet in a thread of its own and
@@ -262,6 +268,8 @@ pub struct Config {
     pub max_payload: u64,
     /// Packets that may be queued for one client.
     pub max_buffer_size: usize,
+    /// Initial size in bytes of each websocket's read buffer.
+    pub ws_read_buffer_size: usize,
     /// The python-socketio message format on the RabbitMQ exchange, when
     /// set; otherwise the generation's (see
     /// [`message_queue_format_for`](Self::message_queue_format_for)).
@@ -411,6 +419,9 @@ own_settings! {
         max_payload: u64 = "V6_SOCKETIO_MAX_PAYLOAD", default(DEFAULT_MAX_PAYLOAD);
         /// Packets that may wait for one slow client before emits to it fail
         max_buffer_size: usize = "V6_SOCKETIO_MAX_BUFFER_SIZE", default(DEFAULT_MAX_BUFFER_SIZE);
+        /// Initial read buffer of each websocket in bytes; grows for a larger frame
+        ws_read_buffer_size: usize = "V6_SOCKETIO_WS_READ_BUFFER_SIZE",
+            default(DEFAULT_WS_READ_BUFFER_SIZE);
         /// python-socketio message format on RabbitMQ: legacy (up to 5.15.0, vantage6 4.15.2)
         /// or args (5.15.1+)
         #[arg(value_parser = data_format_parser())]
@@ -716,6 +727,7 @@ impl Config {
         let sweep_interval = seconds("sweep_interval", own.sweep_interval)?;
         let max_payload = nonzero("max_payload", own.max_payload, "byte")?;
         let max_buffer_size = nonzero("max_buffer_size", own.max_buffer_size, "packet")?;
+        let ws_read_buffer_size = nonzero("ws_read_buffer_size", own.ws_read_buffer_size, "byte")?;
         let instance_name = match own.instance_name {
             Some(name) => instance_name(name)?,
             None => default_instance_name(own.port)?,
@@ -735,6 +747,7 @@ impl Config {
                 sweep_interval,
                 max_payload,
                 max_buffer_size,
+                ws_read_buffer_size,
                 message_queue_format: own.message_queue_format,
                 log_format: own.log_format,
                 instance_name,
@@ -942,7 +955,28 @@ mod tests {
         );
         assert!(c.affinity_cookie);
         assert_eq!(c.first_event_delay, DEFAULT_FIRST_EVENT_DELAY);
+        assert_eq!(c.ws_read_buffer_size, DEFAULT_WS_READ_BUFFER_SIZE);
         assert!(w.0.is_empty());
+    }
+
+    #[test]
+    fn sizes_must_not_be_zero() {
+        for name in ["max_payload", "max_buffer_size", "ws_read_buffer_size"] {
+            let yaml = format!("{MINIMAL}v6_socketio: {{{name}: 0}}\n");
+            let err = Config::from_yaml(&yaml, &ServeOverrides::default()).expect_err(&yaml);
+            assert!(
+                matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
+                "{name}: {err}"
+            );
+            let yaml = format!("{MINIMAL}v6_socketio: {{{name}: 1}}\n");
+            Config::from_yaml(&yaml, &ServeOverrides::default()).expect(&yaml);
+        }
+        let (c, _) = Config::from_yaml(
+            &format!("{MINIMAL}v6_socketio: {{ws_read_buffer_size: 8192}}\n"),
+            &ServeOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.ws_read_buffer_size, 8192);
     }
 
     /// The `serve` flags as clap builds them.
@@ -1052,6 +1086,7 @@ mod tests {
         ("sweep_interval", "1", "2"),
         ("max_payload", "1", "2"),
         ("max_buffer_size", "1", "2"),
+        ("ws_read_buffer_size", "1", "2"),
         ("message_queue_format", "args", "legacy"),
         ("log_format", "json", "text"),
         ("instance_name", "a", "b"),

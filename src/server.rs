@@ -182,6 +182,7 @@ pub fn socketio_builder(config: &Config, ctx: TasksContext) -> SocketIoBuilder {
         .ping_timeout(config.ping_timeout)
         .max_payload(config.max_payload)
         .max_buffer_size(config.max_buffer_size)
+        .ws_read_buffer_size(config.ws_read_buffer_size)
         .with_state(ctx)
 }
 
