@@ -40,7 +40,7 @@ import report  # noqa: E402
 import stack  # noqa: E402
 from stack import ROOT, Cleanup, log  # noqa: E402
 
-SCENARIOS = ["fanout-one", "fanout-collabs", "relay", "capacity", "restart"]
+SCENARIOS = ["fanout-one", "fanout-collabs", "relay", "connect", "capacity", "restart"]
 ALIASES = {"fanout": ["fanout-one", "fanout-collabs"], "all": SCENARIOS}
 NO_BROKER = "no broker to publish on"
 
@@ -55,6 +55,9 @@ class Sizes:
     duration_s: int
     capacity_connections: int
     restart_nodes: int
+    #: `connect`: this many nodes (collaborations of idle_collaboration_size) connecting at once
+    #: to a fresh deployment, until every one has `sync`
+    connect_nodes: int
     #: vantage6 under uWSGI holds at most --gevent 1000 connections per instance (async cores,
     #: one per websocket) and connects about 20 nodes/s here: its capacity and restart run with
     #: at most this many (what two instances can take)
@@ -65,9 +68,9 @@ class Sizes:
 
 FULL = Sizes(fanout_nodes=1000, fanout_rates=[10_000, 30_000, 100_000, 200_000, 300_000],
              relay_rates=[1_000, 10_000, 30_000], duration_s=10, capacity_connections=20_000,
-             restart_nodes=5_000, vantage6_max_connections=1_800)
+             restart_nodes=5_000, connect_nodes=1_000, vantage6_max_connections=1_800)
 QUICK = Sizes(fanout_nodes=100, fanout_rates=[1_000, 5_000], relay_rates=[500, 2_000], duration_s=3,
-              capacity_connections=500, restart_nodes=300, vantage6_max_connections=500)
+              capacity_connections=500, restart_nodes=300, connect_nodes=100, vantage6_max_connections=500)
 
 #: sockets one load generator process may need at most: the open-files limit is per process
 #: (20,000 hard here, not raisable), so capacity and restart spread larger fleets over processes
@@ -366,6 +369,15 @@ class Comparison:
                     "--nodes", str(s.fanout_nodes), "--rates", ",".join(map(str, s.relay_rates)),
                     "--duration", str(s.duration_s)]
                 run_loadgen(Run(scenario, argv, key, want, self.sweep_timeout(s.relay_rates)),
+                            self.results, self.logdir, self.cleanup)
+            elif scenario == "connect":
+                # the capacity scenario's fresh phase at the size of a typical deployment; its
+                # lines say `variant: connect` so that the report keeps them apart
+                dep.restart()  # a fresh instance
+                n = s.connect_nodes if key != "c" else min(s.connect_nodes, s.vantage6_max_connections)
+                want = [{"scenario": "capacity", "phase": p} for p in ("fresh", "after_storm")]
+                argv = self.common("capacity", dep, "idle") + ["--connections", str(n)] + self.processes(n)
+                run_loadgen(Run(scenario, argv, key, want, 300 + n / 20, extra={"variant": "connect"}),
                             self.results, self.logdir, self.cleanup)
             elif scenario == "capacity":
                 dep.restart()  # a fresh instance

@@ -57,6 +57,8 @@ def key_of(line: dict) -> tuple:
         return (s, line.get("topology") or "one", line.get("offered_per_s"))
     if s == "relay":  # always on the collaborations of 5-20
         return (s, None, line.get("offered_per_s"))
+    if s == "capacity" and line.get("variant") == "connect":
+        return ("connect", line.get("phase") or "fresh")
     if s == "capacity":
         return (s, line.get("phase") or "fresh")
     return (s,)
@@ -173,7 +175,7 @@ RESTART = [
 
 
 def _figures(key: tuple) -> list[Figure]:
-    return {"fanout": THROUGHPUT, "relay": THROUGHPUT, "capacity": CAPACITY,
+    return {"fanout": THROUGHPUT, "relay": THROUGHPUT, "capacity": CAPACITY, "connect": CAPACITY,
             "restart": RESTART}.get(key[0], [])
 
 
@@ -181,7 +183,7 @@ def _group_title(key: tuple, sample: dict) -> str:
     s = key[0]
     if s in ("fanout", "relay"):
         return f"{_rate(key[2])}/s offered" if key[2] is not None else "offered rate unknown"
-    if s == "capacity":
+    if s in ("capacity", "connect"):
         return {"fresh": "fresh instance", "after_storm": "after the connect storm"}.get(key[1], str(key[1]))
     return ""
 
@@ -190,6 +192,7 @@ SECTIONS = [
     (("fanout", "one"), "fanout: `new_task` to one collaboration (deliveries/s offered)"),
     (("fanout", "collabs"), "fanout: `new_task` to collaborations of 5-20 nodes"),
     (("relay",), "relay: `algorithm_status_change` re-emitted to the collaboration"),
+    (("connect",), "connect: nodes in collaborations of 10 connecting at once"),
     (("capacity",), "capacity: idle node connections"),
     (("restart",), "restart: every node reconnecting to restarted servers"),
 ]
@@ -204,7 +207,7 @@ def _section_of(key: tuple) -> int | None:
 
 def _sort_key(key: tuple) -> tuple:
     rest = [(0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in key[1:]]
-    if key[0] == "capacity":
+    if key[0] in ("capacity", "connect"):
         rest = [(0 if key[1] == "fresh" else 1, "")]
     return tuple(rest)
 
@@ -359,6 +362,10 @@ def _summary(by_key: dict[tuple, dict[str, dict]], labels: list[str]) -> list[tu
             rows.append((f"capacity: KiB per connection, {title}", by_key[("capacity", phase)], CAPACITY[5]))
     if ("capacity", "fresh") in by_key:
         rows.append(("capacity: connections/s, fresh instance", by_key[("capacity", "fresh")], CAPACITY[2]))
+    if ("connect", "fresh") in by_key:
+        per = by_key[("connect", "fresh")]
+        nodes = _sizes_note(list(per.values()))
+        rows.append((f"connect: {nodes} nodes (collaborations of 10) all synced after s", per, CAPACITY[3]))
     if ("restart",) in by_key:
         rows.append(("restart: nodes", by_key[("restart",)], RESTART[0]))
         rows.append(("restart: every node synced again after s", by_key[("restart",)], RESTART[3]))

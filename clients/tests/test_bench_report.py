@@ -194,3 +194,26 @@ def test_compare_splits_large_fleets_and_caps_at_the_servers_open_files():
     import resource
     assert compare.open_files_limit(os.getpid()) == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert compare.open_files_limit(2**22 + 12345) is None  # no such process
+
+
+def test_connect_lines_are_a_section_of_their_own_and_a_summary_row(tmp_path):
+    connect = [
+        {"scenario": "capacity", "variant": "connect", "label": "a", "phase": "fresh", "connections": 1000,
+         "connected": 1000, "synced": 1000, "failed": 0, "connect_per_s": 2000.0, "connect_s": 0.5},
+        {"scenario": "capacity", "variant": "connect", "label": "a", "phase": "after_storm",
+         "connections": 1000, "connected": 1000, "synced": 1000, "failed": 0, "connect_s": 0.6},
+        {"scenario": "capacity", "variant": "connect", "label": "c", "phase": "fresh", "connections": 1000,
+         "connected": 1000, "synced": 1000, "failed": 0, "connect_per_s": 20.0, "connect_s": 50.0},
+    ]
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in RESULTS + connect) + "\n")
+    md = report.markdown(report.load(path))
+    summary = rows(md.split("### ")[1])
+    assert summary["connect: 1,000 nodes (collaborations of 10) all synced after s"] == [
+        "0.500", "—", "50.0", "0.0100×", "—"]
+    # the capacity rows keep their own (20,000-connection) lines
+    assert summary["capacity: connections/s, fresh instance"][0] == "2,500"
+    section = next(s for s in md.split("### ") if s.startswith("connect:"))
+    r = rows(section)
+    assert r["fresh instance: connect s"] == ["0.500", "—", "50.0", "0.0100×", "—"]
+    assert r["after the connect storm: connect s"][0] == "0.600"
