@@ -201,14 +201,20 @@ impl Drop for RunningSession<'_> {
 }
 
 /// A socket's session: handles its jobs in order until the disconnect.
+///
+/// The task waits for its next job most of its life; each job's future
+/// (database calls, emits) is boxed, so it takes memory while it runs, not
+/// in the task all along (docs/memory.md).
 async fn run_session<A: Adapter>(s: SocketRef<A>, ctx: TasksContext, mut jobs: JobReceiver) {
     let mut session = Session::Unidentified;
-    while let Some(job) = jobs.next().await {
-        match job {
-            Job::Connect => session = connect(&s, &ctx).await,
-            Job::Event(event, data) => handle_event(&s, &ctx, &session, &event, data).await,
+    loop {
+        match jobs.next().await {
+            Job::Connect => session = Box::pin(connect(&s, &ctx)).await,
+            Job::Event(event, data) => {
+                Box::pin(handle_event(&s, &ctx, &session, &event, data)).await;
+            }
             Job::Disconnect(reason) => {
-                disconnect(&s, &ctx, session, reason).await;
+                Box::pin(disconnect(&s, &ctx, session, reason)).await;
                 break;
             }
         }

@@ -9,11 +9,9 @@
 //! socket's session task (in the parent module) handles the jobs one by one.
 
 use std::{
+    collections::VecDeque,
     convert::Infallible,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use serde_json::Value;
@@ -23,7 +21,7 @@ use socketioxide::{
     handler::{FromConnectParts, FromDisconnectParts, FromMessageParts},
     socket::{DisconnectReason, Socket},
 };
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::warn;
 
 use super::TasksContext;
@@ -44,28 +42,107 @@ pub enum Job {
     Disconnect(DisconnectReason),
 }
 
+/// A socket's queue, shared by its [`JobSender`] (in the socket's
+/// extensions) and its [`JobReceiver`] (in the session task).
+///
+/// Not a tokio channel: an `mpsc` channel allocates its first block of 32
+/// slots when it is created, about 2 KiB per connection that an idle
+/// client never uses; this deque allocates when jobs wait and gives the
+/// room back once they are done (docs/memory.md).
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    jobs: VecDeque<Job>,
+    /// `Event` jobs in `jobs` (bounded by [`MAX_QUEUED_EVENTS`]).
+    events: usize,
+    /// The receiver is gone: nothing is queued any more.
+    closed: bool,
+}
+
+/// Slots an empty queue keeps; a larger one (after a burst) is freed.
+const KEPT_CAPACITY: usize = 4;
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        // Never held across a panic that matters: the deque stays consistent.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Why a job was not queued; holds the job.
+enum Refused {
+    /// [`MAX_QUEUED_EVENTS`] events are waiting already.
+    Full(Job),
+    /// The session has ended.
+    Closed,
+}
+
 /// The receiving side, owned by the session task.
 pub struct JobReceiver {
-    rx: mpsc::UnboundedReceiver<Job>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 impl JobReceiver {
-    /// The next job, in arrival order.
-    pub async fn next(&mut self) -> Option<Job> {
-        let job = self.rx.recv().await?;
-        if matches!(job, Job::Event(..)) {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+    /// The next job, in arrival order; waits for one.
+    pub async fn next(&mut self) -> Job {
+        loop {
+            {
+                let mut pending = self.shared.pending();
+                if let Some(job) = pending.jobs.pop_front() {
+                    if matches!(job, Job::Event(..)) {
+                        pending.events -= 1;
+                    }
+                    if pending.jobs.is_empty() && pending.jobs.capacity() > KEPT_CAPACITY {
+                        pending.jobs.shrink_to(KEPT_CAPACITY);
+                    }
+                    return job;
+                }
+            }
+            // `notify_one` keeps a permit when nobody waits, so a job queued
+            // between the check above and this wait is not missed.
+            self.shared.ready.notified().await;
         }
-        Some(job)
+    }
+}
+
+impl Drop for JobReceiver {
+    fn drop(&mut self) {
+        let mut pending = self.shared.pending();
+        pending.closed = true;
+        pending.jobs = VecDeque::new();
+        pending.events = 0;
     }
 }
 
 /// The sending side, kept in the socket's extensions.
 #[derive(Clone)]
 struct JobSender {
-    tx: mpsc::UnboundedSender<Job>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+impl JobSender {
+    fn send(&self, job: Job) -> Result<(), Refused> {
+        {
+            let mut pending = self.shared.pending();
+            if pending.closed {
+                return Err(Refused::Closed);
+            }
+            if matches!(job, Job::Event(..)) {
+                if pending.events >= MAX_QUEUED_EVENTS {
+                    return Err(Refused::Full(job));
+                }
+                pending.events += 1;
+            }
+            pending.jobs.push_back(job);
+        }
+        self.shared.ready.notify_one();
+        Ok(())
+    }
 }
 
 /// Connect-handler extractor: creates the socket's queue with a `Connect`
@@ -81,17 +158,16 @@ impl<A: Adapter> FromConnectParts<A> for SessionStart {
         s: &Arc<Socket<A>>,
         _: &Option<socketioxide_core::Value>,
     ) -> Result<Self, Infallible> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared::default());
+        let sender = JobSender {
+            shared: shared.clone(),
+        };
         // The receiver is alive: it is returned below.
-        let _ = tx.send(Job::Connect);
-        s.extensions.insert(JobSender {
-            tx,
-            queued: queued.clone(),
-        });
+        let _ = sender.send(Job::Connect);
+        s.extensions.insert(sender);
         s.on_fallback(async |_: Enqueued| {});
         s.on_disconnect(async |_: Disconnected| {});
-        Ok(SessionStart(JobReceiver { rx, queued }))
+        Ok(SessionStart(JobReceiver { shared }))
     }
 }
 
@@ -122,19 +198,20 @@ impl<A: Adapter> FromMessageParts<A> for Enqueued {
         let Some(sender) = s.extensions.get::<JobSender>() else {
             return Ok(Enqueued);
         };
-        if sender.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_EVENTS {
-            sender.queued.fetch_sub(1, Ordering::Relaxed);
-            // A flooding client would otherwise get one line per event.
-            if let Some(State(ctx)) = ctx {
-                ctx.metrics().ignored_event("queue_full");
-                if let Some(n) = ctx.log_due("queue_full", 1) {
-                    warn!(sid = %s.id, %event, dropped = n, "session queue full, event dropped");
+        match sender.send(Job::Event(event, data.ok())) {
+            Ok(()) => {}
+            Err(Refused::Full(job)) => {
+                // A flooding client would otherwise get one line per event.
+                if let (Some(State(ctx)), Job::Event(event, _)) = (ctx, job) {
+                    ctx.metrics().ignored_event("queue_full");
+                    if let Some(n) = ctx.log_due("queue_full", 1) {
+                        warn!(sid = %s.id, %event, dropped = n, "session queue full, event dropped");
+                    }
                 }
             }
-            return Ok(Enqueued);
+            // Only after the session task ended, i.e. after the disconnect.
+            Err(Refused::Closed) => {}
         }
-        // Fails only after the session task ended, i.e. after the disconnect.
-        let _ = sender.tx.send(Job::Event(event, data.ok()));
         Ok(Enqueued)
     }
 }
@@ -149,7 +226,7 @@ impl<A: Adapter> FromDisconnectParts<A> for Disconnected {
         reason: DisconnectReason,
     ) -> Result<Self, Infallible> {
         if let Some(sender) = s.extensions.get::<JobSender>() {
-            let _ = sender.tx.send(Job::Disconnect(reason));
+            let _ = sender.send(Job::Disconnect(reason));
         }
         Ok(Disconnected)
     }
