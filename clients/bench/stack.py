@@ -343,6 +343,8 @@ class Deployment:
 
     def restart(self, *, kill: bool = False) -> None:
         self.stop(kill=kill)
+        for s in self.servers:
+            wait_bindable(s.port, 90)
         self.start(together=True)
 
     @property
@@ -357,6 +359,27 @@ class Deployment:
 
     def describe(self) -> str:
         return "\n".join(f"--- {s.name} ({s.log_path}) ---\n{s.log_tail(15)}" for s in self.servers)
+
+
+def bindable(port: int) -> bool:
+    """Whether a listener can take ``port`` now, checked as strictly as uWSGI binds (without
+    SO_REUSEADDR: connections of the killed server in TIME_WAIT still hold it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_bindable(port: int, timeout: float) -> None:
+    """Waits until a stopped server's port is free again: right after a SIGKILL its processes
+    may still be exiting, and uWSGI then fails with "bind(): Address already in use"."""
+    deadline = time.monotonic() + timeout
+    while not bindable(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"port {port} still in use {timeout:.0f} s after its server stopped")
+        time.sleep(0.1)
 
 
 def wait_http(url: str, timeout: float) -> None:
