@@ -331,6 +331,10 @@ class Comparison:
             argv += ["--server-pid", str(pid)]
         return argv
 
+    def connections_for(self, key: str, wanted: int) -> int:
+        """``wanted`` connections, or for vantage6 (c) at most what its instances can take."""
+        return wanted if key != "c" else min(wanted, self.sizes.vantage6_max_connections)
+
     @staticmethod
     def processes(clients: int) -> list[str]:
         p = loadgen_processes(clients)
@@ -370,29 +374,26 @@ class Comparison:
                     "--duration", str(s.duration_s)]
                 run_loadgen(Run(scenario, argv, key, want, self.sweep_timeout(s.relay_rates)),
                             self.results, self.logdir, self.cleanup)
-            elif scenario == "connect":
-                # the capacity scenario's fresh phase at the size of a typical deployment; its
+            elif scenario in ("connect", "capacity"):
+                # `connect` is the capacity scenario at the size of a typical deployment; its
                 # lines say `variant: connect` so that the report keeps them apart
                 dep.restart()  # a fresh instance
-                n = s.connect_nodes if key != "c" else min(s.connect_nodes, s.vantage6_max_connections)
-                want = [{"scenario": "capacity", "phase": p} for p in ("fresh", "after_storm")]
-                argv = self.common("capacity", dep, "idle") + ["--connections", str(n)] + self.processes(n)
-                run_loadgen(Run(scenario, argv, key, want, 300 + n / 20, extra={"variant": "connect"}),
-                            self.results, self.logdir, self.cleanup)
-            elif scenario == "capacity":
-                dep.restart()  # a fresh instance
-                n = s.capacity_connections if key != "c" else min(s.capacity_connections, s.vantage6_max_connections)
-                n, note = capped(n, connection_cap([open_files_limit(srv.proc.pid) for srv in dep.servers
-                                                    if srv.proc is not None]))
+                wanted = s.connect_nodes if scenario == "connect" else s.capacity_connections
+                n, note = capped(self.connections_for(key, wanted),
+                                 connection_cap([open_files_limit(srv.proc.pid) for srv in dep.servers
+                                                 if srv.proc is not None]))
                 if note:
-                    log(f"{key} capacity: {note}")
+                    log(f"{key} {scenario}: {note}")
+                extra = {"variant": "connect"} if scenario == "connect" else {}
+                if note:
+                    extra["note"] = note
                 want = [{"scenario": "capacity", "phase": p} for p in ("fresh", "after_storm")]
                 argv = self.common("capacity", dep, "idle") + ["--connections", str(n)] + self.processes(n)
-                run_loadgen(Run(scenario, argv, key, want, 300 + n / 20, extra={"note": note} if note else {}),
+                run_loadgen(Run(scenario, argv, key, want, 300 + n / 20, extra=extra),
                             self.results, self.logdir, self.cleanup)
             elif scenario == "restart":
                 dep.restart()
-                n = s.restart_nodes if key != "c" else min(s.restart_nodes, s.vantage6_max_connections)
+                n = self.connections_for(key, s.restart_nodes)
                 argv = self.common("restart", dep, "idle") + ["--connections", str(n)] + self.processes(n)
 
                 def bounce(dep=dep):

@@ -65,15 +65,20 @@ impl Setup {
         }
     }
 
-    /// A plan of `count` clients.
-    fn plan(&self, count: usize) -> Plan {
+    /// A plan of `count` clients, or shard `(k, P)` of it.
+    fn plan_shard(&self, count: usize, shard: (usize, usize)) -> Plan {
         Plan::new(
             &self.fixture,
             count,
             self.ctx.endpoints.len(),
             self.common.polling_share,
-            (0, 1),
+            shard,
         )
+    }
+
+    /// A plan of `count` clients.
+    fn plan(&self, count: usize) -> Plan {
+        self.plan_shard(count, (0, 1))
     }
 
     /// Processes of the run (`--processes`, at least 1).
@@ -84,13 +89,7 @@ impl Setup {
     /// This process's share of a plan of `count` clients (client `i` belongs to process
     /// `i mod P`; the parent is process 0).
     fn local_plan(&self, count: usize) -> Plan {
-        Plan::new(
-            &self.fixture,
-            count,
-            self.ctx.endpoints.len(),
-            self.common.polling_share,
-            (self.common.worker.unwrap_or(0), self.processes()),
-        )
+        self.plan_shard(count, (self.common.worker.unwrap_or(0), self.processes()))
     }
 
     /// The parent's handle on its workers (none with one process). Capacity and restart have

@@ -270,28 +270,31 @@ impl Peers {
         Ok(synced)
     }
 
-    /// Every worker's part of the step.
-    pub async fn parts(&mut self) -> anyhow::Result<Vec<Part>> {
+    /// One answer of every worker, each of the kind `pick` takes.
+    async fn answers<T>(&mut self, pick: fn(FromWorker) -> Option<T>) -> anyhow::Result<Vec<T>> {
         self.receive()
             .await?
             .into_iter()
-            .map(|a| match a {
-                FromWorker::Part(p) => Ok(p),
-                _ => anyhow::bail!("worker answered out of turn"),
-            })
+            .map(|a| pick(a).context("worker answered out of turn"))
             .collect()
+    }
+
+    /// Every worker's part of the step.
+    pub async fn parts(&mut self) -> anyhow::Result<Vec<Part>> {
+        self.answers(|a| match a {
+            FromWorker::Part(p) => Some(p),
+            _ => None,
+        })
+        .await
     }
 
     /// Every worker's connect phase (capacity).
     pub async fn connected(&mut self) -> anyhow::Result<Vec<ConnectPart>> {
-        self.receive()
-            .await?
-            .into_iter()
-            .map(|a| match a {
-                FromWorker::Connected(p) => Ok(p),
-                _ => anyhow::bail!("worker answered out of turn"),
-            })
-            .collect()
+        self.answers(|a| match a {
+            FromWorker::Connected(p) => Some(p),
+            _ => None,
+        })
+        .await
     }
 
     /// Waits until every worker has disconnected its clients (capacity).
@@ -307,14 +310,11 @@ impl Peers {
 
     /// Every worker's view of the restart.
     pub async fn restarted(&mut self) -> anyhow::Result<Vec<RestartPart>> {
-        self.receive()
-            .await?
-            .into_iter()
-            .map(|a| match a {
-                FromWorker::Restarted(p) => Ok(p),
-                _ => anyhow::bail!("worker answered out of turn"),
-            })
-            .collect()
+        self.answers(|a| match a {
+            FromWorker::Restarted(p) => Some(p),
+            _ => None,
+        })
+        .await
     }
 
     /// Tells the workers to quit and waits for them.

@@ -68,16 +68,9 @@ pub(super) async fn run(
     duration: f64,
 ) -> anyhow::Result<()> {
     let c = &setup.common;
-    let processes = c.processes.max(1);
-    let shard = c.worker.unwrap_or(0);
+    let processes = setup.processes();
     let full = setup.plan(setup.fixture.nodes.len());
-    let local = Plan::new(
-        &setup.fixture,
-        setup.fixture.nodes.len(),
-        setup.ctx.endpoints.len(),
-        c.polling_share,
-        (shard, processes),
-    );
+    let local = setup.local_plan(setup.fixture.nodes.len());
     let mut role = match c.worker {
         Some(_) => Role::Worker(Parent::new()),
         None if processes > 1 => Role::Parent(Peers::spawn(processes)?),
