@@ -62,7 +62,8 @@
 //!   restart drops every binding to it, while the instances' durable queues survive. The first
 //!   instance back would publish into an exchange bound to its own queue only, and the others
 //!   would silently miss what it publishes until they are back too. After redeclaring its own
-//!   topology, a consuming driver therefore binds the queues of the peers the adapter knows
+//!   topology, a consuming driver therefore binds the queues of the peers the adapter knew when
+//!   the connection was lost or knows now
 //!   (from their heartbeats, see [`Driver::set_peer_queues`]) before it publishes again: what it
 //!   publishes waits in their queues until they consume again. A peer queue that no longer
 //!   exists is skipped.
@@ -525,6 +526,9 @@ async fn supervise(
             write(&i.channel).take();
         }
         let lost_at = Instant::now();
+        // The peers known now, while their heartbeats are fresh: a long outage may make the
+        // adapter forget them before we are back.
+        let known_at_loss = inner.upgrade().map(|i| peer_queues(&i)).unwrap_or_default();
         let n = config.uris.len();
         let lost = inner
             .upgrade()
@@ -574,13 +578,11 @@ async fn supervise(
             return;
         };
         if consume {
-            let source = read(&i.peer_queues).clone();
-            let peers: Vec<String> = source
-                .map(|f| f())
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|q| *q != queue)
-                .collect();
+            let mut peers = peer_queues(&i);
+            peers.extend(known_at_loss);
+            peers.sort_unstable();
+            peers.dedup();
+            peers.retain(|q| *q != queue);
             if !peers.is_empty() {
                 let wanted = peers.len();
                 let rebind = rebind_peers(&session.conn, &config.exchange, peers);
@@ -607,6 +609,12 @@ async fn supervise(
             "reconnected to the AMQP broker"
         );
     }
+}
+
+/// The adapter's peers' queues, as [`Driver::set_peer_queues`] gave the source.
+fn peer_queues(inner: &Inner) -> Vec<String> {
+    let source = read(&inner.peer_queues).clone();
+    source.map(|f| f()).unwrap_or_default()
 }
 
 /// Binds each queue to `exchange` on a channel of its own; a queue that does not exist (a peer
