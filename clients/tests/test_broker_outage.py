@@ -1,0 +1,244 @@
+"""A broker outage with two instances (issue 12, points 1a, 2, 5).
+
+Two ``v6-socketio serve`` instances A and B share a private RabbitMQ node
+(clients/rabbit_node.py: its own ports and data directory; the machine's shared
+broker is never touched). Node a1 is on A, node b1 on B, both in collaboration
+1; each sends a steady stream of ``algorithm_status_change`` events (status
+``a-<n>`` / ``b-<n>``, 20 per second each), which the instance relays to the
+collaboration: to its own clients directly, to the other instance through the
+broker. The broker's VM is then SIGKILLed, the streams go on for ~10 s, and it
+is started again on the same data directory (so the durable queues survive).
+
+Asserted:
+
+* neither instance exits;
+* local delivery never stops: each node receives every event of its own
+  instance, before, during and after the outage;
+* ``/ready`` answers 503 naming the broker while it is down, 200 afterwards;
+* cross-instance delivery resumes within 5 s of the broker accepting
+  connections again (the time is printed);
+* the only events the other instance misses are events published while the
+  broker was down, and their number equals the sender's
+  ``v6_socketio_broker_publish_lost_total{event="algorithm_status_change"}``
+  and the one summary line it logs when publishing works again;
+* events the broker had taken before the kill are not lost (they were in the
+  receiver's durable queue), nor those published by the first instance back
+  while the other is still reconnecting (the first one back binds the other's
+  queue again; RabbitMQ dropped the binding with the non-durable exchange).
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+
+from compat_support import a1_status_payload, node_connect_sequence, serving
+from rabbit_node import RabbitNode
+from support import Recorder, ServerProcess, http_get, wait_until
+
+pytestmark = pytest.mark.broker  # a broker test (conftest.py); its broker is its own
+EVENT = "algorithm_status_change"
+RATE = 20  # events per second per stream
+OUTAGE = 10.0  # seconds between the kill and the restart
+RESUME_BOUND = 5.0  # the issue's bound for cross-instance delivery after the broker is back
+
+
+@pytest.fixture(scope="module")
+def rabbit():
+    node = RabbitNode("outage")
+    try:
+        node.start()
+    except RuntimeError as exc:
+        node.cleanup()
+        pytest.fail(f"cannot start a private RabbitMQ node: {exc}")
+    yield node
+    node.cleanup()
+
+
+@pytest.fixture(scope="module")
+def pair(rabbit, db, jwt_secret, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(f"outage-{db.backend}")
+    procs = [ServerProcess(workdir, db, jwt_secret, sweep_interval=2,
+                           extra={"rabbitmq": {"uri": rabbit.url}},
+                           name=f"outage-{n}-{db.backend}") for n in ("a", "b")]
+    with serving(*procs):
+        yield procs
+
+
+class TimedRecorder(Recorder):
+    """A Recorder that also notes when each status change arrived."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.timed: list[tuple[float, str]] = []
+
+    def _on_any(self, event, *args):
+        if event == EVENT and args and isinstance(args[0], dict):
+            self.timed.append((time.monotonic(), str(args[0].get("status"))))
+        super()._on_any(event, *args)
+
+    def received(self, prefix: str) -> dict[str, float]:
+        """status -> first arrival, for the statuses starting with ``prefix``."""
+        out: dict[str, float] = {}
+        for t, status in list(self.timed):
+            if status.startswith(prefix):
+                out.setdefault(status, t)
+        return out
+
+    def duplicates(self, prefix: str) -> int:
+        statuses = [s for _, s in list(self.timed) if s.startswith(prefix)]
+        return len(statuses) - len(set(statuses))
+
+
+class Stream(threading.Thread):
+    """Emits ``algorithm_status_change`` with status ``<tag>-<n>`` at RATE per second."""
+
+    def __init__(self, rec: TimedRecorder, tag: str, payload: dict):
+        super().__init__(daemon=True)
+        self.rec, self.tag, self.payload = rec, tag, payload
+        self.sent: dict[str, float] = {}
+        self.stop_flag = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self):
+        n = 0
+        try:
+            while not self.stop_flag.is_set():
+                status = f"{self.tag}-{n}"
+                self.sent[status] = time.monotonic()
+                self.rec.emit(EVENT, dict(self.payload, status=status))
+                n += 1
+                self.stop_flag.wait(1 / RATE)
+        except BaseException as exc:  # noqa: BLE001  (reported by the test)
+            self.error = exc
+
+
+def lost_counter(server) -> int:
+    status, _, body = http_get(server.url + "/metrics")
+    assert status == 200
+    text = body.decode() if isinstance(body, bytes) else body
+    m = re.search(r'^v6_socketio_broker_publish_lost_total\{event="%s"\} (\d+)$' % EVENT, text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+SUMMARY = re.compile(r"publishing to the broker works again.*?lost_events=(\d+) per_event=(\S*)")
+
+
+def summaries(server, offset: int) -> list[tuple[int, str]]:
+    text = server.log_path.read_bytes()[offset:].decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # the text log's colours
+    return [(int(m.group(1)), m.group(2)) for m in SUMMARY.finditer(text)]
+
+
+def ready(server) -> tuple[int, str]:
+    try:
+        status, _, body = http_get(server.url + "/ready", timeout=2)
+    except OSError as exc:
+        return -1, str(exc)
+    return status, body.decode() if isinstance(body, bytes) else str(body)
+
+
+def test_broker_killed_and_restarted(rabbit, pair, world, tokens, figures):
+    a, b = pair
+    payload_a = a1_status_payload(world)
+    payload_b = a1_status_payload(world, run_id=world.r_b.id, node_id=world.node_b1.id,
+                                  organization_id=world.org_b.id)
+    a1 = TimedRecorder(a.url, tokens.access(world.node_a1), label="a1@A")
+    b1 = TimedRecorder(b.url, tokens.access(world.node_b1), label="b1@B")
+    streams: list[Stream] = []
+    try:
+        for rec, node in ((a1, world.node_a1), (b1, world.node_b1)):
+            rec.connect()
+            rec.wait_count(len(node_connect_sequence(node)))
+        # Both instances must know each other (heartbeats) before the outage.
+        time.sleep(1.5)
+        sa, sb = Stream(a1, "a", payload_a), Stream(b1, "b", payload_b)
+        streams = [sa, sb]
+        for s in streams:
+            s.start()
+        wait_until(lambda: "a-40" in b1.received("a-") and "b-40" in a1.received("b-"),
+                   timeout=10, what="cross-instance delivery before the outage")
+        lost_before = (lost_counter(a), lost_counter(b))
+        log_offsets = (a.log_path.stat().st_size, b.log_path.stat().st_size)
+
+        t_kill = time.monotonic()
+        rabbit.kill()
+        ready_samples: list[tuple[float, int, int, str]] = []
+        while time.monotonic() - t_kill < OUTAGE:
+            ra, rb = ready(a), ready(b)
+            ready_samples.append((time.monotonic(), ra[0], rb[0], ra[1] + " | " + rb[1]))
+            time.sleep(0.25)
+        rabbit.start()  # blocks until it accepts connections (several seconds)
+        t_back = rabbit.accepting_at
+        for s in streams:
+            assert s.is_alive(), f"stream {s.tag} stopped: {s.error!r}"
+
+        def resumed():
+            ra = [t for st, t in b1.received("a-").items() if sa.sent.get(st, 0) >= t_back]
+            rb = [t for st, t in a1.received("b-").items() if sb.sent.get(st, 0) >= t_back]
+            return (min(ra), min(rb)) if ra and rb else None
+
+        wait_until(lambda: resumed() is not None, timeout=20,
+                   what="cross-instance delivery after the broker is back")
+        first_ab, first_ba = resumed()
+        time.sleep(2)  # some steady traffic after the recovery
+        for s in streams:
+            s.stop_flag.set()
+            s.join(5)
+            assert s.error is None, f"stream {s.tag}: {s.error!r}"
+        wait_until(lambda: ready(a)[0] == 200 and ready(b)[0] == 200, timeout=10,
+                   what="/ready 200 on both instances after the outage")
+        time.sleep(1.5)  # the last events in flight
+        a.assert_alive()
+        b.assert_alive()
+
+        # /ready while the broker was down (after the drivers noticed: one second in).
+        down = [x for x in ready_samples if x[0] >= t_kill + 1.0]
+        assert down, "no /ready sample during the outage"
+        bad = [x for x in down if x[1] != 503 or x[2] != 503 or "broker" not in x[3]]
+        assert not bad, f"/ready during the outage: {bad[:3]}"
+
+        report = {"outage_s": round(t_back - t_kill, 2)}
+        for sender, stream, receiver, local, tag, first in (
+                (a, sa, b1, a1, "a", first_ab), (b, sb, a1, b1, "b", first_ba)):
+            sent = stream.sent
+            # local delivery never stopped
+            local_missing = set(sent) - set(local.received(f"{tag}-"))
+            assert not local_missing, (f"{local.label} missed {len(local_missing)} events of its "
+                                       f"own instance: {sorted(local_missing)[:10]}")
+            got = receiver.received(f"{tag}-")
+            missing = set(sent) - set(got)
+            extra = set(got) - set(sent)
+            assert not extra, f"{receiver.label}: unknown statuses {sorted(extra)[:5]}"
+            # only events published while the broker was down are missing
+            outside = sorted((sent[s] - t_kill, s) for s in missing
+                             if not (t_kill - 0.5 <= sent[s] <= first + 0.5))
+            assert not outside, (f"{receiver.label} missed events sent outside the outage "
+                                 f"(seconds after the kill, status): {outside[:10]}")
+            counted = lost_counter(sender) - lost_before[0 if tag == "a" else 1]
+            lines = summaries(sender, log_offsets[0 if tag == "a" else 1])
+            resume = first - t_back
+            key = "A->B" if tag == "a" else "B->A"
+            report[key] = {"sent": len(sent), "delivered": len(got), "lost": len(missing),
+                           "counted_lost": counted, "duplicates": receiver.duplicates(f"{tag}-"),
+                           "resume_after_broker_back_s": round(resume, 2),
+                           "summary_lines": lines}
+            assert counted == len(missing), (
+                f"{key}: {len(missing)} events missed, the sender's lost counter says {counted}")
+            assert len(lines) == 1, f"{key}: expected one outage summary line, got {lines}"
+            assert lines[0] == (len(missing), f"{EVENT}={len(missing)}" if missing else ""), (
+                f"{key}: summary line {lines[0]} for {len(missing)} missed events")
+            assert len(missing) > 0, f"{key}: nothing was lost although the broker was down"
+            assert resume <= RESUME_BOUND, (
+                f"{key}: cross-instance delivery resumed {resume:.2f}s after the broker was back")
+        figures(f"broker outage figures: {report}")
+    finally:
+        for s in streams:
+            s.stop_flag.set()
+        for rec in (a1, b1):
+            try:
+                rec.disconnect()
+            except Exception:
+                pass
