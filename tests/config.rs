@@ -141,10 +141,10 @@ fn instance_name_and_affinity_cookie_defaults() {
 
 /// The broker as read: user, password, host, port, virtual host.
 fn broker(c: &Config) -> Option<(&str, &str, &str, u16, &str)> {
-    c.rabbitmq_uri
-        .as_ref()
-        .map(|u| u.first())
-        .map(|u| (u.username(), u.password(), u.host(), u.port(), u.vhost()))
+    c.rabbitmq_uri.as_ref().map(|u| {
+        let u = u.first();
+        (u.username(), u.password(), u.host(), u.port(), u.vhost())
+    })
 }
 
 /// Each broker of the fail-over list as `host:port/vhost`.
@@ -190,7 +190,10 @@ fn several_rabbitmq_uris_as_kombu_takes_them() {
     )
     .expect_err("empty entry");
     let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-    assert!(msg.contains("rabbitmq.uri") && msg.contains("empty broker URI"), "{msg}");
+    assert!(
+        msg.contains("rabbitmq.uri") && msg.contains("empty broker URI"),
+        "{msg}"
+    );
     assert!(!msg.contains("hunter2"), "{msg}");
 }
 
@@ -199,23 +202,38 @@ fn broker_reconnect_max_default_and_bounds() {
     let base = "jwt_secret_key: k\nuri: sqlite:///x\n";
     let (c, _) = from_yaml(base).expect("valid");
     assert_eq!(c.broker_reconnect_max, Duration::from_secs(2));
-    let (c, _) = from_yaml(&format!("{base}v6_socketio: {{broker_reconnect_max: 0.5}}\n")).unwrap();
+    let (c, _) = from_yaml(&format!(
+        "{base}v6_socketio: {{broker_reconnect_max: 0.5}}\n"
+    ))
+    .unwrap();
     assert_eq!(c.broker_reconnect_max, Duration::from_millis(500));
-    let (c, _) = from_yaml(&format!("{base}v6_socketio: {{broker_reconnect_max: 0.1}}\n")).unwrap();
+    let (c, _) = from_yaml(&format!(
+        "{base}v6_socketio: {{broker_reconnect_max: 0.1}}\n"
+    ))
+    .unwrap();
     assert_eq!(c.broker_reconnect_max, Duration::from_millis(100));
     for bad in ["0.05", "0", "-1", ".nan"] {
-        let err = from_yaml(&format!("{base}v6_socketio: {{broker_reconnect_max: {bad}}}\n"))
-            .expect_err(bad)
-            .to_string();
+        let err = from_yaml(&format!(
+            "{base}v6_socketio: {{broker_reconnect_max: {bad}}}\n"
+        ))
+        .expect_err(bad)
+        .to_string();
         assert!(err.contains("broker_reconnect_max"), "{bad}: {err}");
     }
     let flags = ServeOverrides {
         broker_reconnect_max: Some(1.5),
         ..ServeOverrides::default()
     };
-    let (c, _) = Config::from_yaml(&format!("{base}v6_socketio: {{broker_reconnect_max: 4}}\n"), &flags)
-        .unwrap();
-    assert_eq!(c.broker_reconnect_max, Duration::from_millis(1500), "the flag wins");
+    let (c, _) = Config::from_yaml(
+        &format!("{base}v6_socketio: {{broker_reconnect_max: 4}}\n"),
+        &flags,
+    )
+    .unwrap();
+    assert_eq!(
+        c.broker_reconnect_max,
+        Duration::from_millis(1500),
+        "the flag wins"
+    );
 }
 
 fn from_yaml(text: &str) -> Result<(Config, Vec<String>), ConfigError> {

@@ -137,7 +137,10 @@ mod tests {
         let lost = Lost::default();
         let t0 = Instant::now();
         assert_eq!(lost.worked(t0), None, "no outage, no summary");
-        assert!(lost.failed(Some("new_task"), t0), "the first failure opens it");
+        assert!(
+            lost.failed(Some("new_task"), t0),
+            "the first failure opens it"
+        );
         assert!(!lost.failed(Some("new_task"), t0));
         assert!(!lost.failed(Some("algorithm_status_change"), t0));
         assert!(!lost.failed(None, t0));

@@ -586,13 +586,14 @@ async fn supervise(
             if !peers.is_empty() {
                 let wanted = peers.len();
                 let rebind = rebind_peers(&session.conn, &config.exchange, peers);
-                match tokio::time::timeout(config.publish_timeout, rebind).await {
-                    Ok(bound) => tracing::info!(
+                if let Ok(bound) = tokio::time::timeout(config.publish_timeout, rebind).await {
+                    tracing::info!(
                         bound,
                         wanted,
                         "bound the known peers' queues to the exchange again"
-                    ),
-                    Err(_) => tracing::warn!(wanted, "binding the peers' queues took too long"),
+                    );
+                } else {
+                    tracing::warn!(wanted, "binding the peers' queues took too long");
                 }
             }
         }
