@@ -56,6 +56,9 @@
 //!   broker the loop sleeps, 100 ms first, doubling up to [`AmqpConfig::reconnect_max`] (2 s by
 //!   default), without limit in time. So the queue is consumed again at most `reconnect_max`
 //!   (plus the connection's set-up, a few ms on a LAN) after the broker accepts connections.
+//!   A round in which every URI refused the TCP connection (nothing listens: a broker that is
+//!   restarting) costs a SYN and a reset per URI, so after such a round the pause is at most
+//!   250 ms: the usual restart is noticed within a quarter of a second of the port opening.
 //!   Attempt failures are logged once when the outage starts, then at most every 30 s; the
 //!   reconnect line says how long it lasted and how many attempts it took.
 //! * **Peers' queues**: the exchange is not durable (python-socketio's declaration), so a broker
@@ -126,6 +129,10 @@ pub enum AmqpError {
 }
 
 use super::{Driver, MessageStream, PeerQueues};
+
+/// The longest pause between two reconnect rounds whose every attempt was refused (nothing
+/// listening: cheap to retry).
+const REFUSED_PAUSE: Duration = Duration::from_millis(250);
 
 /// At most one "still reconnecting" line per this interval during an outage.
 const RECONNECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -545,6 +552,7 @@ async fn supervise(
         let mut attempts: u64 = 0;
         let mut last_line: Option<Instant> = None;
         session = 'reconnect: loop {
+            let mut all_refused = true;
             for _ in 0..n {
                 if inner.strong_count() == 0 || *shutdown.borrow() {
                     return;
@@ -554,6 +562,7 @@ async fn supervise(
                 match open_session(&config, uri, &queue, consume).await {
                     Ok(s) => break 'reconnect s,
                     Err(e) => {
+                        all_refused &= is_refused(&e);
                         if last_line.is_none_or(|t| t.elapsed() >= RECONNECT_LOG_INTERVAL) {
                             last_line = Some(Instant::now());
                             tracing::warn!(
@@ -568,8 +577,16 @@ async fn supervise(
                 }
                 next = (next + 1) % n;
             }
+            // Nothing listens at any URI (a broker restarting): retrying costs a SYN and a
+            // reset, so the pause stays short and the queue is consumed again soon after the
+            // broker opens its port. Other failures back off up to `reconnect_max`.
+            let pause = if all_refused {
+                delay.min(REFUSED_PAUSE)
+            } else {
+                delay
+            };
             tokio::select! {
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => return,
             }
             delay = (delay * 2).min(config.reconnect_max);
@@ -609,6 +626,17 @@ async fn supervise(
             attempts,
             "reconnected to the AMQP broker"
         );
+    }
+}
+
+/// Whether an attempt failed because nothing accepted the TCP connection.
+fn is_refused(e: &AmqpError) -> bool {
+    match e {
+        AmqpError::Amqp(e) => match e.kind() {
+            lapin::ErrorKind::IOError(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+            _ => false,
+        },
+        _ => false,
     }
 }
 
@@ -772,6 +800,25 @@ async fn run_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nothing listens: the attempt fails at once and is recognised as refused (the short
+    /// pause); a silent peer's timeout is not.
+    #[tokio::test]
+    async fn a_closed_port_is_refused() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let config = AmqpConfig::new(
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+                .parse()
+                .unwrap(),
+        );
+        let res = open_session(&config, config.uris.first(), "q", true).await;
+        let err = res.err().expect("nothing listens");
+        assert!(is_refused(&err), "{err:?}");
+        assert!(!is_refused(&AmqpError::ConnectTimeout));
+    }
 
     /// A peer that accepts TCP connections and never speaks AMQP, like a broker caught while
     /// shutting down: connecting must give up instead of waiting forever.
