@@ -66,6 +66,26 @@ impl Collector for BrokerCollector {
                 counter.metric_type(),
             )?)?;
         }
+        // One series per event name that lost publishes (the names are the server's own events).
+        let lost = self.0.lost_events();
+        let mut family = encoder.encode_descriptor(
+            "v6_socketio_broker_publish_lost",
+            "Emits that could not be published to RabbitMQ (broker down, refused or not \
+             confirmed in time): the other instances' clients missed them; per event name",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (event, n) in &lost {
+            let labels = [("event", event.as_str())];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+        }
+        let other = ConstCounter::new(self.0.lost_other());
+        other.encode(encoder.encode_descriptor(
+            "v6_socketio_broker_publish_lost_other",
+            "Heartbeats, requests and replies that could not be published to RabbitMQ",
+            None,
+            other.metric_type(),
+        )?)?;
         let up = ConstGauge::new(i64::from(self.0.driver().is_connected()));
         up.encode(encoder.encode_descriptor(
             "v6_socketio_broker_connected",

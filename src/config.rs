@@ -16,7 +16,7 @@ use std::{
 };
 
 use serde::Deserialize;
-use socketioxide_amqp::{BrokerUri, DataFormat, UriError};
+use socketioxide_amqp::{BrokerUris, DataFormat, UriError};
 
 use crate::{
     affinity::{is_valid_instance_name, InstanceName, MAX_INSTANCE_NAME_LEN},
@@ -62,6 +62,11 @@ pub const DEFAULT_PATH: &str = "/socket.io/";
 pub const DEFAULT_PORT: u16 = 7602;
 /// Default shortest pause between two re-fetches of the Keycloak realm key.
 pub const DEFAULT_KEYCLOAK_KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// Default of `broker_reconnect_max`: a reconnect starts at most this long after the broker
+/// is back, well within the 5 s the issue allows.
+pub const DEFAULT_BROKER_RECONNECT_MAX: Duration = socketioxide_amqp::broker::DEFAULT_RECONNECT_MAX;
+/// Smallest `broker_reconnect_max` (the backoff's first pause).
+pub const MIN_BROKER_RECONNECT_MAX: Duration = Duration::from_millis(100);
 
 /// A problem with the configuration; every variant names the setting, and
 /// a cause is its [`source`](std::error::Error::source), not repeated in
@@ -250,8 +255,11 @@ pub struct Config {
     pub jwt_secret_key: String,
     /// The vantage6 database (`uri`).
     pub database: DatabaseUrl,
-    /// RabbitMQ URI for cross-instance delivery (`rabbitmq.uri` or legacy `rabbitmq_uri`).
-    pub rabbitmq_uri: Option<BrokerUri>,
+    /// RabbitMQ URI for cross-instance delivery (`rabbitmq.uri` or legacy `rabbitmq_uri`):
+    /// one, or kombu's fail-over list of several (`;`-separated, or a YAML list).
+    pub rabbitmq_uri: Option<BrokerUris>,
+    /// Largest pause between two rounds of broker reconnect attempts.
+    pub broker_reconnect_max: Duration,
     /// `cors_allowed_origins`.
     pub cors_allowed_origins: CorsOrigins,
     /// Where to listen.
@@ -446,6 +454,10 @@ own_settings! {
         #[arg(value_enum)]
         vantage6_generation: GenerationSetting = "V6_SOCKETIO_VANTAGE6_GENERATION",
             default(GenerationSetting::Auto);
+        /// Largest pause in seconds between two rounds of RabbitMQ reconnect attempts (the
+        /// backoff starts at 0.1 s and doubles); at least 0.1
+        broker_reconnect_max: f64 = "V6_SOCKETIO_BROKER_RECONNECT_MAX",
+            default(DEFAULT_BROKER_RECONNECT_MAX.as_secs_f64());
         /// 5.x: the realm's public key as a PEM file, instead of fetching it from Keycloak at
         /// start-up
         keycloak_public_key_file: PathBuf = "V6_SOCKETIO_KEYCLOAK_PUBLIC_KEY_FILE", shown("none");
@@ -548,7 +560,26 @@ struct FileConfig {
 
 #[derive(Debug, Default, Deserialize)]
 struct RabbitMqSection {
-    uri: Option<String>,
+    uri: Option<UriValue>,
+}
+
+/// `rabbitmq.uri`: one string (kombu's `;` list included) or a list, as kombu takes both.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum UriValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl UriValue {
+    /// The `;`-joined form (what the conflict check compares), `None` when empty.
+    fn joined(self) -> Option<String> {
+        let s = match self {
+            UriValue::One(s) => s,
+            UriValue::Many(list) => list.join(";"),
+        };
+        (!s.trim().is_empty()).then_some(s)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -692,7 +723,7 @@ impl Config {
         ))?;
         let database = DatabaseUrl::parse(&uri)?;
 
-        let nested = file.rabbitmq.and_then(|r| r.uri).filter(|u| !u.is_empty());
+        let nested = file.rabbitmq.and_then(|r| r.uri).and_then(UriValue::joined);
         let legacy = file.rabbitmq_uri.filter(|u| !u.is_empty());
         let rabbitmq_uri = match (nested, legacy) {
             (Some(n), Some(l)) if n != l => {
@@ -733,12 +764,14 @@ impl Config {
             None => default_instance_name(own.port)?,
         };
         let first_event_delay = first_event_delay(own.first_event_delay)?;
+        let broker_reconnect_max = broker_reconnect_max(own.broker_reconnect_max)?;
 
         Ok((
             Config {
                 jwt_secret_key,
                 database,
                 rabbitmq_uri,
+                broker_reconnect_max,
                 cors_allowed_origins,
                 listen: SocketAddr::new(own.ip, own.port),
                 path,
@@ -877,6 +910,20 @@ fn seconds(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
     }
 }
 
+fn broker_reconnect_max(secs: f64) -> Result<Duration, ConfigError> {
+    let d = seconds("broker_reconnect_max", secs)?;
+    if d < MIN_BROKER_RECONNECT_MAX {
+        return Err(ConfigError::Invalid {
+            name: "broker_reconnect_max",
+            message: format!(
+                "{secs} s is less than {} s",
+                MIN_BROKER_RECONNECT_MAX.as_secs_f64()
+            ),
+        });
+    }
+    Ok(d)
+}
+
 fn first_event_delay(ms: u64) -> Result<Duration, ConfigError> {
     let delay = Duration::from_millis(ms);
     if delay > MAX_FIRST_EVENT_DELAY {
@@ -916,13 +963,21 @@ fn normalize_path(path: String) -> Result<String, ConfigError> {
     Ok(format!("/{trimmed}/"))
 }
 
-/// `rabbitmq.uri` with kombu's rules, as vantage6's REST API and Flask-SocketIO read it.
-fn parse_broker_uri(name: &'static str, uri: &str) -> Result<BrokerUri, ConfigError> {
-    BrokerUri::parse(uri).map_err(|source| ConfigError::RabbitMqUri { name, source })
+/// `rabbitmq.uri` with kombu's rules, as vantage6's REST API and Flask-SocketIO read it
+/// (a `;`-separated fail-over list included).
+fn parse_broker_uri(name: &'static str, uri: &str) -> Result<BrokerUris, ConfigError> {
+    BrokerUris::parse(uri).map_err(|source| ConfigError::RabbitMqUri { name, source })
 }
 
 /// Hides the password of a URI for logs and error messages.
 pub fn redact_uri(uri: &str) -> String {
+    if uri.contains(';') {
+        return uri
+            .split(';')
+            .map(|u| redact_uri(u.trim()))
+            .collect::<Vec<_>>()
+            .join(";");
+    }
     match url::Url::parse(uri) {
         Ok(mut url) if url.password().is_some() => {
             // Cannot fail for URLs that already have a password.
@@ -1093,6 +1148,7 @@ mod tests {
         ("affinity_cookie", "false", "true"),
         ("first_event_delay", "1", "2"),
         ("vantage6_generation", "4", "5"),
+        ("broker_reconnect_max", "3", "4"),
         ("keycloak_public_key_file", "/a.pem", "/b.pem"),
         ("keycloak_key_refresh_interval", "1", "2"),
     ];

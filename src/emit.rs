@@ -2,7 +2,7 @@
 //! RabbitMQ, the way vantage6's REST API does, without running a server.
 
 use serde_json::Value;
-use socketioxide_amqp::{AmqpConfig, AmqpDriver, AmqpEmitter, BrokerUri, DataFormat};
+use socketioxide_amqp::{AmqpConfig, AmqpDriver, AmqpEmitter, BrokerUris, DataFormat};
 
 /// Why an event could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,7 @@ impl From<socketioxide_amqp::Error> for EmitError {
 #[derive(Debug, Clone)]
 pub struct EmitRequest {
     /// RabbitMQ, read with kombu's rules.
-    pub rabbitmq_uri: BrokerUri,
+    pub rabbitmq_uri: BrokerUris,
     /// Exchange shared with the servers (`flask-socketio` for vantage6).
     pub exchange: String,
     /// Namespace, e.g. `/tasks`.

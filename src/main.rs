@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use socketioxide_amqp::BrokerUri;
+use socketioxide_amqp::BrokerUris;
 use tracing_subscriber::{fmt, EnvFilter};
 use v6_socketio::{
     config::{Config, EmitOverrides, LogFormat, ServeOverrides},
@@ -141,7 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let rabbitmq_uri = match (rabbitmq_uri, &file) {
-                (Some(uri), _) => BrokerUri::parse(&uri).context("invalid --rabbitmq-uri")?,
+                (Some(uri), _) => BrokerUris::parse(&uri).context("invalid --rabbitmq-uri")?,
                 (None, Some(file)) => file
                     .rabbitmq_uri
                     .clone()

@@ -107,16 +107,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
         Some(uri) => {
             let broker_err = |error| ServeError::Broker {
-                uri: uri.redacted().to_owned(),
+                uri: uri.to_string(),
                 error,
             };
+            let amqp = AmqpConfig::new(uri.clone());
+            let first_pause = amqp.reconnect_min;
+            let amqp = amqp.with_reconnect_backoff(first_pause, config.broker_reconnect_max);
             let ctr = AmqpAdapterCtr::connect_with_config(
-                AmqpConfig::new(uri.clone()),
+                amqp,
                 AdapterConfig::default().with_python_data_format(queue_format),
             )
             .await
             .map_err(broker_err)?;
-            info!(uri = %uri, vhost = uri.vhost(), host_id = ctr.host_id(),
+            info!(uri = %uri, connected_to = %ctr.driver().current_uri(),
+                vhost = ctr.driver().current_uri().vhost(), host_id = ctr.host_id(),
+                reconnect_max = ?config.broker_reconnect_max,
                 message_queue_format = %queue_format, "sharing rooms over RabbitMQ");
             let metrics = Metrics::with_collectors(vec![Box::new(BrokerCollector(ctr.clone()))]);
             let broker = ctr.clone();

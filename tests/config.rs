@@ -141,9 +141,99 @@ fn instance_name_and_affinity_cookie_defaults() {
 
 /// The broker as read: user, password, host, port, virtual host.
 fn broker(c: &Config) -> Option<(&str, &str, &str, u16, &str)> {
+    c.rabbitmq_uri.as_ref().map(|u| {
+        let u = u.first();
+        (u.username(), u.password(), u.host(), u.port(), u.vhost())
+    })
+}
+
+/// Each broker of the fail-over list as `host:port/vhost`.
+fn brokers(c: &Config) -> Vec<String> {
     c.rabbitmq_uri
-        .as_ref()
-        .map(|u| (u.username(), u.password(), u.host(), u.port(), u.vhost()))
+        .iter()
+        .flat_map(|l| l.iter())
+        .map(|u| format!("{}:{}/{}", u.host(), u.port(), u.vhost()))
+        .collect()
+}
+
+#[test]
+fn several_rabbitmq_uris_as_kombu_takes_them() {
+    // kombu's `;` list, in one string (what vantage6 hands python-socketio unchanged).
+    let (c, w) = from_yaml(
+        "jwt_secret_key: k\nuri: sqlite:///x\nrabbitmq: {uri: 'amqp://u:p@a:5672//;amqp://u:p@b:5673/v6'}\n",
+    )
+    .expect("valid");
+    assert_eq!(brokers(&c), ["a:5672//", "b:5673/v6"]);
+    assert!(w.is_empty());
+    // A YAML list (kombu's Connection takes a list too).
+    let (c, _) = from_yaml(
+        "jwt_secret_key: k\nuri: sqlite:///x\nrabbitmq:\n  uri:\n    - amqp://u:p@a//\n    - amqp://u:p@b//\n",
+    )
+    .expect("valid");
+    assert_eq!(brokers(&c), ["a:5672//", "b:5672//"]);
+    // The same list in both keys is not a conflict; the passwords stay hidden in errors.
+    let err = from_yaml(
+        "jwt_secret_key: k\nuri: sqlite:///x\nrabbitmq: {uri: ['amqp://u:hunter2@a//', 'amqp://u:hunter2@b//']}\nrabbitmq_uri: 'amqp://u:hunter2@a//;amqp://u:hunter2@c//'\n",
+    )
+    .expect_err("conflict")
+    .to_string();
+    assert!(err.contains("u:***@b") && err.contains("u:***@c"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let (c, _) = from_yaml(
+        "jwt_secret_key: k\nuri: sqlite:///x\nrabbitmq: {uri: ['amqp://a//', 'amqp://b//']}\nrabbitmq_uri: 'amqp://a//;amqp://b//'\n",
+    )
+    .expect("same list");
+    assert_eq!(brokers(&c).len(), 2);
+    // An empty entry is refused, naming the setting.
+    let err = from_yaml(
+        "jwt_secret_key: k\nuri: sqlite:///x\nrabbitmq: {uri: 'amqp://u:hunter2@a//;'}\n",
+    )
+    .expect_err("empty entry");
+    let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(
+        msg.contains("rabbitmq.uri") && msg.contains("empty broker URI"),
+        "{msg}"
+    );
+    assert!(!msg.contains("hunter2"), "{msg}");
+}
+
+#[test]
+fn broker_reconnect_max_default_and_bounds() {
+    let base = "jwt_secret_key: k\nuri: sqlite:///x\n";
+    let (c, _) = from_yaml(base).expect("valid");
+    assert_eq!(c.broker_reconnect_max, Duration::from_secs(2));
+    let (c, _) = from_yaml(&format!(
+        "{base}v6_socketio: {{broker_reconnect_max: 0.5}}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.broker_reconnect_max, Duration::from_millis(500));
+    let (c, _) = from_yaml(&format!(
+        "{base}v6_socketio: {{broker_reconnect_max: 0.1}}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.broker_reconnect_max, Duration::from_millis(100));
+    for bad in ["0.05", "0", "-1", ".nan"] {
+        let err = from_yaml(&format!(
+            "{base}v6_socketio: {{broker_reconnect_max: {bad}}}\n"
+        ))
+        .expect_err(bad)
+        .to_string();
+        assert!(err.contains("broker_reconnect_max"), "{bad}: {err}");
+    }
+    let flags = ServeOverrides {
+        broker_reconnect_max: Some(1.5),
+        ..ServeOverrides::default()
+    };
+    let (c, _) = Config::from_yaml(
+        &format!("{base}v6_socketio: {{broker_reconnect_max: 4}}\n"),
+        &flags,
+    )
+    .unwrap();
+    assert_eq!(
+        c.broker_reconnect_max,
+        Duration::from_millis(1500),
+        "the flag wins"
+    );
 }
 
 fn from_yaml(text: &str) -> Result<(Config, Vec<String>), ConfigError> {

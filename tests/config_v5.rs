@@ -189,7 +189,9 @@ fn emit_reads_an_hq_file_without_token_settings() {
     .expect("write");
     let (c, _) = Config::load_for_emit(&path).expect("emit needs only the broker");
     assert_eq!(
-        c.rabbitmq_uri.map(|u| u.vhost().to_owned()).as_deref(),
+        c.rabbitmq_uri
+            .map(|u| u.first().vhost().to_owned())
+            .as_deref(),
         Some("v")
     );
     // `serve` on the same file needs a way to verify tokens.

@@ -14,6 +14,7 @@ use crate::{
     config::AdapterConfig,
     dispatch::dispatch,
     error::Error,
+    lost::{Lost, BINARY_EVENTS},
     metrics::{inc, AdapterMetrics, Counters},
     peers::Peers,
     wire::{self, Message},
@@ -21,7 +22,7 @@ use crate::{
 #[cfg(feature = "amqp")]
 use crate::{
     broker::{AmqpConfig, AmqpDriver},
-    uri::BrokerUri,
+    uri::BrokerUris,
 };
 
 pub(crate) struct Shared<D> {
@@ -33,6 +34,8 @@ pub(crate) struct Shared<D> {
     pub(crate) peers: RwLock<HashMap<String, Weak<Peers>>>,
     pub(crate) next_req: AtomicU64,
     pub(crate) counters: Counters,
+    /// What could not be published, see [`crate::lost`].
+    pub(crate) lost: Lost,
 }
 
 impl<D: Driver> Shared<D> {
@@ -48,13 +51,59 @@ impl<D: Driver> Shared<D> {
                 if matches!(msg, Message::Emit(_) | Message::RawEmit(_)) {
                     inc(&self.counters.emits);
                 }
+                if let Some(s) = self.lost.worked(Instant::now()) {
+                    tracing::warn!(
+                        lost_events = s.lost_events(),
+                        per_event = %s.per_event(),
+                        lost_other = s.other,
+                        failed_for = ?s.lasted,
+                        "publishing to the broker works again; lost while it failed"
+                    );
+                }
                 Ok(())
             }
             Err(e) => {
                 inc(&self.counters.publish_errors);
+                let event = match msg {
+                    Message::Emit(emit) => Some(emit.event.as_str()),
+                    Message::RawEmit(_) => Some(BINARY_EVENTS),
+                    _ => None,
+                };
+                if self.lost.failed(event, Instant::now()) {
+                    tracing::warn!(
+                        error = %e,
+                        "publishing to the broker fails: other servers miss these events; \
+                         counting them until it works again (one summary line then)"
+                    );
+                }
                 Err(Error::broker(e))
             }
         }
+    }
+}
+
+impl<D> Shared<D> {
+    /// The queues of the peers of every namespace, as their heartbeats gave them.
+    fn peer_queues(&self) -> Vec<String> {
+        let tables: Vec<_> = self
+            .peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut queues: Vec<String> = tables
+            .iter()
+            .flat_map(|p| {
+                lock(&p.map)
+                    .values()
+                    .map(|(q, _)| q.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        queues.sort_unstable();
+        queues.dedup();
+        queues
     }
 }
 
@@ -105,11 +154,12 @@ impl<D> std::fmt::Debug for AmqpAdapterCtr<D> {
 
 #[cfg(feature = "amqp")]
 impl AmqpAdapterCtr<AmqpDriver> {
-    /// Connects to RabbitMQ at `uri` (read with kombu's rules, see [`BrokerUri`]) with the
+    /// Connects to RabbitMQ at `uri` (read with kombu's rules, `;`-separated fail-over list
+    /// included, see [`BrokerUris`]) with the
     /// default settings (exchange `flask-socketio`).
     pub async fn connect(uri: &str) -> Result<Self, Error> {
-        let uri = BrokerUri::parse(uri)?;
-        Self::connect_with_config(AmqpConfig::new(uri), AdapterConfig::default()).await
+        let uris = BrokerUris::parse(uri)?;
+        Self::connect_with_config(AmqpConfig::new(uris), AdapterConfig::default()).await
     }
 
     /// Connects to RabbitMQ with the given broker and adapter settings.
@@ -126,17 +176,21 @@ impl<D: Driver> AmqpAdapterCtr<D> {
     /// Builds the state over any [`Driver`], e.g. a [`MemoryDriver`](crate::broker::MemoryDriver)
     /// in tests.
     pub fn new_with_driver(driver: D, config: AdapterConfig) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                driver,
-                config,
-                host_id: wire::new_host_id(),
-                routes: RwLock::new(HashMap::new()),
-                peers: RwLock::new(HashMap::new()),
-                next_req: AtomicU64::new(1),
-                counters: Counters::default(),
-            }),
-        }
+        let shared = Arc::new(Shared {
+            driver,
+            config,
+            host_id: wire::new_host_id(),
+            routes: RwLock::new(HashMap::new()),
+            peers: RwLock::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+            counters: Counters::default(),
+            lost: Lost::default(),
+        });
+        let weak = Arc::downgrade(&shared);
+        shared.driver.set_peer_queues(Arc::new(move || {
+            weak.upgrade().map(|s| s.peer_queues()).unwrap_or_default()
+        }));
+        Self { shared }
     }
 
     /// This server's python-socketio host id (32 hex characters).
@@ -173,5 +227,17 @@ impl<D: Driver> AmqpAdapterCtr<D> {
     /// A snapshot of the traffic counters.
     pub fn metrics(&self) -> AdapterMetrics {
         self.shared.counters.snapshot()
+    }
+
+    /// The `emit`s that could not be published since start-up, per event name (see
+    /// [`crate::lost`]): the other servers' clients missed them.
+    pub fn lost_events(&self) -> Vec<(String, u64)> {
+        self.shared.lost.events()
+    }
+
+    /// The other messages (heartbeats, requests, replies) that could not be published since
+    /// start-up.
+    pub fn lost_other(&self) -> u64 {
+        self.shared.lost.other()
     }
 }

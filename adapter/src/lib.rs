@@ -153,6 +153,7 @@ mod dispatch;
 pub mod emitter;
 mod error;
 mod incoming;
+pub mod lost;
 mod metrics;
 mod peers;
 mod publish;
@@ -175,5 +176,5 @@ pub use error::{DriverError, Error};
 pub use metrics::AdapterMetrics;
 pub use stream::AckStream;
 #[cfg(feature = "amqp")]
-pub use uri::{BrokerUri, UriError};
+pub use uri::{BrokerUri, BrokerUris, UriError};
 pub use wire::{DataFormat, UnknownDataFormat};

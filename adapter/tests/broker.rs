@@ -68,7 +68,7 @@ async fn fanout_reaches_every_queue_and_direct_reaches_one() {
 async fn wrong_credentials_fail_at_connect() {
     // Refused before anything is declared.
     let mut cfg = config(&rabbit::unique_exchange("creds"));
-    cfg.uri = "amqp://nobody:wrong@127.0.0.1:5672/%2f".parse().unwrap();
+    cfg.uris = "amqp://nobody:wrong@127.0.0.1:5672/%2f".parse().unwrap();
     assert!(AmqpDriver::connect(cfg).await.is_err());
 }
 

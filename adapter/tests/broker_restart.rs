@@ -27,7 +27,7 @@ use rabbit::{rabbitmqctl, BrokerLock};
 use serde_json::json;
 
 /// How long a node may take to reconnect after the broker is back: its reconnect backoff's
-/// 10 s cap, plus the usual wait.
+/// cap (2 s by default; 250 ms while the port refuses), plus the usual wait, with room.
 const RECONNECT_WAIT: Duration = Duration::from_secs(25);
 
 /// A node of the test cluster: run by the test below in child processes.

@@ -36,15 +36,18 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every module that uses RabbitMQ carries `pytestmark = pytest.mark.broker`
+    """Every module that uses RabbitMQ (the shared one or a private node) carries
+    `pytestmark = pytest.mark.broker`
     and no other does: a test file that forgets it would run next to the
     broker tests and could receive their broadcasts."""
     wrong = set()
     for item in items:
         module = item.module
-        uses_broker = "mq_support" in Path(module.__file__).read_text()
+        text = Path(module.__file__).read_text()
+        # mq_support: the shared broker; rabbit_node: a private RabbitMQ node of the module's own
+        uses_broker = "mq_support" in text or "rabbit_node" in text
         if uses_broker != (item.get_closest_marker("broker") is not None):
-            wrong.add(f"{Path(module.__file__).name}: uses mq_support={uses_broker}, "
+            wrong.add(f"{Path(module.__file__).name}: uses RabbitMQ={uses_broker}, "
                       f"marked broker={not uses_broker}")
     if wrong:
         raise pytest.UsageError("the `broker` marker does not match RabbitMQ use:\n  "

@@ -272,13 +272,16 @@ BAD = [
     ("redis://guest:hunter2@127.0.0.1:6379/0", "scheme `redis`"),
     ("amqp://guest:hunter2@127.0.0.1/?heartbeat=often", "`heartbeat`"),
     ("amqp://guest:hunter2@127.0.0.1/?frame_max=4096", "unsupported query option `frame_max`"),
-    ("amqp://guest:hunter2@h1;amqp://guest:hunter2@h2", "several broker URIs"),
+    # kombu's fail-over list is read (test_broker_failover.py); an empty entry is refused
+    ("amqp://guest:hunter2@h1;;amqp://guest:hunter2@h2", "empty broker URI"),
+    ("amqp://guest:hunter2@127.0.0.1//;amqp://guest:hunter2@127.0.0.1:port/", "invalid host or port"),
     ("rabbitmq:5672", "is not a URI"),
 ]
 
 
 @pytest.mark.parametrize("uri,needle", BAD, ids=["bad-port", "redis-scheme", "bad-heartbeat",
-                                                  "unknown-option", "failover-list", "no-scheme"])
+                                                  "unknown-option", "failover-empty-entry",
+                                                  "failover-bad-entry", "no-scheme"])
 def test_bad_uris_are_one_line_errors_without_the_password(uri, needle, setting, tmp_path):
     db, _world, _tokens, secret = setting
     server = ServerProcess(tmp_path, db, secret, name="uri-bad", extra={"rabbitmq": {"uri": uri}})

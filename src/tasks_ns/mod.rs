@@ -859,6 +859,12 @@ async fn emit_to_collaboration<A: Adapter, T: serde::Serialize + ?Sized>(
     .await;
 }
 
+/// Whether the adapter failed because the broker did not take the message.
+fn is_broker_error(e: &socketioxide::AdapterError) -> bool {
+    e.0.downcast_ref::<socketioxide_amqp::Error>()
+        .is_some_and(|e| matches!(e, socketioxide_amqp::Error::Broker(_)))
+}
+
 /// Counts the sockets a broadcast missed and logs a rate-limited summary:
 /// when many clients leave at once every departure's broadcasts meet the
 /// others' closed sockets, so one line per broadcast (or per socket) would
@@ -866,6 +872,11 @@ async fn emit_to_collaboration<A: Adapter, T: serde::Serialize + ?Sized>(
 fn broadcast_failed(ctx: &TasksContext, room: &str, event: &str, e: &BroadcastError) {
     let errors = match e {
         BroadcastError::Socket(errors) => errors,
+        BroadcastError::Adapter(a) if is_broker_error(a) => {
+            // Counted per event and summarised once per outage by the adapter
+            // (`v6_socketio_broker_publish_lost_total`): no line per event here.
+            return;
+        }
         other => {
             if let Some(n) = ctx.log_due("broadcast_failed", 1) {
                 warn!(room, event, error = %other, failures = n, "broadcast failed");

@@ -17,6 +17,8 @@ use std::{
     task::{Context, Poll},
 };
 
+use std::sync::Arc;
+
 use futures_core::Stream;
 use tokio::sync::mpsc;
 
@@ -25,7 +27,7 @@ mod amqp;
 mod memory;
 
 #[cfg(feature = "amqp")]
-pub use amqp::{AmqpConfig, AmqpDriver, AmqpError};
+pub use amqp::{AmqpConfig, AmqpDriver, AmqpError, DEFAULT_RECONNECT_MAX};
 pub use memory::{MemoryBroker, MemoryDriver, MemoryError};
 
 /// The bodies arriving in the instance's queue.
@@ -57,6 +59,10 @@ impl std::fmt::Debug for MessageStream {
     }
 }
 
+/// The queues of the other servers the adapter knows (from their heartbeats), asked by a driver
+/// when it needs them, see [`Driver::set_peer_queues`].
+pub type PeerQueues = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// What the adapter needs from a message broker.
 ///
 /// Implementations must be cheap to share (the adapter keeps one per `SocketIo` and calls it from
@@ -78,6 +84,13 @@ pub trait Driver: Send + Sync + 'static {
 
     /// The name of this instance's own queue, where direct messages for it arrive.
     fn queue_name(&self) -> &str;
+
+    /// Gives the driver the queues of the other servers the adapter knows. The AMQP driver binds
+    /// them to the exchange again after a reconnect, since a broker restart drops the bindings
+    /// of the non-durable exchange while their queues survive. The default ignores it.
+    fn set_peer_queues(&self, source: PeerQueues) {
+        let _ = source;
+    }
 
     /// Takes the stream of bodies arriving in this instance's queue.
     ///

@@ -22,7 +22,10 @@
 //!   (only `CERT_REQUIRED` / `required`: verification cannot be turned off), `login_method`
 //!   (`PLAIN`, `AMQPLAIN`, `EXTERNAL`). Any other option is refused, as kombu refuses options it
 //!   does not know.
-//! * Several URIs separated by `;` (kombu's fail-over list) are refused for now.
+//! * Several URIs (a RabbitMQ cluster): [`BrokerUris`], kombu's fail-over list. kombu splits its
+//!   `hostname` at every `;` (`amqp://a//;amqp://b//`) and also takes a list; each entry is a whole
+//!   URI read with the rules above (kombu's `switch` parses each alternate on its own). Blanks
+//!   around an entry are dropped; an empty entry is refused. A single [`BrokerUri`] refuses `;`.
 //!
 //! ```
 //! use socketioxide_amqp::BrokerUri;
@@ -61,10 +64,16 @@ pub enum UriError {
         /// The scheme found.
         scheme: String,
     },
-    /// kombu's `;`-separated fail-over list.
-    #[error("`{uri}`: several broker URIs separated by `;` are not supported; give one")]
+    /// kombu's `;`-separated fail-over list where one URI is expected (use [`BrokerUris`]).
+    #[error("`{uri}`: several broker URIs separated by `;` where one is expected")]
     SeveralUris {
         /// The URI, password hidden.
+        uri: String,
+    },
+    /// A fail-over list with an empty entry (`a;;b`, a trailing `;`) or no entry at all.
+    #[error("`{uri}`: empty broker URI in the list (entries are separated by `;`)")]
+    EmptyUri {
+        /// The list, passwords hidden.
         uri: String,
     },
     /// A port that is not a number from 0 to 65535, or a malformed `[IPv6]` host.
@@ -273,6 +282,101 @@ impl FromStr for BrokerUri {
     }
 }
 
+/// One or more broker URIs, tried in turn: kombu's fail-over list (see the [module docs](self)).
+///
+/// The driver connects to the first that answers at start-up, and after losing a connection goes
+/// on round-robin from the one after it (kombu's default `failover_strategy`), so the instances of
+/// a RabbitMQ cluster spread over its nodes as Python's do. `Display` and `Debug` hide the
+/// passwords.
+///
+/// ```
+/// use socketioxide_amqp::BrokerUris;
+///
+/// let uris: BrokerUris = "amqp://u:secret@rabbit-a:5672//; amqp://u:secret@rabbit-b:5672//".parse()?;
+/// assert_eq!(uris.len(), 2);
+/// assert_eq!(uris[1].host(), "rabbit-b");
+/// assert_eq!(uris.to_string(), "amqp://u:***@rabbit-a:5672//;amqp://u:***@rabbit-b:5672//");
+/// # Ok::<(), socketioxide_amqp::UriError>(())
+/// ```
+#[derive(Clone, PartialEq)]
+pub struct BrokerUris(Vec<BrokerUri>);
+
+impl BrokerUris {
+    /// Parses a `;`-separated list (one URI is a list of one).
+    pub fn parse(uris: &str) -> Result<Self, UriError> {
+        uris.parse()
+    }
+    /// Parses each entry of a list (kombu's `Connection([...])`); an entry may itself hold
+    /// `;`-separated URIs.
+    pub fn from_list<S: AsRef<str>>(list: &[S]) -> Result<Self, UriError> {
+        let mut all = Vec::new();
+        for entry in list {
+            all.extend(Self::parse(entry.as_ref())?.0);
+        }
+        if all.is_empty() {
+            return Err(UriError::EmptyUri { uri: String::new() });
+        }
+        Ok(Self(all))
+    }
+    /// The first URI (the one tried first at start-up).
+    pub fn first(&self) -> &BrokerUri {
+        // Never empty: every constructor checks it.
+        &self.0[0]
+    }
+    /// The URIs, in order.
+    pub fn as_slice(&self) -> &[BrokerUri] {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for BrokerUris {
+    type Target = [BrokerUri];
+    fn deref(&self) -> &[BrokerUri] {
+        &self.0
+    }
+}
+
+impl From<BrokerUri> for BrokerUris {
+    fn from(uri: BrokerUri) -> Self {
+        Self(vec![uri])
+    }
+}
+
+impl FromStr for BrokerUris {
+    type Err = UriError;
+
+    fn from_str(s: &str) -> Result<Self, UriError> {
+        let uris = s
+            .split(';')
+            .map(|part| match part.trim() {
+                "" => Err(UriError::EmptyUri { uri: redact(s) }),
+                part => part.parse::<BrokerUri>(),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(uris))
+    }
+}
+
+impl fmt::Display for BrokerUris {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, uri) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(";")?;
+            }
+            f.write_str(uri.redacted())?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for BrokerUris {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(BrokerUri::redacted))
+            .finish()
+    }
+}
+
 /// The query options we honour, as read.
 #[derive(Default)]
 struct Options {
@@ -465,7 +569,11 @@ fn parse_query(query: &str) -> Vec<(String, String)> {
 /// `***`. Works on strings that do not parse, so errors can show them.
 fn redact(uri: &str) -> String {
     if uri.contains(';') {
-        return uri.split(';').map(redact).collect::<Vec<_>>().join(";");
+        return uri
+            .split(';')
+            .map(|u| redact(u.trim()))
+            .collect::<Vec<_>>()
+            .join(";");
     }
     let Some((scheme, rest)) = uri.split_once("://") else {
         return match uri.rsplit_once('@') {

@@ -136,3 +136,80 @@ fn decode_is_lenient_like_unquote() {
     assert_eq!(decode("%C3%A9"), "é");
     assert_eq!(decode("%ff"), "\u{fffd}");
 }
+
+#[test]
+fn failover_lists_as_kombu_splits_them() {
+    let uris = BrokerUris::parse("amqp://u:secret@a:5672//;amqp://u:secret@b:5673/v6").unwrap();
+    assert_eq!(uris.len(), 2);
+    assert_eq!(
+        (uris[0].host(), uris[0].port(), uris[0].vhost()),
+        ("a", 5672, "/")
+    );
+    assert_eq!(
+        (uris[1].host(), uris[1].port(), uris[1].vhost()),
+        ("b", 5673, "v6")
+    );
+    assert_eq!(uris.first().host(), "a");
+    // Each entry is a whole URI of its own: nothing is inherited from the first.
+    let uris = BrokerUris::parse("amqp://bob:pw@a/x?heartbeat=5;amqp://b").unwrap();
+    assert_eq!((uris[1].username(), uris[1].vhost()), ("guest", "/"));
+    assert_eq!(uris[1].heartbeat(), None);
+    // Blanks around the entries (a folded YAML string) are dropped.
+    let uris = BrokerUris::parse(" amqp://a// ;\n amqp://b// ").unwrap();
+    assert_eq!((uris[0].host(), uris[1].host()), ("a", "b"));
+    // One URI is a list of one.
+    let one = BrokerUris::parse("amqp://a//").unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(BrokerUris::from(parse("amqp://a//")), one);
+}
+
+#[test]
+fn failover_list_from_a_yaml_list() {
+    let uris = BrokerUris::from_list(&["amqp://a//", "amqp://b//;amqp://c//"]).unwrap();
+    let hosts: Vec<_> = uris.iter().map(BrokerUri::host).collect();
+    assert_eq!(hosts, ["a", "b", "c"]);
+    let empty: [&str; 0] = [];
+    assert!(matches!(
+        BrokerUris::from_list(&empty),
+        Err(UriError::EmptyUri { .. })
+    ));
+}
+
+#[test]
+fn bad_failover_lists_name_the_entry_without_passwords() {
+    for (list, needle) in [
+        ("amqp://u:secret@a//;", "empty broker URI"),
+        (
+            "amqp://u:secret@a//;;amqp://u:secret@b//",
+            "empty broker URI",
+        ),
+        ("", "empty broker URI"),
+        ("amqp://u:secret@a//;redis://u:secret@b/", "scheme `redis`"),
+        (
+            "amqp://u:secret@a//;amqp://u:secret@b:x/",
+            "invalid host or port",
+        ),
+    ] {
+        let e = BrokerUris::parse(list).expect_err(list).to_string();
+        assert!(e.contains(needle), "{list}: {e}");
+        assert!(!e.contains("secret"), "{list}: {e}");
+        assert!(!e.contains('\n'), "{list}: {e}");
+    }
+    // A single URI still refuses a list.
+    assert!(matches!(
+        BrokerUri::parse("amqp://a//;amqp://b//"),
+        Err(UriError::SeveralUris { .. })
+    ));
+}
+
+#[test]
+fn failover_lists_display_redacted() {
+    let uris = BrokerUris::parse("amqp://u:secret@a//; amqp://v:hunter2@b//").unwrap();
+    assert_eq!(uris.to_string(), "amqp://u:***@a//;amqp://v:***@b//");
+    let debug = format!("{uris:?}");
+    assert!(
+        !debug.contains("secret") && !debug.contains("hunter2"),
+        "{debug}"
+    );
+    assert!(debug.contains("amqp://v:***@b//"), "{debug}");
+}

@@ -89,7 +89,7 @@ impl Publisher {
         let uri: BrokerUri = uri
             .parse()
             .map_err(|e| anyhow::anyhow!("--amqp-uri: {e}"))?;
-        let config = AmqpConfig::new(uri).with_exchange(exchange);
+        let config = AmqpConfig::new(uri.into()).with_exchange(exchange);
         let driver = AmqpDriver::connect_publisher(config)
             .await
             .map_err(|e| anyhow::anyhow!("RabbitMQ: {e}"))?;

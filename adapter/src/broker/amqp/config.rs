@@ -2,14 +2,19 @@
 
 use std::time::Duration;
 
-use crate::BrokerUri;
+use crate::BrokerUris;
+
+/// Default of [`AmqpConfig::reconnect_max`].
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// Configuration of the RabbitMQ connection and topology.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct AmqpConfig {
-    /// The broker, read with kombu's rules (see [`BrokerUri`]).
-    pub uri: BrokerUri,
+    /// The broker: one URI or kombu's fail-over list of several (the nodes of a cluster), read
+    /// with kombu's rules (see [`BrokerUris`]). The driver connects to the first that answers at
+    /// start-up and, after losing a connection, tries the others round-robin from the next one.
+    pub uris: BrokerUris,
     /// The fanout exchange shared with the other instances (default `flask-socketio`, the
     /// Flask-SocketIO default; plain python-socketio uses `socketio`).
     pub exchange: String,
@@ -24,7 +29,8 @@ pub struct AmqpConfig {
     pub publisher_confirms: bool,
     /// First delay of the reconnect backoff (default 100 ms).
     pub reconnect_min: Duration,
-    /// Largest delay of the reconnect backoff (default 10 s).
+    /// Largest delay of the reconnect backoff (default 2 s): the longest a reconnect waits
+    /// after the broker is back, on top of the connection's own set-up.
     pub reconnect_max: Duration,
     /// Capacity of the channel between the consumer and the adapter (default 1024).
     pub buffer: usize,
@@ -32,33 +38,38 @@ pub struct AmqpConfig {
     /// [`AmqpError::Timeout`](super::AmqpError::Timeout) (default 5 s). Bounds the wait on a silently dead connection.
     pub publish_timeout: Duration,
     /// How long opening a connection (TCP, AMQP handshake, declarations) may take before the
-    /// attempt fails with [`AmqpError::ConnectTimeout`](super::AmqpError::ConnectTimeout) (default 10 s). Without it, an attempt
+    /// attempt fails with [`AmqpError::ConnectTimeout`](super::AmqpError::ConnectTimeout) (default 10 s, or the first URI's
+    /// `connect_timeout` option; a URI's own option applies to that URI). Without it, an attempt
     /// that reached a broker while it was shutting down could wait forever and stop the
     /// reconnect loop.
     pub connect_timeout: Duration,
 }
 
 impl AmqpConfig {
-    /// A configuration with the defaults and the given broker. A `connect_timeout` option in
-    /// the URI sets [`connect_timeout`](Self::connect_timeout).
+    /// A configuration with the defaults and the given broker: one URI or several (a
+    /// [`BrokerUri`](crate::BrokerUri) converts with `.into()`). A `connect_timeout` option in
+    /// the first URI sets [`connect_timeout`](Self::connect_timeout).
     ///
     /// ```
     /// use socketioxide_amqp::AmqpConfig;
     /// let config = AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/".parse()?);
-    /// assert_eq!(config.uri.vhost(), "/");
+    /// assert_eq!(config.uris.first().vhost(), "/");
     /// # Ok::<(), socketioxide_amqp::UriError>(())
     /// ```
-    pub fn new(uri: BrokerUri) -> Self {
-        let connect_timeout = uri.connect_timeout().unwrap_or(Duration::from_secs(10));
+    pub fn new(uris: BrokerUris) -> Self {
+        let connect_timeout = uris
+            .first()
+            .connect_timeout()
+            .unwrap_or(Duration::from_secs(10));
         Self {
-            uri,
+            uris,
             exchange: "flask-socketio".to_owned(),
             queue_name: None,
             queue_expires: Some(Duration::from_secs(300)),
             prefetch: 256,
             publisher_confirms: true,
             reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(10),
+            reconnect_max: DEFAULT_RECONNECT_MAX,
             buffer: 1024,
             publish_timeout: Duration::from_secs(5),
             connect_timeout,

@@ -44,19 +44,45 @@
 //! replays the declared topology). We do not use it: its TCP retries are bounded (16 attempts by
 //! default) after which the connection is dead for good, which does not fit a long broker outage.
 //! Instead a supervisor task owns the connection; when the consumer stream ends or a publish fails
-//! on a dead connection it reconnects with exponential backoff (100 ms to 10 s by default, without
-//! limit) and redeclares the exchange, the queue, the binding and the consumer.
+//! on a dead connection it reconnects and redeclares the exchange, the queue, the binding and the
+//! consumer.
+//!
+//! * **Several URIs** ([`BrokerUris`](crate::BrokerUris), kombu's `;` list): at start-up they
+//!   are tried in order and the first that answers is used (start-up fails only when none
+//!   does); after a loss, the attempts go round-robin from the URI after the lost one, as
+//!   kombu's default `round-robin` fail-over strategy does, so instances leave a dead node
+//!   at once.
+//! * **Backoff**: the first round over the URIs starts at once; after each round that found no
+//!   broker the loop sleeps, 100 ms first, doubling up to [`AmqpConfig::reconnect_max`] (2 s by
+//!   default), without limit in time. So the queue is consumed again at most `reconnect_max`
+//!   (plus the connection's set-up, a few ms on a LAN) after the broker accepts connections.
+//!   A round in which every URI refused the TCP connection (nothing listens: a broker that is
+//!   restarting) costs a SYN and a reset per URI, so after such a round the pause is at most
+//!   250 ms: the usual restart is noticed within a quarter of a second of the port opening.
+//!   Attempt failures are logged once when the outage starts, then at most every 30 s; the
+//!   reconnect line says how long it lasted and how many attempts it took.
+//! * **Peers' queues**: the exchange is not durable (python-socketio's declaration), so a broker
+//!   restart drops every binding to it, while the instances' durable queues survive. The first
+//!   instance back would publish into an exchange bound to its own queue only, and the others
+//!   would silently miss what it publishes until they are back too. After redeclaring its own
+//!   topology, a consuming driver therefore binds the queues of the peers the adapter knew when
+//!   the connection was lost or knows now
+//!   (from their heartbeats, see [`Driver::set_peer_queues`]) before it publishes again: what it
+//!   publishes waits in their queues until they consume again. A peer queue that no longer
+//!   exists is skipped.
+//!
 //! While disconnected, publishing fails at once with [`AmqpError::NotConnected`]; local delivery
-//! in the adapter is not affected. A publish that times out ([`AmqpConfig::publish_timeout`]) also
-//! makes the supervisor drop the connection and reconnect: a connection that died without a TCP
-//! reset would otherwise look alive until the AMQP heartbeats notice.
+//! in the adapter is not affected (the adapter counts the lost events). A publish that times out
+//! ([`AmqpConfig::publish_timeout`]) also makes the supervisor drop the connection and reconnect:
+//! a connection that died without a TCP reset would otherwise look alive until the AMQP
+//! heartbeats notice.
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, RwLock, Weak,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::{FutureExt as _, StreamExt};
@@ -74,7 +100,9 @@ use tokio::sync::{mpsc, watch, Notify};
 
 mod config;
 
-pub use config::AmqpConfig;
+pub use config::{AmqpConfig, DEFAULT_RECONNECT_MAX};
+
+use crate::BrokerUri;
 
 /// An error of the [`AmqpDriver`].
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +128,14 @@ pub enum AmqpError {
     Amqp(#[from] lapin::Error),
 }
 
-use super::{Driver, MessageStream};
+use super::{Driver, MessageStream, PeerQueues};
+
+/// The longest pause between two reconnect rounds whose every attempt was refused (nothing
+/// listening: cheap to retry).
+const REFUSED_PAUSE: Duration = Duration::from_millis(250);
+
+/// At most one "still reconnecting" line per this interval during an outage.
+const RECONNECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 const NO_GEN: u64 = u64::MAX;
 
@@ -125,6 +160,10 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     rx: Mutex<Option<MessageStream>>,
     supervisor: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The index in [`AmqpConfig::uris`] of the current (or last) connection.
+    current: AtomicUsize,
+    /// The adapter's peers' queues, bound to the exchange after a reconnect.
+    peer_queues: RwLock<Option<PeerQueues>>,
 }
 
 impl std::fmt::Debug for AmqpDriver {
@@ -168,7 +207,7 @@ impl AmqpDriver {
             .queue_name
             .clone()
             .unwrap_or_else(|| format!("socketioxide-amqp.{}", uuid::Uuid::new_v4()));
-        let session = open_session(&config, &queue, consume).await?;
+        let (session, current) = open_first(&config, &queue, consume).await?;
         let (tx, rx) = mpsc::channel(config.buffer.max(1));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -182,10 +221,13 @@ impl AmqpDriver {
             shutdown,
             rx: Mutex::new(consume.then(|| MessageStream::new(rx))),
             supervisor: tokio::sync::Mutex::new(None),
+            current: AtomicUsize::new(current),
+            peer_queues: RwLock::new(None),
         });
         tracing::info!(
             exchange = %inner.config.exchange,
             queue = %inner.queue,
+            uri = %inner.config.uris[current],
             "connected to the AMQP broker"
         );
         let supervisor = tokio::spawn(supervise(
@@ -205,6 +247,12 @@ impl AmqpDriver {
         read(&self.inner.channel)
             .as_ref()
             .is_some_and(|c| c.status().connected())
+    }
+
+    /// The URI of the current connection (of the last one while disconnected), password hidden.
+    pub fn current_uri(&self) -> &BrokerUri {
+        let i = self.inner.current.load(Ordering::Relaxed);
+        &self.inner.config.uris[i.min(self.inner.config.uris.len() - 1)]
     }
 
     /// The exchange name.
@@ -277,6 +325,10 @@ impl Driver for AmqpDriver {
         &self.inner.queue
     }
 
+    fn set_peer_queues(&self, source: PeerQueues) {
+        *write(&self.inner.peer_queues) = Some(source);
+    }
+
     fn subscribe(&self) -> Option<MessageStream> {
         self.inner
             .rx
@@ -313,22 +365,44 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// [`try_open_session`], at most [`AmqpConfig::connect_timeout`].
-async fn open_session(
+/// The first of the URIs that answers, in order, and its index; the last error when none does.
+async fn open_first(
     config: &AmqpConfig,
     queue: &str,
     consume: bool,
+) -> Result<(Session, usize), AmqpError> {
+    let mut last = None;
+    for (i, uri) in config.uris.iter().enumerate() {
+        match open_session(config, uri, queue, consume).await {
+            Ok(s) => return Ok((s, i)),
+            Err(e) => {
+                if config.uris.len() > 1 {
+                    tracing::warn!(uri = %uri, error = %e, "cannot connect to this AMQP broker");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or(AmqpError::NotConnected))
+}
+
+/// [`try_open_session`], at most the URI's `connect_timeout` option, else
+/// [`AmqpConfig::connect_timeout`].
+async fn open_session(
+    config: &AmqpConfig,
+    uri: &BrokerUri,
+    queue: &str,
+    consume: bool,
 ) -> Result<Session, AmqpError> {
-    tokio::time::timeout(
-        config.connect_timeout,
-        try_open_session(config, queue, consume),
-    )
-    .await
-    .map_err(|_| AmqpError::ConnectTimeout)?
+    let bound = uri.connect_timeout().unwrap_or(config.connect_timeout);
+    tokio::time::timeout(bound, try_open_session(config, uri, queue, consume))
+        .await
+        .map_err(|_| AmqpError::ConnectTimeout)?
 }
 
 async fn try_open_session(
     config: &AmqpConfig,
+    uri: &BrokerUri,
     queue: &str,
     consume: bool,
 ) -> Result<Session, AmqpError> {
@@ -340,9 +414,9 @@ async fn try_open_session(
         .into(),
     );
     let conn = Connection::connect_uri_with_config(
-        config.uri.amqp().clone(),
+        uri.amqp().clone(),
         props,
-        config.uri.tls_config().clone(),
+        uri.tls_config().clone(),
         lapin::runtime::default_runtime()?,
     )
     .await?;
@@ -458,33 +532,154 @@ async fn supervise(
         if let Some(i) = inner.upgrade() {
             write(&i.channel).take();
         }
-        tracing::warn!(exchange = %config.exchange, "lost the AMQP connection; reconnecting");
+        let lost_at = Instant::now();
+        // The peers known now, while their heartbeats are fresh: a long outage may make the
+        // adapter forget them before we are back.
+        let known_at_loss = inner.upgrade().map(|i| peer_queues(&i)).unwrap_or_default();
+        let n = config.uris.len();
+        let lost = inner
+            .upgrade()
+            .map_or(0, |i| i.current.load(Ordering::Relaxed))
+            % n;
+        tracing::warn!(
+            exchange = %config.exchange,
+            uri = %config.uris[lost],
+            "lost the AMQP connection; reconnecting"
+        );
         let consume = session.consumer.is_some();
         let mut delay = config.reconnect_min;
-        session = loop {
-            if inner.strong_count() == 0 || *shutdown.borrow() {
-                return;
-            }
-            match open_session(&config, &queue, consume).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "AMQP reconnect failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                    delay = (delay * 2).min(config.reconnect_max);
+        let mut next = (lost + 1) % n;
+        let mut attempts: u64 = 0;
+        let mut last_line: Option<Instant> = None;
+        session = 'reconnect: loop {
+            let mut all_refused = true;
+            for _ in 0..n {
+                if inner.strong_count() == 0 || *shutdown.borrow() {
+                    return;
                 }
+                let uri = &config.uris[next];
+                attempts += 1;
+                match open_session(&config, uri, &queue, consume).await {
+                    Ok(s) => break 'reconnect s,
+                    Err(e) => {
+                        all_refused &= is_refused(&e);
+                        if last_line.is_none_or(|t| t.elapsed() >= RECONNECT_LOG_INTERVAL) {
+                            last_line = Some(Instant::now());
+                            tracing::warn!(
+                                uri = %uri,
+                                error = %e,
+                                attempts,
+                                down_for = ?lost_at.elapsed(),
+                                "AMQP reconnect failed; retrying (next line in 30 s at most)"
+                            );
+                        }
+                    }
+                }
+                next = (next + 1) % n;
             }
+            // Nothing listens at any URI (a broker restarting): retrying costs a SYN and a
+            // reset, so the pause stays short and the queue is consumed again soon after the
+            // broker opens its port. Other failures back off up to `reconnect_max`.
+            let pause = if all_refused {
+                delay.min(REFUSED_PAUSE)
+            } else {
+                delay
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
+            delay = (delay * 2).min(config.reconnect_max);
         };
         let Some(i) = inner.upgrade() else {
             return;
         };
+        if consume {
+            let mut peers = peer_queues(&i);
+            peers.extend(known_at_loss);
+            peers.sort_unstable();
+            peers.dedup();
+            peers.retain(|q| *q != queue);
+            if !peers.is_empty() {
+                let wanted = peers.len();
+                let rebind = rebind_peers(&session.conn, &config.exchange, peers);
+                if let Ok(bound) = tokio::time::timeout(config.publish_timeout, rebind).await {
+                    tracing::info!(
+                        bound,
+                        wanted,
+                        "bound the known peers' queues to the exchange again"
+                    );
+                } else {
+                    tracing::warn!(wanted, "binding the peers' queues took too long");
+                }
+            }
+        }
         gen += 1;
         i.session_gen.store(gen, Ordering::Release);
+        i.current.store(next, Ordering::Relaxed);
         *write(&i.channel) = Some(session.channel.clone());
-        tracing::info!(exchange = %config.exchange, queue = %i.queue, "reconnected to the AMQP broker");
+        tracing::info!(
+            exchange = %config.exchange,
+            queue = %i.queue,
+            uri = %config.uris[next],
+            down_for = ?lost_at.elapsed(),
+            attempts,
+            "reconnected to the AMQP broker"
+        );
     }
+}
+
+/// Whether an attempt failed because nothing accepted the TCP connection.
+fn is_refused(e: &AmqpError) -> bool {
+    match e {
+        AmqpError::Amqp(e) => match e.kind() {
+            lapin::ErrorKind::IOError(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// The adapter's peers' queues, as [`Driver::set_peer_queues`] gave the source.
+fn peer_queues(inner: &Inner) -> Vec<String> {
+    let source = read(&inner.peer_queues).clone();
+    source.map(|f| f()).unwrap_or_default()
+}
+
+/// Binds each queue to `exchange` on a channel of its own; a queue that does not exist (a peer
+/// that stopped, or one on another broker) closes that channel and is skipped. Returns how many
+/// were bound.
+async fn rebind_peers(conn: &Connection, exchange: &str, queues: Vec<String>) -> usize {
+    let mut bound = 0;
+    let mut channel: Option<Channel> = None;
+    for queue in queues {
+        if !channel.as_ref().is_some_and(|c| c.status().connected()) {
+            channel = conn.create_channel().await.ok();
+        }
+        let Some(ch) = &channel else {
+            break;
+        };
+        let res = ch
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        match res {
+            Ok(()) => bound += 1,
+            Err(e) => {
+                tracing::debug!(queue = %queue, error = %e, "cannot bind a peer's queue");
+                channel = None;
+            }
+        }
+    }
+    if let Some(ch) = channel {
+        let _ = ch.close(200, "bound".into()).await;
+    }
+    bound
 }
 
 /// Most deliveries handled before they are acknowledged (together, with `multiple`); well
@@ -606,6 +801,25 @@ async fn run_session(
 mod tests {
     use super::*;
 
+    /// Nothing listens: the attempt fails at once and is recognised as refused (the short
+    /// pause); a silent peer's timeout is not.
+    #[tokio::test]
+    async fn a_closed_port_is_refused() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let config = AmqpConfig::new(
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+                .parse()
+                .unwrap(),
+        );
+        let res = open_session(&config, config.uris.first(), "q", true).await;
+        let err = res.err().expect("nothing listens");
+        assert!(is_refused(&err), "{err:?}");
+        assert!(!is_refused(&AmqpError::ConnectTimeout));
+    }
+
     /// A peer that accepts TCP connections and never speaks AMQP, like a broker caught while
     /// shutting down: connecting must give up instead of waiting forever.
     #[tokio::test]
@@ -629,7 +843,7 @@ mod tests {
         assert!(matches!(res, Err(AmqpError::ConnectTimeout)), "{res:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
         // The reconnect loop uses the same bounded attempt.
-        let res = open_session(&config, "q", true).await;
+        let res = open_session(&config, config.uris.first(), "q", true).await;
         assert!(matches!(res, Err(AmqpError::ConnectTimeout)));
         accept.abort();
     }
