@@ -47,10 +47,18 @@ async fn health() -> &'static str {
     "ok"
 }
 
+/// How long `/ready` waits for the database: a probe behind a dead
+/// connection or an exhausted pool must answer, not hang until its own
+/// timeout (the pool's is 10 s).
+pub const READY_DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(900);
+
 async fn ready(State(state): State<AppState>) -> Response {
     let mut down = Vec::new();
-    if state.readiness.store.ping().await.is_err() {
-        down.push("database");
+    match tokio::time::timeout(READY_DATABASE_TIMEOUT, state.readiness.store.writable()).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => down.push("database (read-only)"),
+        Ok(Err(_)) => down.push("database"),
+        Err(_) => down.push("database (no answer within 0.9 s)"),
     }
     if state
         .readiness

@@ -242,6 +242,37 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the database takes writes now, for readiness checks; `Err`
+    /// when it does not answer. PostgreSQL: the session's
+    /// `transaction_read_only` (on for a hot standby or a read-only
+    /// database). SQLite: a write transaction is begun (`BEGIN IMMEDIATE`
+    /// takes the write lock, which a read-only file, directory or mount
+    /// refuses) and rolled back without writing anything.
+    pub async fn writable(&self) -> Result<bool, StoreError> {
+        match &self.pool {
+            Pool::Postgres(p) => {
+                let (read_only,): (String,) =
+                    sqlx::query_as("SELECT current_setting('transaction_read_only')")
+                        .fetch_one(p)
+                        .await?;
+                Ok(read_only != "on")
+            }
+            Pool::Sqlite(p) => {
+                use sqlx::Connection as _;
+                let mut conn = p.acquire().await?;
+                let writable = match conn.begin_with("BEGIN IMMEDIATE").await {
+                    Ok(tx) => {
+                        tx.rollback().await?;
+                        Ok(true)
+                    }
+                    Err(sqlx::Error::Database(e)) if is_sqlite_read_only(e.as_ref()) => Ok(false),
+                    Err(e) => Err(e.into()),
+                };
+                writable
+            }
+        }
+    }
+
     /// Whether `authenticatable.keycloak_id` exists: the vantage6 5.x
     /// schema has it, 4.x does not.
     pub async fn has_keycloak_id_column(&self) -> Result<bool, StoreError> {
@@ -719,6 +750,14 @@ fn sqlalchemy_sqlite_datetime(t: NaiveDateTime) -> String {
 
 pub use demo::{create_demo_database, create_demo_database_v5, DemoFixture};
 
+/// SQLite's `SQLITE_READONLY` family (8, extended 264, 520, ...): the
+/// database cannot be written.
+fn is_sqlite_read_only(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == 8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,3 +793,4 @@ mod tests {
         assert_eq!(sqlalchemy_sqlite_datetime(t), "2026-11-28 07:05:03.000042");
     }
 }
+

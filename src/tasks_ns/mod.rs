@@ -60,6 +60,8 @@ struct ContextInner {
     log_limit: LogLimiter,
     /// Sessions running now (see [`TasksContext::sessions_ended`]).
     sessions: watch::Sender<usize>,
+    /// A graceful stop has begun: new connections get no session.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl TasksContext {
@@ -72,6 +74,7 @@ impl TasksContext {
                 metrics,
                 log_limit: LogLimiter::default(),
                 sessions: watch::Sender::new(0),
+                closing: std::sync::atomic::AtomicBool::new(false),
             }),
             first_event_delay: DEFAULT_FIRST_EVENT_DELAY,
             generation: Vantage6Generation::V4,
@@ -105,6 +108,27 @@ impl TasksContext {
         let mut sessions = self.inner.sessions.subscribe();
         // Cannot fail: the sender lives in `self`.
         let _ = sessions.wait_for(|&running| running == 0).await;
+    }
+
+    /// The first step of a graceful stop: every `/tasks` session of this
+    /// instance handles its disconnect now (see [`queue::end_session`]),
+    /// and sockets that connect from now on get no session (their
+    /// transport is closed with the others). Returns the sessions told.
+    pub fn end_sessions<A: Adapter>(&self, io: &SocketIo<A>) -> usize {
+        self.inner
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let Some(ns) = io.of(NAMESPACE) else {
+            return 0;
+        };
+        ns.sockets()
+            .iter()
+            .filter(|s| queue::end_session(s, DisconnectReason::ClosingServer))
+            .count()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.inner.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Sessions running now: sockets whose disconnect is not handled yet.
@@ -174,6 +198,10 @@ async fn on_connect<A: Adapter>(
     State(ctx): State<TasksContext>,
     SessionStart(jobs): SessionStart,
 ) {
+    if ctx.is_closing() {
+        debug!(sid = %s.id, "connected during a graceful stop: no session");
+        return;
+    }
     let _running = RunningSession::start(&ctx);
     run_session(s, ctx.clone(), jobs).await;
 }

@@ -216,6 +216,20 @@ impl<A: Adapter> FromMessageParts<A> for Enqueued {
     }
 }
 
+/// Ends `s`'s session as if it had disconnected (`reason`), without
+/// touching its transport: the session handles its disconnect (rooms left,
+/// offline, `node-offline`) while the namespace and the adapter still work.
+/// A graceful stop does this before it closes the transports: socketioxide
+/// removes the namespaces before it closes them, so their disconnect
+/// handlers would find no namespace. The socket's later disconnect finds
+/// the queue closed and changes nothing. Returns whether a session was
+/// told.
+pub fn end_session<A: Adapter>(s: &Socket<A>, reason: DisconnectReason) -> bool {
+    s.extensions
+        .get::<JobSender>()
+        .is_some_and(|sender| sender.send(Job::Disconnect(reason)).is_ok())
+}
+
 /// Disconnect-handler extractor: enqueues the final `Disconnect` job.
 pub struct Disconnected;
 
