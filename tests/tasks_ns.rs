@@ -1178,7 +1178,7 @@ async fn malformed_packets_close_or_are_ignored_and_others_are_unaffected() {
         let end = tokio::time::timeout(Duration::from_millis(300), async {
             loop {
                 match ws.next().await {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                    None | Some(Err(_) | Ok(Message::Close(_))) => return true,
                     Some(Ok(_)) => {}
                 }
             }
