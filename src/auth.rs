@@ -69,6 +69,9 @@ struct Claims {
     sub: Option<Value>,
     #[serde(rename = "type")]
     token_type: Option<String>,
+    iat: Option<Value>,
+    nbf: Option<Value>,
+    exp: Option<Value>,
 }
 
 /// Verifies vantage6 access tokens. Cheap to clone.
@@ -114,6 +117,16 @@ impl TokenVerifier {
             },
         )?;
         let claims = data.claims;
+        // jsonwebtoken skips a time claim that is not a number; PyJWT reads it with `int()`.
+        let times: Map<String, Value> = [
+            ("iat", &claims.iat),
+            ("nbf", &claims.nbf),
+            ("exp", &claims.exp),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), v.clone()?)))
+        .collect();
+        check_times(&times, now(), 0.0)?;
         if claims.token_type.as_deref() != Some("access") {
             return Err(TokenError::NotAccessToken(claims.token_type));
         }
@@ -380,6 +393,20 @@ pub fn check_claims(
     now: f64,
     leeway: f64,
 ) -> Result<String, TokenError> {
+    check_times(claims, now, leeway)?;
+    let sub = match claims.get("sub") {
+        None => return Err(TokenError::BadSubject("(none)".into())),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => return Err(TokenError::BadSubject(other.to_string())),
+    };
+    if claims.get("type").and_then(Value::as_str) == Some("refresh") {
+        return Err(TokenError::NotAccessToken(Some("refresh".into())));
+    }
+    Ok(sub)
+}
+
+/// PyJWT's checks of `iat`, `nbf`, `exp` (read with `int()`, in that order) and `jti` (a string).
+fn check_times(claims: &Map<String, Value>, now: f64, leeway: f64) -> Result<(), TokenError> {
     if let Some(iat) = claims.get("iat") {
         let iat =
             py_int(iat).ok_or_else(|| malformed("Issued At claim (iat) must be an integer."))?;
@@ -404,15 +431,7 @@ pub fn check_claims(
     if claims.get("jti").is_some_and(|j| !j.is_string()) {
         return Err(malformed("JWT ID must be a string"));
     }
-    let sub = match claims.get("sub") {
-        None => return Err(TokenError::BadSubject("(none)".into())),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(TokenError::BadSubject(other.to_string())),
-    };
-    if claims.get("type").and_then(Value::as_str) == Some("refresh") {
-        return Err(TokenError::NotAccessToken(Some("refresh".into())));
-    }
-    Ok(sub)
+    Ok(())
 }
 
 fn malformed(message: &str) -> TokenError {

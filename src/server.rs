@@ -230,8 +230,22 @@ pub fn app<A: Adapter>(
     )
 }
 
-async fn detach(req: axum::extract::Request) -> axum::extract::Request {
-    detached_head::detach_head(req)
+/// The largest request head accepted, all header lines together: what nginx in front of
+/// vantage6 accepts by default (`large_client_header_buffers 4 8k`). hyper alone refuses more
+/// than 100 headers, but accepts a single header of hundreds of KiB.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+async fn detach(req: axum::extract::Request) -> Result<axum::extract::Request, ::http::StatusCode> {
+    let head: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if head > MAX_HEADER_BYTES {
+        tracing::debug!(bytes = head, "request headers too large");
+        return Err(::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+    Ok(detached_head::detach_head(req))
 }
 
 /// What [`run`] serves: the Socket.IO layer and server over one adapter,

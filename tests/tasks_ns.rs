@@ -936,3 +936,261 @@ async fn sessions_end_once_every_disconnect_is_handled() {
     assert_eq!(server.status(3).await.0.as_deref(), Some("offline"));
     assert!(server.node_config(1).await.is_empty());
 }
+
+/// Reads `client`'s events until the relay of the barrier with `status`; returns how many other
+/// events came before it (relays of fuzzed events that passed every check).
+async fn until_relay(client: &mut Client, status: &str) -> usize {
+    let relayed = status_relayed(1, 1, status);
+    let mut others = 0;
+    loop {
+        if client.next_event().await == relayed {
+            return others;
+        }
+        others += 1;
+    }
+}
+
+/// The `/tasks` payload fuzz target (proptest on stable Rust): the committed corpus
+/// `tests/corpus/tasks_payloads/` (payloads of vantage6-node 4.15.2 and wrong variants of them),
+/// then generated events — each node event, `ping`, `message`, `error` and unknown names, with
+/// arbitrary JSON or objects of the handlers' keys with arbitrary values — sent by a node and by a
+/// user. Then a barrier: both still get the next relay, so the server handled everything and
+/// kept serving. `V6_FUZZ_CASES` sets the number of generated events (default 3000).
+#[tokio::test]
+async fn fuzzed_event_payloads_never_break_the_session() {
+    use proptest::{
+        collection::{btree_map, vec},
+        prelude::*,
+        strategy::ValueTree,
+        test_runner::{Config, TestRunner},
+    };
+    let mut server = TestServer::start(Vantage6Generation::V4).await;
+    let (mut user, mut node) = server.connect_user_and_node_a().await;
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/tasks_payloads");
+    let mut seeds: Vec<_> = std::fs::read_dir(dir)
+        .expect("corpus directory")
+        .map(|e| e.expect("corpus entry").path())
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 10, "payload corpus has too few seeds");
+    for path in &seeds {
+        let seed: Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("seed")).expect("seed JSON");
+        let name = seed["event"].as_str().expect("seed event");
+        node.emit(name, seed["data"].clone()).await;
+        user.emit(name, seed["data"].clone()).await;
+    }
+    node.emit(
+        "algorithm_status_change",
+        status_change(1, 1, "after-corpus"),
+    )
+    .await;
+    let node_others = until_relay(&mut node, "after-corpus").await;
+    let user_others = until_relay(&mut user, "after-corpus").await;
+    // The seeds' own relays: the status change and the log line of run 1.
+    assert_eq!((node_others, user_others), (2, 2));
+    assert!(!server.node_config(1).await.is_empty());
+
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+            .map(Value::Number)),
+        ".{0,16}".prop_map(Value::String),
+        (0i64..4).prop_map(Value::from),
+    ];
+    let any_json = leaf.prop_recursive(4, 32, 5, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..5).prop_map(Value::Array),
+            btree_map("[a-z_]{0,8}", inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    const KEYS: [&str; 12] = [
+        "run_id",
+        "collaboration_id",
+        "status",
+        "log",
+        "task_id",
+        "node_id",
+        "organization_id",
+        "parent_id",
+        "os",
+        "platform",
+        "cpu_percent",
+        "num_algorithm_containers",
+    ];
+    let handler_object = btree_map(
+        (0..KEYS.len()).prop_map(|k| KEYS[k]),
+        any_json.clone(),
+        0..8,
+    )
+    .prop_map(|m| {
+        let mut o: serde_json::Map<String, Value> =
+            m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        // Most reach the run checks and the relays: the node's own collaboration and run.
+        o.entry("collaboration_id").or_insert(json!(1));
+        o.entry("run_id").or_insert(json!(1));
+        Value::Object(o)
+    });
+    const EVENTS: [&str; 9] = [
+        "algorithm_status_change",
+        "node_info_update",
+        "algorithm_log",
+        "node_metrics_update",
+        "ping",
+        "message",
+        "error",
+        "dataframe_deleted",
+        "x",
+    ];
+    let strategy = (
+        0..EVENTS.len(),
+        prop_oneof![any_json, handler_object],
+        any::<bool>(),
+    );
+    let cases = std::env::var("V6_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    // In batches, each closed by a barrier: a client that sends faster than its session is
+    // handled has events dropped (the session queue's bound), the barrier among them.
+    const BATCH: u32 = 50;
+    let (mut node_others, mut user_others) = (0, 0);
+    for batch in 0..cases.div_ceil(BATCH) {
+        for i in 0..BATCH.min(cases - batch * BATCH) {
+            let (event, data, from_node) =
+                strategy.new_tree(&mut runner).expect("a case").current();
+            let sender = if from_node { &mut node } else { &mut user };
+            if i % 7 == 0 {
+                sender.emit_without_argument(EVENTS[event]).await;
+            } else {
+                sender.emit(EVENTS[event], data).await;
+            }
+        }
+        let status = format!("after-batch-{batch}");
+        node.emit("algorithm_status_change", status_change(1, 1, &status))
+            .await;
+        node_others += until_relay(&mut node, &status).await;
+        user_others += until_relay(&mut user, &status).await;
+    }
+    println!(
+        "fuzzed {cases} events: {node_others} other events to the node, {user_others} to the user"
+    );
+    assert!(server.counter("v6_socketio_ignored_events_total{reason=\"unknown_event\"}") > 0);
+    // The session goes on as usual.
+    node.barrier(&mut [&mut user]).await;
+}
+
+/// Malformed Engine.IO / Socket.IO packets over a websocket, each on a fresh connection of its
+/// own (connected to `/tasks` without a token, or not connected to a namespace): the server
+/// closes that connection or ignores the packet, and a node and a user connected beforehand are
+/// not affected (they still get the next relay), and new clients still connect.
+#[tokio::test]
+async fn malformed_packets_close_or_are_ignored_and_others_are_unaffected() {
+    let server = TestServer::start(Vantage6Generation::V4).await;
+    let (mut user, mut node) = server.connect_user_and_node_a().await;
+    let deep = format!(
+        "42{NAMESPACE},[\"ping\",{}{}]",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let huge_text = format!("42{NAMESPACE},[\"message\",\"{}\"]", "x".repeat(2_000_000));
+    let texts: Vec<String> = vec![
+        "garbage".into(),
+        String::new(),
+        "4".into(),
+        "42".into(),
+        format!("42{NAMESPACE}"),
+        format!("42{NAMESPACE},"),
+        format!("42{NAMESPACE},["),
+        format!("42{NAMESPACE},{{}}"),
+        format!("42{NAMESPACE},[]"),
+        format!("42{NAMESPACE},[1,2]"),
+        format!("42{NAMESPACE},[null]"),
+        format!("49{NAMESPACE},[\"x\"]"),
+        "9".into(),
+        "7xyz".into(),
+        format!("451-{NAMESPACE},[\"ping\",{{\"_placeholder\":true,\"num\":0}}]"),
+        format!("452-{NAMESPACE},[\"ping\",{{\"_placeholder\":true,\"num\":5}}]"),
+        format!("45999999999999999999-{NAMESPACE},[\"ping\"]"),
+        format!("42{NAMESPACE},99999999999999999999999[\"ping\"]"),
+        format!("42{NAMESPACE},18446744073709551616[\"ping\"]"),
+        "40/nope,".into(),
+        "40/admin,{}".into(),
+        "41/nope,".into(),
+        deep,
+        huge_text,
+    ];
+    let mut closed = 0;
+    let mut frames: Vec<Message> = texts.into_iter().map(Message::text).collect();
+    frames.push(Message::binary(vec![0xff, 0xfe, 0x00, 0x34, 0x32]));
+    frames.push(Message::binary(Vec::new()));
+    let total = frames.len();
+    for (i, frame) in frames.into_iter().enumerate() {
+        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+        let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("websocket within the wait")
+            .expect("websocket");
+        let mut saw_open = false;
+        // OPEN, then (on even cases) CONNECT to /tasks without a token.
+        while let Some(Ok(msg)) = tokio::time::timeout(WAIT, ws.next()).await.expect("open") {
+            if let Message::Text(t) = msg {
+                saw_open = t.starts_with('0');
+                break;
+            }
+        }
+        assert!(saw_open, "case {i}: no Engine.IO OPEN");
+        if i % 2 == 0 {
+            ws.send(Message::text(format!("40{NAMESPACE},")))
+                .await
+                .expect("send");
+            let ack = loop {
+                match tokio::time::timeout(WAIT, ws.next()).await.expect("ack") {
+                    Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                        ws.send(Message::text("3")).await.expect("pong");
+                    }
+                    Some(Ok(Message::Text(t))) => break t.as_str().to_owned(),
+                    Some(Ok(_)) => {}
+                    other => panic!("case {i}: no CONNECT ack: {other:?}"),
+                }
+            };
+            assert!(
+                ack.starts_with(&format!("40{NAMESPACE},")),
+                "case {i}: {ack}"
+            );
+        }
+        // The malformed packet; a send error means the server already closed.
+        if ws.send(frame).await.is_err() {
+            closed += 1;
+            continue;
+        }
+        // Closed within a moment, or still open (the packet ignored).
+        let end = tokio::time::timeout(Duration::from_millis(300), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_) | Ok(Message::Close(_))) => return true,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        if end.is_ok() {
+            closed += 1;
+        }
+    }
+    println!("malformed packets: {total} sent, {closed} connections closed by the server");
+    assert!(closed > 0, "no malformed packet closed its connection");
+    node.barrier(&mut [&mut user]).await;
+    let mut other = server.connect(NODE_B).await;
+    assert_eq!(other.next_event().await, event("sync", &[]));
+}

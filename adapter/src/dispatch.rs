@@ -23,19 +23,25 @@ pub(crate) async fn dispatch<D: Driver>(shared: Weak<Shared<D>>, mut stream: Mes
         inc(&c.received);
         if body.len() > shared.config.max_message_size {
             inc(&c.invalid);
-            tracing::warn!(
-                bytes = body.len(),
-                limit = shared.config.max_message_size,
-                "dropping an oversized broker message"
-            );
+            if let Some(skipped) = c.invalid_log.hit() {
+                tracing::warn!(
+                    bytes = body.len(),
+                    limit = shared.config.max_message_size,
+                    skipped,
+                    "dropping an oversized broker message (skipped: invalid messages not logged since the last line)"
+                );
+            }
             continue;
         }
         let msg = match wire::decode(&body) {
             Ok(msg) => msg,
             Err(e) => {
                 inc(&c.invalid);
-                let head = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-                tracing::warn!(error = %e, body = %head, "dropping an invalid broker message");
+                if let Some(skipped) = c.invalid_log.hit() {
+                    let head = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                    tracing::warn!(error = %e, body = %head, skipped,
+                        "dropping an invalid broker message (skipped: invalid messages not logged since the last line)");
+                }
                 continue;
             }
         };

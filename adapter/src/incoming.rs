@@ -93,8 +93,12 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         let value = match wire::event_value(&e, format, !from_python) {
             Ok(v) => v,
             Err(err) => {
-                inc(&self.shared.counters.invalid);
-                tracing::warn!(error = %err, event = %e.event, "dropping an emit with a bad payload");
+                let c = &self.shared.counters;
+                inc(&c.invalid);
+                if let Some(skipped) = c.invalid_log.hit() {
+                    tracing::warn!(error = %err, event = %e.event, skipped,
+                        "dropping an emit with a bad payload (skipped: invalid messages not logged since the last line)");
+                }
                 return;
             }
         };

@@ -1,6 +1,12 @@
 //! The counters of the adapter's broker traffic ([`AdapterMetrics`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
+};
 
 /// Counters of the adapter's broker traffic, see [`AmqpAdapterCtr::metrics`](crate::AmqpAdapterCtr::metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,6 +45,48 @@ pub(crate) struct Counters {
     pub(crate) unroutable: AtomicU64,
     pub(crate) delivery_closed: AtomicU64,
     pub(crate) delivery_full: AtomicU64,
+    /// The warnings about dropped invalid messages: one line per interval, not one per message.
+    pub(crate) invalid_log: LogGate,
+}
+
+/// At most one log line per [`LogGate::INTERVAL`] for a kind of message that may arrive by the
+/// thousand (junk on the exchange): the first occurrence is logged at once, the next ones are
+/// counted into the first line due after the interval.
+#[derive(Debug, Default)]
+pub(crate) struct LogGate {
+    /// When the last line was logged, and how many occurrences were not logged since.
+    state: Mutex<Option<(Instant, u64)>>,
+}
+
+impl LogGate {
+    /// The interval between two lines.
+    pub(crate) const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// One occurrence: `Some(skipped)` when a line is due (`skipped` occurrences were not logged
+    /// since the previous line), `None` when it stays quiet.
+    pub(crate) fn hit(&self) -> Option<u64> {
+        self.hit_at(Instant::now())
+    }
+
+    fn hit_at(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *state {
+            Some((last, skipped)) if now.saturating_duration_since(*last) < Self::INTERVAL => {
+                *skipped += 1;
+                None
+            }
+            Some((last, skipped)) => {
+                let n = *skipped;
+                *last = now;
+                *skipped = 0;
+                Some(n)
+            }
+            None => {
+                *state = Some((now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -59,5 +107,22 @@ impl Counters {
             delivery_closed: self.delivery_closed.load(Ordering::Relaxed),
             delivery_full: self.delivery_full.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_gate_logs_the_first_then_one_line_per_interval() {
+        let gate = LogGate::default();
+        let t0 = Instant::now();
+        assert_eq!(gate.hit_at(t0), Some(0));
+        for i in 1..1000 {
+            assert_eq!(gate.hit_at(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(gate.hit_at(t0 + LogGate::INTERVAL), Some(999));
+        assert_eq!(gate.hit_at(t0 + LogGate::INTERVAL * 2), Some(0));
     }
 }

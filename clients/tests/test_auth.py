@@ -105,3 +105,97 @@ def test_expired_token_then_reconnect_with_fresh_token(world, db, clients, token
               join_msg("Node", world.node_b1.name, f"collaboration_{world.c1.id}_organization_{world.org_b.id}")],
         glob: [("node-online", node_status_payload(world.node_b1)), join_msg("Node", world.node_b1.name, c1)],
     })
+
+
+def _unsigned(header: dict, claims: dict, signature: bytes = b"") -> str:
+    import base64
+    import json
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
+    msg = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+    return msg + "." + b64(signature)
+
+
+def _v6_claims(sub) -> dict:
+    import time
+    import uuid
+    now = int(time.time())
+    return {"fresh": False, "iat": now, "jti": str(uuid.uuid4()), "type": "access", "sub": sub,
+            "nbf": now, "exp": now + 3600, "client_type": "node", "roles": []}
+
+
+def _unidentified_total(srv) -> float:
+    return sum(v for name, _, v in srv.metrics()
+               if name == "v6_socketio_unidentified_connections_total")
+
+
+def test_forged_algorithms_odd_subjects_and_missing_rows(world, db, srv, tokens, clients,
+                                                         connect_user, connect_node, figures):
+    """More tokens that identify nobody, each on its own client: ``alg: none``; an RS256 header
+    whose signature is an HMAC with the server secret (key confusion); HS256-signed tokens whose
+    ``sub`` is a float, a boolean, null, a list, a word, a number beyond 64 bits, or a string that
+    is not the id; the id of an ``authenticatable`` row of type node without its ``node`` row; the
+    id of a node whose rows were deleted after the token was minted. vantage6 4.15.2 sends none of
+    them anything (its decoder raises, or the look-up finds no node or user); each is counted once
+    on /metrics, stays connected and unidentified, and the server keeps serving the others."""
+    import hashlib
+    import hmac
+
+    import jwt
+    from sqlalchemy import text
+
+    glob = connect_user(world.u_glob)
+    quiesce(glob)
+    secret = tokens.secret
+    hs = lambda sub: jwt.encode(_v6_claims(sub), secret, algorithm="HS256")  # noqa: E731
+    a1 = world.node_a1.id
+    confused = _unsigned({"alg": "RS256", "typ": "JWT"}, _v6_claims(a1))
+    head, payload, _ = confused.split(".")
+    sig = hmac.new(secret.encode(), f"{head}.{payload}".encode(), hashlib.sha256).digest()
+    with db.session() as s:
+        orphan = s.execute(text("INSERT INTO authenticatable (type, status) VALUES ('node', 'offline') "
+                                "RETURNING id")).scalar_one()
+        deleted = s.execute(text("INSERT INTO authenticatable (type, status) VALUES ('user', 'offline') "
+                                 "RETURNING id")).scalar_one()
+    deleted_token = hs(deleted)
+    with db.session() as s:
+        s.execute(text("DELETE FROM authenticatable WHERE id = :id"), {"id": deleted})
+    cases = {
+        "alg_none": _unsigned({"alg": "none", "typ": "JWT"}, _v6_claims(a1)),
+        "rs256_header_hmac_of_secret": _unsigned({"alg": "RS256", "typ": "JWT"}, _v6_claims(a1), sig),
+        "sub_float": hs(a1 + 0.5),
+        "sub_bool": hs(True),
+        "sub_null": hs(None),
+        "sub_list": hs([a1]),
+        "sub_word": hs("node_a1"),
+        "sub_beyond_64_bits": hs(2 ** 70),
+        "sub_string_not_an_id": hs(f"{a1}x"),
+        "authenticatable_without_node_row": hs(orphan),
+        "deleted_after_minting": deleted_token,
+    }
+    before = _unidentified_total(srv)
+    bad = {case: clients(None, label=f"unidentified[{case}]", auth_header="Bearer " + token)
+           for case, token in cases.items()}
+    expect_exact({**{rec: [] for rec in bad.values()}, glob: []})
+    wait_until(lambda: _unidentified_total(srv) - before >= len(cases),
+               what="every bad token counted")
+    counted = _unidentified_total(srv) - before
+    figures(f"bad tokens: {len(cases)} clients, unidentified counter +{counted:g}")
+    assert counted == len(cases), counted
+    for case, rec in bad.items():
+        assert rec.connected, f"{case}: an unidentified client must stay connected to /tasks"
+        rec.emit("ping")
+    assert db.auth_row(a1) == ("offline", None)
+    with db.session() as s:
+        status = s.execute(text("SELECT status FROM authenticatable WHERE id = :id"),
+                           {"id": orphan}).scalar_one()
+    assert status == "offline", "a client without a node row was marked online"
+    # the server still serves others
+    node = connect_node(world.node_a1)
+    c1 = f"collaboration_{world.c1.id}"
+    expect_exact({glob: [("node-online", node_status_payload(world.node_a1)),
+                         join_msg("Node", world.node_a1.name, c1)],
+                  node: [], **{rec: [] for rec in bad.values()}})
+    srv.assert_alive()
+    assert "panicked" not in srv.log_path.read_text(errors="replace")
+    with db.session() as s:
+        s.execute(text("DELETE FROM authenticatable WHERE id = :id"), {"id": orphan})

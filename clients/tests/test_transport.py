@@ -190,3 +190,111 @@ def test_connect_auth_payload_is_ignored(world, srv, tokens, db):
     assert packets and packets[0].startswith("0/tasks,"), packets
     assert packets[1:] == [], f"an unidentified client got {packets[1:]}"
     assert db.auth_row(world.node_a1.id) == ("offline", None)
+
+
+def _raw_http(url: str, request: bytes, timeout: float = 10.0) -> bytes:
+    """Sends raw bytes to the server and returns what it answers until it closes (or the
+    timeout); b"" when it closes without an answer."""
+    import socket
+    import urllib.parse
+    u = urllib.parse.urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=timeout) as sock:
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            return b""
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\r\n\r\n" in out and b"content-length: 0" in out.lower():
+                break
+        return out
+
+
+def _status(answer: bytes) -> int | None:
+    if not answer.startswith(b"HTTP/1."):
+        return None
+    return int(answer.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("shape", ["one_64k_header", "thousand_headers"])
+def test_oversized_headers_are_refused_and_others_unaffected(srv, world, connect_user, connect_node,
+                                                             shape, figures):
+    """A handshake with a 64 KiB header, or with 1,000 headers: refused (431, or the connection
+    closed without an answer), and a user connected beforehand still gets the next event."""
+    glob = connect_user(world.u_glob)
+    expect_exact({glob: []})
+    if shape == "one_64k_header":
+        extra = b"X-Big: " + b"a" * 65536 + b"\r\n"
+    else:
+        extra = b"".join(b"X-H%d: v\r\n" % i for i in range(1000))
+    host = srv.url.split("//", 1)[1].encode()
+    request = (b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: " + host + b"\r\n"
+               + extra + b"Connection: close\r\n\r\n")
+    answer = _raw_http(srv.url, request)
+    status = _status(answer)
+    figures(f"oversized headers {shape}: {len(request)} bytes, answer status {status}")
+    assert status in (431, None), answer[:200]
+    # the server keeps serving
+    status, _, _ = http_get(srv.url + "/health")
+    assert status == 200
+    a1 = connect_node(world.node_a1)
+    c1 = f"collaboration_{world.c1.id}"
+    expect_exact({glob: [("node-online", node_status_payload(world.node_a1)),
+                         join_msg("Node", world.node_a1.name, c1)], a1: []})
+    srv.assert_alive()
+
+
+def test_malformed_polling_packets_are_refused_and_others_unaffected(srv, world, connect_user,
+                                                                     connect_node, figures):
+    """Malformed Engine.IO payloads POSTed on a polling session (garbage, invalid UTF-8, unknown
+    packet types, truncated or deeply nested Socket.IO packets, huge ack ids, CONNECT to unknown
+    namespaces, an attachment count that does not match): each answered with an HTTP error or
+    ignored, the session closed or kept; a user connected beforehand still gets the next event,
+    the server answers /health and does not panic."""
+    import urllib.error
+    import urllib.request
+    glob = connect_user(world.u_glob)
+    expect_exact({glob: []})
+    bodies = [
+        b"garbage", b"", b"\xff\xfe\xfd", b"4\xff\xfe", b"9", b"7xyz", b"42", b"42/tasks,[",
+        b'42/tasks,[1,2]', b'49/tasks,["x"]', b'42/tasks,99999999999999999999999["ping"]',
+        b"40/nope,", b"40/admin,{}",
+        b'451-/tasks,["ping",{"_placeholder":true,"num":0}]',
+        b'452-/tasks,["ping",{"_placeholder":true,"num":7}]\x1ebAQI=',
+        b'42/tasks,["ping",' + b"[" * 10000 + b"]" * 10000 + b"]",
+        b"4" + b"\x1e" * 1000,
+    ]
+    answers = {}
+    for body in bodies:
+        status, _, text = handshake(srv.url)
+        assert status == 200, status
+        sid = json.loads(text[1:])["sid"]
+        url = srv.url + "/socket.io/?EIO=4&transport=polling&sid=" + sid
+        req = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "text/plain;charset=UTF-8"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                answers[body[:20]] = r.status
+        except urllib.error.HTTPError as e:
+            answers[body[:20]] = e.code
+        except (urllib.error.URLError, ConnectionError) as e:
+            answers[body[:20]] = f"closed: {e}"
+    figures(f"malformed polling packets: {len(bodies)} sent, answers "
+            f"{sorted(set(map(str, answers.values())))}")
+    assert all(isinstance(v, int) and v < 500 for v in answers.values()), answers
+    status, _, _ = http_get(srv.url + "/health")
+    assert status == 200
+    a1 = connect_node(world.node_a1)
+    c1 = f"collaboration_{world.c1.id}"
+    expect_exact({glob: [("node-online", node_status_payload(world.node_a1)),
+                         join_msg("Node", world.node_a1.name, c1)], a1: []})
+    srv.assert_alive()
+    assert "panicked" not in srv.log_path.read_text(errors="replace")

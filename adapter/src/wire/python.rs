@@ -66,11 +66,23 @@ impl Serialize for RoomList {
 }
 
 impl<'de> Deserialize<'de> for RoomList {
+    /// An object, or an array holding an object or an array, is refused: python cannot send one
+    /// (a room is hashable), so such a message is junk, dropped and counted as invalid.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        fn scalar<E: serde::de::Error>(v: Json) -> Result<String, E> {
+            match v {
+                Json::Object(_) | Json::Array(_) => Err(E::custom(
+                    "a room or sid must be a string, a scalar or a list of them",
+                )),
+                other => Ok(json_to_string(other)),
+            }
+        }
         Ok(match Json::deserialize(d)? {
             Json::Null => RoomList::None,
-            Json::Array(items) => RoomList::Many(items.into_iter().map(json_to_string).collect()),
-            other => RoomList::One(json_to_string(other)),
+            Json::Array(items) => {
+                RoomList::Many(items.into_iter().map(scalar).collect::<Result<_, _>>()?)
+            }
+            other => RoomList::One(scalar(other)?),
         })
     }
 }

@@ -618,3 +618,22 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn object_rooms_are_invalid() {
+    for room in [r#"{"a":1}"#, r#"[["a"]]"#, r#"["a",{}]"#] {
+        let body =
+            format!(r#"{{"method":"emit","event":"e","data":[1],"room":{room},"host_id":"h"}}"#);
+        assert!(
+            matches!(
+                decode(body.as_bytes()),
+                Err(WireError::Invalid { method: "emit", .. })
+            ),
+            "room {room}"
+        );
+        let body = format!(
+            r#"{{"method":"emit","event":"e","data":[1],"skip_sid":{room},"host_id":"h"}}"#
+        );
+        assert!(decode(body.as_bytes()).is_err(), "skip_sid {room}");
+    }
+}
