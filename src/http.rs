@@ -50,7 +50,7 @@ async fn health() -> &'static str {
 /// How long `/ready` waits for the database: a probe behind a dead
 /// connection or an exhausted pool must answer, not hang until its own
 /// timeout (the pool's is 10 s).
-pub const READY_DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(900);
+pub const READY_DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(700);
 
 async fn ready(State(state): State<AppState>) -> Response {
     let mut down = Vec::new();
@@ -58,7 +58,7 @@ async fn ready(State(state): State<AppState>) -> Response {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => down.push("database (read-only)"),
         Ok(Err(_)) => down.push("database"),
-        Err(_) => down.push("database (no answer within 0.9 s)"),
+        Err(_) => down.push("database (no answer within 0.7 s)"),
     }
     if state
         .readiness
