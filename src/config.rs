@@ -24,6 +24,7 @@ use crate::{
     database_url::{DatabaseUrl, DatabaseUrlError},
     generation::Vantage6Generation,
     keycloak::KeySource,
+    tasks_ns::{EventBudget, DEFAULT_EVENT_BUDGET, DEFAULT_PING_WRITE_INTERVAL},
 };
 
 /// Default Engine.IO ping interval, as vantage6 (Engine.IO's default).
@@ -294,6 +295,11 @@ pub struct Config {
     pub first_event_delay: Duration,
     /// Which vantage6 generation to serve (`vantage6_generation`).
     pub vantage6_generation: GenerationSetting,
+    /// Each client's event budget (`client_event_rate`, `client_event_burst`,
+    /// `client_flood_disconnect`).
+    pub event_budget: EventBudget,
+    /// Shortest pause between two database writes of a client's pings.
+    pub ping_write_interval: Duration,
     /// 5.x: HQ's `jwt_decode_algorithms` (RSA algorithms only).
     pub jwt_decode_algorithms: Vec<jsonwebtoken::Algorithm>,
     /// 5.x: HQ's `jwt_decode_leeway`.
@@ -458,6 +464,20 @@ own_settings! {
         /// backoff starts at 0.1 s and doubles); at least 0.1
         broker_reconnect_max: f64 = "V6_SOCKETIO_BROKER_RECONNECT_MAX",
             default(DEFAULT_BROKER_RECONNECT_MAX.as_secs_f64());
+        /// Events per second one client may send on average; beyond its burst the excess is
+        /// dropped and counted
+        client_event_rate: f64 = "V6_SOCKETIO_CLIENT_EVENT_RATE",
+            default(DEFAULT_EVENT_BUDGET.rate);
+        /// Events one client may send at once before client_event_rate applies
+        client_event_burst: u32 = "V6_SOCKETIO_CLIENT_EVENT_BURST",
+            default(DEFAULT_EVENT_BUDGET.burst as u32);
+        /// Events of one client dropped within 10 s after which it is disconnected; 0 never
+        client_flood_disconnect: u64 = "V6_SOCKETIO_CLIENT_FLOOD_DISCONNECT",
+            default(DEFAULT_EVENT_BUDGET.disconnect_after);
+        /// Shortest pause in seconds between two pings of a client that are written to the
+        /// database; the ones in between change nothing
+        ping_write_interval: f64 = "V6_SOCKETIO_PING_WRITE_INTERVAL",
+            default(DEFAULT_PING_WRITE_INTERVAL.as_secs_f64());
         /// 5.x: the realm's public key as a PEM file, instead of fetching it from Keycloak at
         /// start-up
         keycloak_public_key_file: PathBuf = "V6_SOCKETIO_KEYCLOAK_PUBLIC_KEY_FILE", shown("none");
@@ -765,6 +785,16 @@ impl Config {
         };
         let first_event_delay = first_event_delay(own.first_event_delay)?;
         let broker_reconnect_max = broker_reconnect_max(own.broker_reconnect_max)?;
+        let event_budget = EventBudget {
+            rate: seconds("client_event_rate", own.client_event_rate)?.as_secs_f64(),
+            burst: f64::from(nonzero(
+                "client_event_burst",
+                own.client_event_burst,
+                "event",
+            )?),
+            disconnect_after: own.client_flood_disconnect,
+        };
+        let ping_write_interval = seconds("ping_write_interval", own.ping_write_interval)?;
 
         Ok((
             Config {
@@ -787,6 +817,8 @@ impl Config {
                 affinity_cookie: own.affinity_cookie,
                 first_event_delay,
                 vantage6_generation,
+                event_budget,
+                ping_write_interval,
                 jwt_decode_algorithms,
                 jwt_decode_leeway,
                 keycloak,
@@ -1149,6 +1181,10 @@ mod tests {
         ("first_event_delay", "1", "2"),
         ("vantage6_generation", "4", "5"),
         ("broker_reconnect_max", "3", "4"),
+        ("client_event_rate", "1", "2"),
+        ("client_event_burst", "1", "2"),
+        ("client_flood_disconnect", "1", "2"),
+        ("ping_write_interval", "1", "2"),
         ("keycloak_public_key_file", "/a.pem", "/b.pem"),
         ("keycloak_key_refresh_interval", "1", "2"),
     ];

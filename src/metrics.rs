@@ -98,7 +98,19 @@ struct Inner {
     ping_recoveries: Counter,
     broadcast_closed: Counter,
     broadcast_full: Counter,
+    /// The `os`/`platform` label pairs seen per node (bounded, see
+    /// [`MAX_LABEL_SETS_PER_NODE`]).
+    node_label_sets: std::sync::Mutex<std::collections::HashMap<String, Vec<(String, String)>>>,
 }
+
+/// Most GPUs of one node with a series each; the values of further ones
+/// are dropped (counted as `ignored_events{reason="metric_over_bound"}`).
+pub const MAX_GPU_SERIES: usize = 16;
+/// Longest `os` or `platform` label value; longer ones are cut.
+pub const MAX_LABEL_CHARS: usize = 64;
+/// Distinct `os`/`platform` pairs per node with series of their own; a
+/// node that reports more gets `other` for both.
+pub const MAX_LABEL_SETS_PER_NODE: usize = 4;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,6 +230,7 @@ impl Metrics {
                 ping_recoveries,
                 broadcast_closed,
                 broadcast_full,
+                node_label_sets: std::sync::Mutex::default(),
             }),
         }
     }
@@ -229,6 +242,8 @@ impl Metrics {
         name: &str,
         value: &Value,
     ) -> Result<(), MetricError> {
+        let bounded = self.bounded_labels(labels);
+        let labels = &bounded;
         if let Some((_, family)) = self.inner.node.iter().find(|(n, _)| *n == name) {
             let v = value
                 .as_f64()
@@ -246,7 +261,10 @@ impl Metrics {
             .as_array()
             .and_then(|items| items.iter().map(Value::as_f64).collect::<Option<Vec<_>>>())
             .ok_or_else(|| MetricError::WrongType(name.to_owned()))?;
-        for (gpu_id, v) in values.into_iter().enumerate() {
+        if values.len() > MAX_GPU_SERIES {
+            self.ignored_event("metric_over_bound");
+        }
+        for (gpu_id, v) in values.into_iter().take(MAX_GPU_SERIES).enumerate() {
             let labels = GpuLabels {
                 node_id: labels.node_id.clone(),
                 os: labels.os.clone(),
@@ -256,6 +274,38 @@ impl Metrics {
             family.get_or_create(&labels).set(v);
         }
         Ok(())
+    }
+
+    /// `labels` within the bounds: values cut at [`MAX_LABEL_CHARS`], and
+    /// `other` for a node's pairs beyond [`MAX_LABEL_SETS_PER_NODE`] (a
+    /// node could otherwise create a series per message).
+    fn bounded_labels(&self, labels: &NodeLabels) -> NodeLabels {
+        let cut = |v: &str| match v.char_indices().nth(MAX_LABEL_CHARS) {
+            None => v.to_owned(),
+            Some((i, _)) => v[..i].to_owned(),
+        };
+        let pair = (cut(&labels.os), cut(&labels.platform));
+        let mut sets = self
+            .inner
+            .node_label_sets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known = sets.entry(labels.node_id.clone()).or_default();
+        let (os, platform) = if known.contains(&pair) {
+            pair
+        } else if known.len() < MAX_LABEL_SETS_PER_NODE {
+            known.push(pair.clone());
+            pair
+        } else {
+            drop(sets);
+            self.ignored_event("metric_over_bound");
+            ("other".to_owned(), "other".to_owned())
+        };
+        NodeLabels {
+            node_id: labels.node_id.clone(),
+            os,
+            platform,
+        }
     }
 
     /// A socket connected to (`+1`) or left (`-1`) `/tasks`.
@@ -338,6 +388,34 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn node_metric_series_are_bounded() {
+        let m = Metrics::new();
+        let gpus: Vec<Value> = (0..100_000).map(|i| Value::from(f64::from(i))).collect();
+        for i in 0..3_000 {
+            let labels = NodeLabels {
+                node_id: "7".into(),
+                os: format!("os-{i}-{}", "x".repeat(500)),
+                platform: "linux".into(),
+            };
+            m.set_node_metric(&labels, "cpu_percent", &Value::from(1.5))
+                .expect("a known metric");
+            if i == 0 {
+                m.set_node_metric(&labels, "gpu_load", &Value::Array(gpus.clone()))
+                    .expect("a known metric");
+            }
+        }
+        let text = m.render();
+        assert!(text.len() < 20_000, "/metrics grew to {} bytes", text.len());
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("cpu_percent{"))
+            .count();
+        assert_eq!(series, MAX_LABEL_SETS_PER_NODE + 1, "{text}");
+        assert!(text.contains("os=\"other\""));
+        assert!(!text.contains(&"x".repeat(MAX_LABEL_CHARS + 1)));
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -92,6 +92,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let context = |metrics: &Metrics| {
         TasksContext::new(store.clone(), verifier.clone(), metrics.clone())
             .with_first_event_delay(config.first_event_delay)
+            .with_event_budget(config.event_budget)
+            .with_ping_write_interval(config.ping_write_interval)
             .with_generation(generation)
     };
 
@@ -375,7 +377,10 @@ async fn shutdown<A: Adapter>(
     // 4.15.2 does not come back from a namespace DISCONNECT.
     let started = tokio::time::Instant::now();
     let told = ctx.end_sessions(&io);
-    info!(sessions = told, "shutting down: ending the clients' sessions");
+    info!(
+        sessions = told,
+        "shutting down: ending the clients' sessions"
+    );
     if tokio::time::timeout(DRAIN_TIMEOUT, ctx.sessions_ended())
         .await
         .is_err()

@@ -793,4 +793,3 @@ mod tests {
         assert_eq!(sqlalchemy_sqlite_datetime(t), "2026-11-28 07:05:03.000042");
     }
 }
-

@@ -27,6 +27,7 @@ use tracing::{debug, error, info, warn};
 mod queue;
 mod v5;
 
+pub use queue::{EventBudget, FLOOD_WINDOW};
 use queue::{Job, JobReceiver, SessionStart};
 
 use crate::{
@@ -50,7 +51,22 @@ pub struct TasksContext {
     inner: Arc<ContextInner>,
     first_event_delay: Duration,
     generation: Vantage6Generation,
+    event_budget: EventBudget,
+    ping_write_interval: Duration,
 }
+
+/// Default [`EventBudget`]: `client_event_rate`, `client_event_burst`,
+/// `client_flood_disconnect`.
+pub const DEFAULT_EVENT_BUDGET: EventBudget = EventBudget {
+    rate: 200.0,
+    burst: 1000.0,
+    disconnect_after: 10_000,
+};
+
+/// Default shortest pause between two `ping`s of a client that are written
+/// to the database (`ping_write_interval`); vantage6 nodes ping once a
+/// minute, the offline sweep looks for a minute and more of silence.
+pub const DEFAULT_PING_WRITE_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct ContextInner {
@@ -78,7 +94,28 @@ impl TasksContext {
             }),
             first_event_delay: DEFAULT_FIRST_EVENT_DELAY,
             generation: Vantage6Generation::V4,
+            event_budget: DEFAULT_EVENT_BUDGET,
+            ping_write_interval: DEFAULT_PING_WRITE_INTERVAL,
         }
+    }
+
+    /// Sets each client's event budget (see [`EventBudget`]).
+    #[must_use]
+    pub fn with_event_budget(mut self, budget: EventBudget) -> Self {
+        self.event_budget = budget;
+        self
+    }
+
+    /// Sets the shortest pause between two `ping`s of a client that are
+    /// written to the database; the ones in between change nothing.
+    #[must_use]
+    pub fn with_ping_write_interval(mut self, interval: Duration) -> Self {
+        self.ping_write_interval = interval;
+        self
+    }
+
+    fn event_budget(&self) -> EventBudget {
+        self.event_budget
     }
 
     /// Sets the vantage6 generation whose behaviour the handlers follow
@@ -182,6 +219,8 @@ enum Session {
     Identified {
         identity: Identity,
         rooms: Vec<String>,
+        /// When a `ping` of this client was last written to the database.
+        ping_written: Option<tokio::time::Instant>,
     },
 }
 
@@ -239,7 +278,7 @@ async fn run_session<A: Adapter>(s: SocketRef<A>, ctx: TasksContext, mut jobs: J
         match jobs.next().await {
             Job::Connect => session = Box::pin(connect(&s, &ctx)).await,
             Job::Event(event, data) => {
-                Box::pin(handle_event(&s, &ctx, &session, &event, data)).await;
+                Box::pin(handle_event(&s, &ctx, &mut session, &event, data)).await;
             }
             Job::Disconnect(reason) => {
                 Box::pin(disconnect(&s, &ctx, session, reason)).await;
@@ -253,7 +292,7 @@ async fn run_session<A: Adapter>(s: SocketRef<A>, ctx: TasksContext, mut jobs: J
 async fn handle_event<A: Adapter>(
     s: &SocketRef<A>,
     ctx: &TasksContext,
-    session: &Session,
+    session: &mut Session,
     event: &str,
     data: Option<Value>,
 ) {
@@ -264,8 +303,20 @@ async fn handle_event<A: Adapter>(
         "node_metrics_update",
     ];
     match event {
-        "message" => return info!(sid = %s.id, message = %text_of(data), "received message"),
-        "error" => return error!(sid = %s.id, error = %text_of(data), "client reported an error"),
+        "message" => {
+            if let Some(skipped) = ctx.lifecycle_line("received_message") {
+                info!(sid = %s.id, message = %head_of(data), not_logged_before = skipped,
+                    "received message");
+            }
+            return;
+        }
+        "error" => {
+            if let Some(skipped) = ctx.lifecycle_line("client_error") {
+                error!(sid = %s.id, error = %head_of(data), not_logged_before = skipped,
+                    "client reported an error");
+            }
+            return;
+        }
         "ping" => {}
         e if NODE_EVENTS.contains(&e) => {}
         "dataframe_deleted" if ctx.is_v5() => {}
@@ -275,11 +326,21 @@ async fn handle_event<A: Adapter>(
         }
     }
     ctx.metrics().event_received(event);
-    let Session::Identified { identity, rooms } = session else {
+    let Session::Identified {
+        identity,
+        rooms,
+        ping_written,
+    } = session
+    else {
         debug!(sid = %s.id, event, "event from an unidentified client ignored");
         return ctx.metrics().ignored_event("unidentified");
     };
     if event == "ping" {
+        let now = tokio::time::Instant::now();
+        if ping_written.is_some_and(|at| now.duration_since(at) < ctx.ping_write_interval) {
+            return ctx.metrics().ignored_event("ping_within_interval");
+        }
+        *ping_written = Some(now);
         return if ctx.is_v5() {
             v5::on_ping(s, ctx, identity, rooms).await;
         } else {
@@ -326,7 +387,11 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
     if let (Identity::Node(node), true) = (&identity, ctx.is_v5()) {
         v5::send_dataframe_deletion_instructions(s, ctx, node).await;
     }
-    Session::Identified { identity, rooms }
+    Session::Identified {
+        identity,
+        rooms,
+        ping_written: None,
+    }
 }
 
 /// Joins each room and tells each announced one (the joiner included).
@@ -551,7 +616,10 @@ async fn disconnect<A: Adapter>(
     session: Session,
     reason: DisconnectReason,
 ) {
-    let Session::Identified { identity, rooms } = session else {
+    let Session::Identified {
+        identity, rooms, ..
+    } = session
+    else {
         debug!(sid = %s.id, %reason, "client disconnected before identification");
         return;
     };
@@ -704,11 +772,21 @@ fn on_node_metrics_update(ctx: &TasksContext, node: &NodeIdentity, mut data: Map
     debug!(node = %node.name, "updated node metrics");
 }
 
-fn text_of(data: Option<Value>) -> String {
-    match data {
+/// Longest part of a client's `message` or `error` text that is logged.
+pub const LOGGED_TEXT_CHARS: usize = 200;
+
+/// The first [`LOGGED_TEXT_CHARS`] characters of a client's text, with the
+/// length of the whole when it was cut: a client's payload is never logged
+/// in full (a 5 MB `message` would be a 5 MB line).
+fn head_of(data: Option<Value>) -> String {
+    let text = match data {
         Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
-        None => "<undecodable>".to_owned(),
+        None => return "<undecodable>".to_owned(),
+    };
+    match text.char_indices().nth(LOGGED_TEXT_CHARS) {
+        None => text,
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
     }
 }
 

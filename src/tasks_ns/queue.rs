@@ -58,10 +58,80 @@ struct Shared {
 #[derive(Default)]
 struct Pending {
     jobs: VecDeque<Job>,
+    /// The client's event budget (see [`EventBudget`]).
+    bucket: Bucket,
     /// `Event` jobs in `jobs` (bounded by [`MAX_QUEUED_EVENTS`]).
     events: usize,
     /// The receiver is gone: nothing is queued any more.
     closed: bool,
+}
+
+/// How many events a client may send: `rate` per second on average, up to
+/// `burst` at once; beyond that its events are dropped (and counted), and
+/// once `disconnect_after` of them were dropped within
+/// [`FLOOD_WINDOW`] the client is disconnected. vantage6 nodes send a
+/// handful of events per task and a `ping` a minute; the defaults
+/// (`client_event_rate`, `client_event_burst`, `client_flood_disconnect`)
+/// leave them far from the limit and stop one client from taking the
+/// instance's database and log for itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventBudget {
+    /// Events per second, on average.
+    pub rate: f64,
+    /// Events at once (the bucket's size).
+    pub burst: f64,
+    /// Dropped events within [`FLOOD_WINDOW`] after which the client is
+    /// disconnected (0: never).
+    pub disconnect_after: u64,
+}
+
+/// The window over which a client's dropped events are counted for
+/// [`EventBudget::disconnect_after`].
+pub const FLOOD_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A token bucket, filled lazily when an event arrives.
+#[derive(Debug, Default)]
+struct Bucket {
+    tokens: f64,
+    refilled: Option<std::time::Instant>,
+    window_started: Option<std::time::Instant>,
+    dropped_in_window: u64,
+}
+
+/// What the budget says of one event.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Allowed,
+    /// Dropped; `flooding` once the window's drops reached the threshold.
+    Dropped {
+        flooding: bool,
+    },
+}
+
+impl Bucket {
+    fn take(&mut self, budget: &EventBudget, now: std::time::Instant) -> Verdict {
+        let refilled = *self.refilled.get_or_insert_with(|| {
+            self.tokens = budget.burst;
+            now
+        });
+        let elapsed = now.saturating_duration_since(refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * budget.rate).min(budget.burst);
+        self.refilled = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Verdict::Allowed;
+        }
+        let started = *self.window_started.get_or_insert(now);
+        if now.saturating_duration_since(started) > FLOOD_WINDOW {
+            self.window_started = Some(now);
+            self.dropped_in_window = 0;
+        }
+        self.dropped_in_window += 1;
+        Verdict::Dropped {
+            flooding: budget.disconnect_after > 0
+                && self.dropped_in_window >= budget.disconnect_after,
+        }
+    }
 }
 
 /// Slots an empty queue keeps; a larger one (after a burst) is freed.
@@ -78,6 +148,8 @@ impl Shared {
 enum Refused {
     /// [`MAX_QUEUED_EVENTS`] events are waiting already.
     Full(Job),
+    /// Over the client's [`EventBudget`]; `flooding`: disconnect it.
+    RateLimited { flooding: bool },
     /// The session has ended.
     Closed,
 }
@@ -127,10 +199,22 @@ struct JobSender {
 
 impl JobSender {
     fn send(&self, job: Job) -> Result<(), Refused> {
+        self.send_within(job, None)
+    }
+
+    /// Queues `job`; an event only within `budget`, when given.
+    fn send_within(&self, job: Job, budget: Option<&EventBudget>) -> Result<(), Refused> {
         {
             let mut pending = self.shared.pending();
             if pending.closed {
                 return Err(Refused::Closed);
+            }
+            if let (Job::Event(..), Some(budget)) = (&job, budget) {
+                if let Verdict::Dropped { flooding } =
+                    pending.bucket.take(budget, std::time::Instant::now())
+                {
+                    return Err(Refused::RateLimited { flooding });
+                }
             }
             if matches!(job, Job::Event(..)) {
                 if pending.events >= MAX_QUEUED_EVENTS {
@@ -198,8 +282,30 @@ impl<A: Adapter> FromMessageParts<A> for Enqueued {
         let Some(sender) = s.extensions.get::<JobSender>() else {
             return Ok(Enqueued);
         };
-        match sender.send(Job::Event(event, data.ok())) {
+        let budget = ctx.as_ref().map(|State(ctx)| ctx.event_budget());
+        match sender.send_within(Job::Event(event, data.ok()), budget.as_ref()) {
             Ok(()) => {}
+            Err(Refused::RateLimited { flooding }) => {
+                if let Some(State(ctx)) = ctx {
+                    ctx.metrics().ignored_event("rate_limited");
+                    if let Some(n) = ctx.log_due("rate_limited", 1) {
+                        warn!(sid = %s.id, dropped = n,
+                            "client over its event rate (client_event_rate), events dropped");
+                    }
+                    if flooding {
+                        ctx.metrics().ignored_event("flood_disconnect");
+                        if let Some(n) = ctx.log_due("flood_disconnect", 1) {
+                            warn!(sid = %s.id, clients = n,
+                                "client disconnected: too many events dropped (client_flood_disconnect)");
+                        }
+                        let socket = s.clone();
+                        tokio::spawn(async move {
+                            // Already gone when it left meanwhile: nothing to do.
+                            let _ = socket.disconnect();
+                        });
+                    }
+                }
+            }
             Err(Refused::Full(job)) => {
                 // A flooding client would otherwise get one line per event.
                 if let (Some(State(ctx)), Job::Event(event, _)) = (ctx, job) {
@@ -243,5 +349,55 @@ impl<A: Adapter> FromDisconnectParts<A> for Disconnected {
             let _ = sender.send(Job::Disconnect(reason));
         }
         Ok(Disconnected)
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Bucket, EventBudget, Verdict};
+
+    const BUDGET: EventBudget = EventBudget {
+        rate: 10.0,
+        burst: 5.0,
+        disconnect_after: 20,
+    };
+
+    #[test]
+    fn a_burst_is_allowed_then_the_rate_and_a_flood_is_flagged() {
+        let mut b = Bucket::default();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(b.take(&BUDGET, t0), Verdict::Allowed);
+        }
+        assert_eq!(b.take(&BUDGET, t0), Verdict::Dropped { flooding: false });
+        // 0.1 s later one more token
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(b.take(&BUDGET, t1), Verdict::Allowed);
+        assert_eq!(b.take(&BUDGET, t1), Verdict::Dropped { flooding: false });
+        let mut last = Verdict::Allowed;
+        for _ in 0..18 {
+            last = b.take(&BUDGET, t1);
+        }
+        assert_eq!(last, Verdict::Dropped { flooding: true });
+    }
+
+    #[test]
+    fn drops_are_counted_per_window() {
+        let mut b = Bucket::default();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            b.take(&BUDGET, t0);
+        }
+        for _ in 0..19 {
+            assert_eq!(b.take(&BUDGET, t0), Verdict::Dropped { flooding: false });
+        }
+        // a new window after FLOOD_WINDOW: the count starts again
+        let later = t0 + super::FLOOD_WINDOW + Duration::from_secs(1);
+        for _ in 0..5 {
+            assert_eq!(b.take(&BUDGET, later), Verdict::Allowed);
+        }
+        assert_eq!(b.take(&BUDGET, later), Verdict::Dropped { flooding: false });
     }
 }
