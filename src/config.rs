@@ -56,6 +56,8 @@ pub const DEFAULT_FIRST_EVENT_DELAY: Duration = Duration::from_millis(DEFAULT_FI
 pub const DEFAULT_FIRST_EVENT_DELAY_MS: u64 = 50;
 /// Largest accepted `first_event_delay`.
 pub const MAX_FIRST_EVENT_DELAY: Duration = Duration::from_secs(10);
+/// Default `client_event_burst` (the [`DEFAULT_EVENT_BUDGET`]'s burst).
+pub const DEFAULT_CLIENT_EVENT_BURST: u32 = 1000;
 /// Default Socket.IO path, as Flask-SocketIO.
 pub const DEFAULT_PATH: &str = "/socket.io/";
 /// Default listen port (vantage6's REST API uses 7601 in its own examples;
@@ -470,7 +472,7 @@ own_settings! {
             default(DEFAULT_EVENT_BUDGET.rate);
         /// Events one client may send at once before client_event_rate applies
         client_event_burst: u32 = "V6_SOCKETIO_CLIENT_EVENT_BURST",
-            default(DEFAULT_EVENT_BUDGET.burst as u32);
+            default(DEFAULT_CLIENT_EVENT_BURST);
         /// Events of one client dropped within 10 s after which it is disconnected; 0 never
         client_flood_disconnect: u64 = "V6_SOCKETIO_CLIENT_FLOOD_DISCONNECT",
             default(DEFAULT_EVENT_BUDGET.disconnect_after);

@@ -25,6 +25,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up; boxing the flattened settings buys nothing"
+)]
 enum Command {
     /// Serve /tasks for an existing vantage6 4.x or 5.x (HQ) server, reading its configuration file.
     ///

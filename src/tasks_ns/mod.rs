@@ -59,7 +59,7 @@ pub struct TasksContext {
 /// `client_flood_disconnect`.
 pub const DEFAULT_EVENT_BUDGET: EventBudget = EventBudget {
     rate: 200.0,
-    burst: 1000.0,
+    burst: crate::config::DEFAULT_CLIENT_EVENT_BURST as f64,
     disconnect_after: 10_000,
 };
 
