@@ -56,6 +56,16 @@ impl Collector for BrokerCollector {
                 "Sockets of this instance that missed a broadcast from RabbitMQ because their buffer was full",
                 m.delivery_full,
             ),
+            (
+                "v6_socketio_broker_peers_lost",
+                "Peer instances taken for dead: no heartbeat within the timeout while our own broker connection was up",
+                m.peers_lost,
+            ),
+            (
+                "v6_socketio_broker_peer_queues_deleted",
+                "Lost peer instances' queues deleted by this instance",
+                m.peer_queues_deleted,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);

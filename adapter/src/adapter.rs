@@ -32,7 +32,8 @@ use crate::{
     broker::Driver,
     ctr::{lock, AmqpAdapterCtr, Shared},
     error::Error,
-    peers::Peers,
+    metrics::inc,
+    peers::{PeerEvent, Peers},
     requests::Pending,
     stream::{one, AckStream, RemoteAcks},
     wire::{HeartbeatKind, Message, Reply, RequestOp},
@@ -162,16 +163,24 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         );
         let weak = Arc::downgrade(&self);
         let interval = self.shared.config.heartbeat_interval;
+        let local = self.shared.local_state(&self.ns);
         tasks.push(
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.tick().await;
                 loop {
-                    tick.tick().await;
+                    let periodic = tokio::select! {
+                        _ = tick.tick() => true,
+                        () = local.changed.notified() => false,
+                    };
                     let Some(this) = weak.upgrade() else {
                         return;
                     };
                     this.heartbeat(HeartbeatKind::Beat, None).await;
+                    if periodic {
+                        this.expire_peers().await;
+                    }
                 }
             })
             .abort_handle(),
@@ -184,6 +193,64 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Forgets the peers whose heartbeats stopped. When this server's own broker connection was
+    /// up for the whole heartbeat timeout (so the silence is theirs), each is counted, its queue
+    /// deleted (it would collect every message of the exchange until the broker expires it) and a
+    /// [`PeerEvent::Lost`] sent, so that the application can act for it; otherwise (an outage of
+    /// our own) they are forgotten quietly and come back with their next heartbeat.
+    async fn expire_peers(&self) {
+        let now = Instant::now();
+        let lost = self.peers.expire(now);
+        if lost.is_empty() {
+            return;
+        }
+        let timeout = self.shared.config.heartbeat_timeout;
+        let own_connection_up = self
+            .shared
+            .driver
+            .connected_for()
+            .is_some_and(|up| up >= timeout);
+        if !own_connection_up {
+            tracing::info!(
+                ns = %self.ns,
+                peers = lost.len(),
+                "peers silent while our own broker connection was down or new: forgotten, not \
+                 declared lost"
+            );
+            return;
+        }
+        let acting = self.peers.is_acting(self.uid, now);
+        for peer in lost {
+            inc(&self.shared.counters.peers_lost);
+            let deleted = match self.shared.driver.delete_queue(&peer.queue).await {
+                Ok(()) => {
+                    inc(&self.shared.counters.peer_queues_deleted);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %peer.queue, error = %e, "cannot delete a lost peer's queue");
+                    false
+                }
+            };
+            tracing::warn!(
+                ns = %self.ns,
+                peer = %peer.uid,
+                queue = %peer.queue,
+                silent_for = ?now.saturating_duration_since(peer.seen),
+                queue_deleted = deleted,
+                acting,
+                "peer server lost: no heartbeat within {timeout:?}"
+            );
+            // No receiver (nobody subscribed) is not an error.
+            let _ = self.shared.peer_events.send(PeerEvent::Lost {
+                namespace: self.ns.clone(),
+                uid: peer.uid,
+                state: peer.state,
+                acting,
+            });
+        }
     }
 
     /// Stops the namespace's tasks and removes it from the dispatcher's routes.

@@ -7,7 +7,9 @@ use std::{
     time::Instant,
 };
 
-use tokio::sync::mpsc;
+use serde_json::Value;
+use socketioxide_core::Uid;
+use tokio::sync::{broadcast, mpsc, Notify};
 
 use crate::{
     broker::Driver,
@@ -16,7 +18,7 @@ use crate::{
     error::Error,
     lost::{Lost, BINARY_EVENTS},
     metrics::{inc, AdapterMetrics, Counters},
-    peers::Peers,
+    peers::{PeerEvent, Peers},
     wire::{self, Message},
 };
 #[cfg(feature = "amqp")]
@@ -36,7 +38,23 @@ pub(crate) struct Shared<D> {
     pub(crate) counters: Counters,
     /// What could not be published, see [`crate::lost`].
     pub(crate) lost: Lost,
+    /// What this server announces in each namespace's heartbeats.
+    pub(crate) local_states: RwLock<HashMap<String, Arc<LocalState>>>,
+    /// See [`AmqpAdapterCtr::peer_events`].
+    pub(crate) peer_events: broadcast::Sender<PeerEvent>,
 }
+
+/// The state a namespace announces in its heartbeats, and a wake-up for its heartbeat task when
+/// it changes (the peers learn it at once, not at the next periodic beat).
+#[derive(Default)]
+pub(crate) struct LocalState {
+    pub(crate) value: Mutex<Option<Value>>,
+    pub(crate) changed: Notify,
+}
+
+/// Room for this many [`PeerEvent`]s not yet read; a receiver that lags further loses the
+/// oldest (and is told so by `broadcast`).
+const PEER_EVENTS_BUFFER: usize = 64;
 
 impl<D: Driver> Shared<D> {
     pub(crate) async fn send(&self, msg: &Message, queue: Option<&str>) -> Result<(), Error> {
@@ -83,6 +101,32 @@ impl<D: Driver> Shared<D> {
 }
 
 impl<D> Shared<D> {
+    /// The announced state of namespace `ns`, created empty on first use.
+    pub(crate) fn local_state(&self, ns: &str) -> Arc<LocalState> {
+        if let Some(state) = self
+            .local_states
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(ns)
+        {
+            return state.clone();
+        }
+        self.local_states
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(ns.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn namespace_peers(&self, ns: &str) -> Option<Arc<Peers>> {
+        self.peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(ns)
+            .and_then(Weak::upgrade)
+    }
+
     /// The queues of the peers of every namespace, as their heartbeats gave them.
     fn peer_queues(&self) -> Vec<String> {
         let tables: Vec<_> = self
@@ -97,7 +141,7 @@ impl<D> Shared<D> {
             .flat_map(|p| {
                 lock(&p.map)
                     .values()
-                    .map(|(q, _)| q.clone())
+                    .map(|peer| peer.queue.clone())
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -185,6 +229,8 @@ impl<D: Driver> AmqpAdapterCtr<D> {
             next_req: AtomicU64::new(1),
             counters: Counters::default(),
             lost: Lost::default(),
+            local_states: RwLock::new(HashMap::new()),
+            peer_events: broadcast::channel(PEER_EVENTS_BUFFER).0,
         });
         let weak = Arc::downgrade(&shared);
         shared.driver.set_peer_queues(Arc::new(move || {
@@ -214,14 +260,41 @@ impl<D: Driver> AmqpAdapterCtr<D> {
     /// known from their heartbeats; `None` when `ns` is not initialised here. This is what the
     /// adapter's `server_count` answers.
     pub fn server_count(&self, ns: &str) -> Option<u16> {
-        let peers = self
-            .shared
-            .peers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(ns)
-            .and_then(Weak::upgrade)?;
+        let peers = self.shared.namespace_peers(ns)?;
         Some(u16::try_from(peers.live(Instant::now()) + 1).unwrap_or(u16::MAX))
+    }
+
+    /// Sets what this server announces to its peers in namespace `ns`: it travels in every
+    /// heartbeat of the namespace (`x_heartbeat`'s `state`), and a change is sent at once. The
+    /// peers read it with [`peer_states`](Self::peer_states), and get the last one of a server
+    /// that died in [`PeerEvent::Lost`]. Keep it small: it goes to every peer at every beat.
+    ///
+    /// ```
+    /// # use socketioxide_amqp::{AdapterConfig, AmqpAdapterCtr, broker::MemoryBroker};
+    /// let ctr = AmqpAdapterCtr::new_with_driver(MemoryBroker::new().driver(), AdapterConfig::default());
+    /// ctr.set_local_state("/tasks", serde_json::json!({"nodes": [3, 5]}));
+    /// ```
+    pub fn set_local_state(&self, ns: &str, state: Value) {
+        let local = self.shared.local_state(ns);
+        let mut value = lock(&local.value);
+        if value.as_ref() != Some(&state) {
+            *value = Some(state);
+            local.changed.notify_one();
+        }
+    }
+
+    /// The live peers of namespace `ns` (other servers heard from within the heartbeat
+    /// timeout) and the state each announced last; empty when `ns` is not initialised here.
+    pub fn peer_states(&self, ns: &str) -> Vec<(Uid, Option<Value>)> {
+        self.shared
+            .namespace_peers(ns)
+            .map(|p| p.states(Instant::now()))
+            .unwrap_or_default()
+    }
+
+    /// The peers lost from now on, in every namespace (see [`PeerEvent`]).
+    pub fn peer_events(&self) -> broadcast::Receiver<PeerEvent> {
+        self.shared.peer_events.subscribe()
     }
 
     /// A snapshot of the traffic counters.

@@ -220,7 +220,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
                 self.peers.forget(uid);
             }
             HeartbeatKind::Init | HeartbeatKind::Beat => {
-                self.peers.seen(uid, &h.reply_to, Instant::now());
+                self.peers.seen(uid, &h.reply_to, h.state, Instant::now());
                 if h.kind == HeartbeatKind::Init {
                     self.heartbeat(HeartbeatKind::Beat, Some(&h.reply_to)).await;
                 }

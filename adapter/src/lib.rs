@@ -174,6 +174,7 @@ pub use ctr::AmqpAdapterCtr;
 pub use emitter::AmqpEmitter;
 pub use error::{DriverError, Error};
 pub use metrics::AdapterMetrics;
+pub use peers::PeerEvent;
 pub use stream::AckStream;
 #[cfg(feature = "amqp")]
 pub use uri::{BrokerUri, BrokerUris, UriError};

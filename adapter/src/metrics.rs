@@ -32,6 +32,11 @@ pub struct AdapterMetrics {
     pub delivery_closed: u64,
     /// Local sockets that missed a remote broadcast because their buffer was full.
     pub delivery_full: u64,
+    /// Peer servers taken for dead (no heartbeat within the timeout), see
+    /// [`PeerEvent::Lost`](crate::PeerEvent::Lost).
+    pub peers_lost: u64,
+    /// Lost peers' queues deleted by this server.
+    pub peer_queues_deleted: u64,
 }
 
 #[derive(Default)]
@@ -45,6 +50,8 @@ pub(crate) struct Counters {
     pub(crate) unroutable: AtomicU64,
     pub(crate) delivery_closed: AtomicU64,
     pub(crate) delivery_full: AtomicU64,
+    pub(crate) peers_lost: AtomicU64,
+    pub(crate) peer_queues_deleted: AtomicU64,
     /// The warnings about dropped invalid messages: one line per interval, not one per message.
     pub(crate) invalid_log: LogGate,
 }
@@ -106,6 +113,8 @@ impl Counters {
             unroutable: self.unroutable.load(Ordering::Relaxed),
             delivery_closed: self.delivery_closed.load(Ordering::Relaxed),
             delivery_full: self.delivery_full.load(Ordering::Relaxed),
+            peers_lost: self.peers_lost.load(Ordering::Relaxed),
+            peer_queues_deleted: self.peer_queues_deleted.load(Ordering::Relaxed),
         }
     }
 }

@@ -7,8 +7,9 @@ use common::{config, eventually, py_emit, server, server_with, wait_for_cluster,
 use futures_util::StreamExt;
 use serde_json::json;
 use socketioxide_amqp::{
-    broker::MemoryBroker,
+    broker::{Driver as _, MemoryBroker},
     wire::{self, Message},
+    AdapterConfig, PeerEvent,
 };
 
 /// Drains the tap and decodes what was published to the exchange.
@@ -609,4 +610,91 @@ async fn oversized_messages_are_dropped_before_decoding() {
     broker.inject(py_emit("small", json!([1]), serde_json::Value::Null));
     assert_eq!(a.next().await, r#"2["small",1]"#);
     assert_eq!(ctr.metrics().invalid, 1);
+}
+
+/// Heartbeats every 50 ms, a peer silent for 200 ms is lost.
+fn fast_heartbeats() -> AdapterConfig {
+    config().with_heartbeat(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_millis(200),
+    )
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_beating_is_lost_with_its_last_state_and_its_queue_deleted() {
+    let broker = MemoryBroker::new();
+    let (_io1, ctr1) = server_with(broker.driver(), fast_heartbeats()).await;
+    let mut events = ctr1.peer_events();
+    let (io2, ctr2) = server_with(broker.driver(), fast_heartbeats()).await;
+    let queue2 = ctr2.driver().queue_name().to_owned();
+    ctr2.set_local_state("/", json!({"nodes": [7, 9]}));
+    eventually("server 1 reads server 2's state", || async {
+        ctr1.peer_states("/")
+            .iter()
+            .any(|(_, s)| s.as_ref() == Some(&json!({"nodes": [7, 9]})))
+    })
+    .await;
+    // A state that changes is announced at once, not at the next beat only.
+    ctr2.set_local_state("/", json!({"nodes": [7]}));
+    eventually("server 1 reads the new state", || async {
+        ctr1.peer_states("/")
+            .iter()
+            .any(|(_, s)| s.as_ref() == Some(&json!({"nodes": [7]})))
+    })
+    .await;
+
+    // Server 2 dies: its `SocketIo` is gone without a `bye` (its tasks end with it).
+    drop(io2);
+    drop(ctr2);
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+        .await
+        .expect("a lost-peer event within 5 s")
+        .expect("the event channel is open");
+    let PeerEvent::Lost {
+        namespace,
+        state,
+        acting,
+        ..
+    } = event
+    else {
+        panic!("not a lost peer: {event:?}");
+    };
+    assert_eq!(namespace, "/");
+    assert_eq!(state, Some(json!({"nodes": [7]})));
+    assert!(acting, "the only live server acts");
+    assert!(
+        !broker.has_queue(&queue2),
+        "the lost peer's queue is deleted"
+    );
+    let m = ctr1.metrics();
+    assert_eq!((m.peers_lost, m.peer_queues_deleted), (1, 1));
+    assert!(ctr1.peer_states("/").is_empty());
+    assert_eq!(ctr1.server_count("/"), Some(1));
+}
+
+#[tokio::test]
+async fn peers_silent_during_our_own_outage_are_forgotten_not_lost() {
+    let broker = MemoryBroker::new();
+    let (_io1, ctr1) = server_with(broker.driver(), fast_heartbeats()).await;
+    let mut events = ctr1.peer_events();
+    let (_io2, ctr2) = server_with(broker.driver(), fast_heartbeats()).await;
+    let queue2 = ctr2.driver().queue_name().to_owned();
+    eventually("the servers see each other", || async {
+        ctr1.server_count("/") == Some(2)
+    })
+    .await;
+    // The broker is down for longer than the heartbeat timeout: nobody hears anybody.
+    broker.set_down(true);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    broker.set_down(false);
+    eventually("the servers see each other again", || async {
+        ctr1.server_count("/") == Some(2)
+    })
+    .await;
+    assert!(
+        events.try_recv().is_err(),
+        "no peer declared lost for an outage"
+    );
+    assert_eq!(ctr1.metrics().peers_lost, 0);
+    assert!(broker.has_queue(&queue2));
 }

@@ -31,6 +31,8 @@ struct Hub {
 struct State {
     hub: Mutex<Hub>,
     down: AtomicBool,
+    /// When it came back from the last simulated outage (`None`: never down).
+    up_since: Mutex<Option<std::time::Instant>>,
     next: AtomicU64,
     published: AtomicU64,
 }
@@ -95,6 +97,20 @@ impl MemoryBroker {
     /// [`MemoryError::NotConnected`] and nothing is delivered.
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::Relaxed);
+        if !down {
+            *self
+                .state
+                .up_since
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(std::time::Instant::now());
+        }
+    }
+
+    /// Whether queue `name` exists (a driver's own queue exists from its creation until it is
+    /// closed or deleted).
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.hub().queues.contains_key(name)
     }
 
     /// How many bodies were published to the fanout exchange (injected ones included).
@@ -153,6 +169,27 @@ impl Driver for MemoryDriver {
 
     fn queue_name(&self) -> &str {
         &self.queue
+    }
+
+    fn connected_for(&self) -> Option<std::time::Duration> {
+        if self.broker.state.down.load(Ordering::Relaxed) {
+            return None;
+        }
+        let up_since = *self
+            .broker
+            .state
+            .up_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(up_since.map_or(std::time::Duration::MAX, |t| t.elapsed()))
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<(), MemoryError> {
+        if self.broker.state.down.load(Ordering::Relaxed) {
+            return Err(MemoryError::NotConnected);
+        }
+        self.broker.hub().queues.remove(queue);
+        Ok(())
     }
 
     fn subscribe(&self) -> Option<MessageStream> {

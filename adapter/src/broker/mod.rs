@@ -97,6 +97,21 @@ pub trait Driver: Send + Sync + 'static {
     /// It can be taken once; later calls return `None`.
     fn subscribe(&self) -> Option<MessageStream>;
 
+    /// How long the current broker connection has been up; `None` while disconnected. The
+    /// adapter declares a silent peer lost only after its own connection has been up for a whole
+    /// heartbeat timeout (else the silence may be its own outage). The default: always up.
+    fn connected_for(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::MAX)
+    }
+
+    /// Deletes a queue: a lost peer's, which would otherwise collect every message of the
+    /// exchange until the broker expires it. Deleting a queue that does not exist succeeds. The
+    /// default does nothing.
+    fn delete_queue(&self, queue: &str) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = queue;
+        std::future::ready(Ok(()))
+    }
+
     /// Closes the connection; later publishes may fail (the AMQP driver's do, with
     /// [`AmqpError::Closed`]).
     fn close(&self) -> impl Future<Output = ()> + Send {

@@ -197,4 +197,9 @@ pub struct Heartbeat {
     pub reply_to: String,
     /// The kind.
     pub kind: HeartbeatKind,
+    /// What the sender announces about itself to its peers (the application's choice, see
+    /// [`AmqpAdapterCtr::set_local_state`](crate::AmqpAdapterCtr::set_local_state)); absent
+    /// when it announces nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
 }

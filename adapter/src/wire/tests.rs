@@ -539,6 +539,15 @@ fn extension_messages_round_trip() {
             uid: Uid::new(),
             reply_to: "q".into(),
             kind: HeartbeatKind::Init,
+            state: None,
+        }),
+        Message::Heartbeat(Heartbeat {
+            host_id: "h".into(),
+            namespace: "/tasks".into(),
+            uid: Uid::new(),
+            reply_to: "q".into(),
+            kind: HeartbeatKind::Beat,
+            state: Some(serde_json::json!({"nodes": [1, 2]})),
         }),
     ];
     for m in msgs {

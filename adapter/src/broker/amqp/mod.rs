@@ -164,6 +164,8 @@ struct Inner {
     current: AtomicUsize,
     /// The adapter's peers' queues, bound to the exchange after a reconnect.
     peer_queues: RwLock<Option<PeerQueues>>,
+    /// When the current connection was opened (`None` while reconnecting).
+    connected_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for AmqpDriver {
@@ -223,6 +225,7 @@ impl AmqpDriver {
             supervisor: tokio::sync::Mutex::new(None),
             current: AtomicUsize::new(current),
             peer_queues: RwLock::new(None),
+            connected_at: Mutex::new(Some(Instant::now())),
         });
         tracing::info!(
             exchange = %inner.config.exchange,
@@ -329,6 +332,28 @@ impl Driver for AmqpDriver {
         *write(&self.inner.peer_queues) = Some(source);
     }
 
+    fn connected_for(&self) -> Option<Duration> {
+        if !self.is_connected() {
+            return None;
+        }
+        lock(&self.inner.connected_at).map(|at| at.elapsed())
+    }
+
+    /// `queue.delete` without conditions, on the publishing channel (RabbitMQ answers
+    /// `delete-ok` for a queue that does not exist, so the channel stays open), bounded by
+    /// [`AmqpConfig::publish_timeout`].
+    async fn delete_queue(&self, queue: &str) -> Result<(), AmqpError> {
+        let Some(channel) = read(&self.inner.channel).clone() else {
+            return Err(AmqpError::NotConnected);
+        };
+        let delete = channel.queue_delete(queue.into(), QueueDeleteOptions::default());
+        match tokio::time::timeout(self.inner.config.publish_timeout, delete).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(AmqpError::Timeout),
+        }
+    }
+
     fn subscribe(&self) -> Option<MessageStream> {
         self.inner
             .rx
@@ -353,6 +378,10 @@ impl Driver for AmqpDriver {
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -531,6 +560,7 @@ async fn supervise(
         };
         if let Some(i) = inner.upgrade() {
             write(&i.channel).take();
+            *lock(&i.connected_at) = None;
         }
         let lost_at = Instant::now();
         // The peers known now, while their heartbeats are fresh: a long outage may make the
@@ -618,6 +648,7 @@ async fn supervise(
         i.session_gen.store(gen, Ordering::Release);
         i.current.store(next, Ordering::Relaxed);
         *write(&i.channel) = Some(session.channel.clone());
+        *lock(&i.connected_at) = Some(Instant::now());
         tracing::info!(
             exchange = %config.exchange,
             queue = %i.queue,
