@@ -796,7 +796,7 @@ impl Config {
             )?),
             disconnect_after: own.client_flood_disconnect,
         };
-        let ping_write_interval = seconds("ping_write_interval", own.ping_write_interval)?;
+        let ping_write_interval = seconds_or_zero("ping_write_interval", own.ping_write_interval)?;
 
         Ok((
             Config {
@@ -942,6 +942,17 @@ fn seconds(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
             message: format!("{v} is not a positive number of seconds"),
         }),
     }
+}
+
+/// Like [`seconds`], and 0 (= none) allowed.
+fn seconds_or_zero(name: &'static str, value: f64) -> Result<Duration, ConfigError> {
+    if value == 0.0 {
+        return Ok(Duration::ZERO);
+    }
+    seconds(name, value).map_err(|_| ConfigError::Invalid {
+        name,
+        message: format!("{value} is not 0 or a positive number of seconds"),
+    })
 }
 
 fn broker_reconnect_max(secs: f64) -> Result<Duration, ConfigError> {
