@@ -15,6 +15,7 @@
 pub mod affinity;
 pub mod auth;
 pub mod broker_metrics;
+pub mod cluster;
 pub mod config;
 pub mod database_url;
 pub mod demo;

@@ -98,6 +98,7 @@ struct Inner {
     ping_recoveries: Counter,
     broadcast_closed: Counter,
     broadcast_full: Counter,
+    lost_instance_nodes: Counter,
     /// The `os`/`platform` label pairs seen per node (bounded, see
     /// [`MAX_LABEL_SETS_PER_NODE`]).
     node_label_sets: std::sync::Mutex<std::collections::HashMap<String, Vec<(String, String)>>>,
@@ -215,6 +216,12 @@ impl Metrics {
             "Sockets that missed a broadcast of this instance because their buffer (max_buffer_size) was full",
             broadcast_full.clone(),
         );
+        let lost_instance_nodes = Counter::default();
+        registry.register(
+            "v6_socketio_lost_instance_nodes_released",
+            "Nodes of a lost instance (no heartbeat) that this instance marked offline and announced node-offline for",
+            lost_instance_nodes.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -230,6 +237,7 @@ impl Metrics {
                 ping_recoveries,
                 broadcast_closed,
                 broadcast_full,
+                lost_instance_nodes,
                 node_label_sets: std::sync::Mutex::default(),
             }),
         }
@@ -357,6 +365,11 @@ impl Metrics {
     /// will be retried.
     pub fn identification_retry(&self) {
         self.inner.identification_retries.inc();
+    }
+
+    /// Counts the nodes of a lost instance released by this one.
+    pub fn lost_instance_nodes_released(&self, n: u64) {
+        self.inner.lost_instance_nodes.inc_by(n);
     }
 
     /// Counts a 5.x ping that recovered a node's session.

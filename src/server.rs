@@ -18,6 +18,7 @@ use crate::{
     affinity::AffinityCookieLayer,
     auth::{KeycloakVerifier, TokenVerifier, Verifier},
     broker_metrics::BrokerCollector,
+    cluster,
     config::{Config, ConfigError},
     detached_head,
     generation::{self, Vantage6Generation},
@@ -134,8 +135,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 .with_adapter::<AmqpAdapter<Emitter>>(ctr.clone())
                 .build_layer();
             tasks_ns::register(&io).await.map_err(broker_err)?;
+            // Announce our nodes; release a killed instance's (crate::cluster).
+            let cluster = cluster::spawn(ctr.clone(), io.clone(), ctx.clone(), metrics.clone());
             // Last step of a graceful stop: delete our queue, close the connection.
-            let close_broker = async move { ctr.close().await };
+            let close_broker = async move {
+                for task in cluster {
+                    task.abort();
+                }
+                ctr.close().await;
+            };
             let instance = Instance::new(layer, io, ctx, store, metrics, Some(broker_connected));
             run(&config, instance, close_broker).await
         }

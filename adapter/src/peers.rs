@@ -64,28 +64,24 @@ impl Peers {
     /// state keeps the one announced before (an `init` reply carries none).
     pub(crate) fn seen(&self, uid: Uid, queue: &str, state: Option<Value>, now: Instant) -> bool {
         let mut map = lock(&self.map);
-        match map.get_mut(&*uid) {
-            Some(peer) => {
-                peer.seen = now;
-                queue.clone_into(&mut peer.queue);
-                if state.is_some() {
-                    peer.state = state;
-                }
-                false
+        if let Some(peer) = map.get_mut(&*uid) {
+            peer.seen = now;
+            queue.clone_into(&mut peer.queue);
+            if state.is_some() {
+                peer.state = state;
             }
-            None => {
-                map.insert(
-                    *uid,
-                    Peer {
-                        uid,
-                        queue: queue.to_owned(),
-                        seen: now,
-                        state,
-                    },
-                );
-                true
-            }
+            return false;
         }
+        map.insert(
+            *uid,
+            Peer {
+                uid,
+                queue: queue.to_owned(),
+                seen: now,
+                state,
+            },
+        );
+        true
     }
 
     pub(crate) fn forget(&self, uid: Uid) {

@@ -450,6 +450,34 @@ impl Store {
         Ok(())
     }
 
+    /// Sets `authenticatable.status` to offline if it is online; whether it
+    /// was (so that of several instances acting for a lost one, only the
+    /// one that changed the row announces the node).
+    pub async fn set_offline_if_online(&self, auth_id: i64) -> Result<bool, StoreError> {
+        let changed = on_pool!(self, p =>
+            sqlx::query(
+                "UPDATE authenticatable SET status = $1 WHERE id = $2 AND status = $3",
+            )
+            .bind(AuthStatus::Offline.as_str())
+            .bind(auth_id)
+            .bind(AuthStatus::Online.as_str())
+            .execute(p)
+            .await?
+            .rows_affected()
+        );
+        Ok(changed > 0)
+    }
+
+    /// The node with id `id`; `None` when it has no `node` row (or one
+    /// without organization or collaboration).
+    pub async fn node_identity(&self, id: i64) -> Result<Option<NodeIdentity>, StoreError> {
+        match self.node(id).await {
+            Ok(Ok(Identity::Node(node))) => Ok(Some(node)),
+            Ok(_) | Err(StoreError::Inconsistent(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A `ping`: status online and `last_seen` = `now` (UTC, naive, as vantage6).
     pub async fn record_ping(&self, auth_id: i64, now: NaiveDateTime) -> Result<(), StoreError> {
         self.set_online_seen(auth_id, now).await?;

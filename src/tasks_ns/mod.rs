@@ -82,6 +82,9 @@ struct ContextInner {
     sessions: watch::Sender<usize>,
     /// A graceful stop has begun: new connections get no session.
     closing: std::sync::atomic::AtomicBool,
+    /// The nodes identified on this instance, with their number of sessions
+    /// (a node reconnecting may briefly have two).
+    held: std::sync::Mutex<std::collections::BTreeMap<i64, usize>>,
 }
 
 impl TasksContext {
@@ -95,6 +98,7 @@ impl TasksContext {
                 log_limit: LogLimiter::default(),
                 sessions: watch::Sender::new(0),
                 closing: std::sync::atomic::AtomicBool::new(false),
+                held: std::sync::Mutex::default(),
             }),
             first_event_delay: DEFAULT_FIRST_EVENT_DELAY,
             generation: Vantage6Generation::V4,
@@ -168,6 +172,32 @@ impl TasksContext {
             .count()
     }
 
+    /// The ids of the nodes with a session on this instance, ascending
+    /// (what it announces to the other instances, see [`crate::cluster`]).
+    pub fn held_node_ids(&self) -> Vec<i64> {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    fn hold_node(&self, id: i64) -> NodeHold {
+        *self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(id)
+            .or_default() += 1;
+        NodeHold {
+            inner: self.inner.clone(),
+            id,
+        }
+    }
+
     fn is_closing(&self) -> bool {
         self.inner.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -209,6 +239,30 @@ impl TasksContext {
     }
 }
 
+/// A node's session on this instance, counted in
+/// [`TasksContext::held_node_ids`] until it is dropped with the session.
+#[derive(Debug)]
+struct NodeHold {
+    inner: Arc<ContextInner>,
+    id: i64,
+}
+
+impl Drop for NodeHold {
+    fn drop(&mut self) {
+        let mut held = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// Per-client info lines (connected, identified, disconnected) logged one by
 /// one in each 10 s interval, for each kind; the rest are counted into the
 /// next line (`not_logged_before=`).
@@ -225,6 +279,8 @@ enum Session {
         rooms: Vec<String>,
         /// When a `ping` of this client was last written to the database.
         ping_written: Option<tokio::time::Instant>,
+        /// For a node: counts it among the nodes this instance holds.
+        _held: Option<NodeHold>,
     },
 }
 
@@ -334,6 +390,7 @@ async fn handle_event<A: Adapter>(
         identity,
         rooms,
         ping_written,
+        ..
     } = session
     else {
         debug!(sid = %s.id, event, "event from an unidentified client ignored");
@@ -391,10 +448,15 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
     if let (Identity::Node(node), true) = (&identity, ctx.is_v5()) {
         v5::send_dataframe_deletion_instructions(s, ctx, node).await;
     }
+    let node_hold = match &identity {
+        Identity::Node(node) => Some(ctx.hold_node(node.id)),
+        Identity::User(_) => None,
+    };
     Session::Identified {
         identity,
         rooms,
         ping_written: None,
+        _held: node_hold,
     }
 }
 
@@ -648,6 +710,60 @@ async fn disconnect<A: Adapter>(
         info!(sid = %s.id, name = identity.name(), %reason, not_logged_before = skipped,
             "client disconnected");
     }
+}
+
+/// What [`disconnect`] does for a node, done for a node whose instance
+/// died without it (see [`crate::cluster`]): if the node is still marked
+/// online, it is marked offline, its announced rooms are told that it left
+/// and get `node-offline`, and its configuration rows are deleted. Returns
+/// whether it was released (`false`: not online any more, e.g. already
+/// released by another instance, or unknown).
+pub async fn release_lost_node<A: Adapter>(
+    io: &SocketIo<A>,
+    ctx: &TasksContext,
+    node_id: i64,
+) -> bool {
+    match ctx.store().set_offline_if_online(node_id).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            ctx.db_failed("set a lost instance's node offline", &e);
+            return false;
+        }
+    }
+    let node = match ctx.store().node_identity(node_id).await {
+        Ok(Some(node)) => node,
+        Ok(None) => return true,
+        Err(e) => {
+            ctx.db_failed("read a lost instance's node", &e);
+            return true;
+        }
+    };
+    let identity = Identity::Node(node.clone());
+    let rooms = rooms::node_rooms(&node);
+    if let Some(ns) = io.of(NAMESPACE) {
+        let payload = json!({"id": node.id, "name": node.name, "org_id": node.organization_id});
+        for room in rooms.iter().filter(|r| is_announced(r)) {
+            let text = rooms::leave_message(&identity, room);
+            if let Err(e) = ns.clone().within(room.clone()).emit("message", &text).await {
+                broadcast_failed(ctx, room, "message", &e);
+            }
+        }
+        for room in rooms.iter().filter(|r| is_announced(r)) {
+            if let Err(e) = ns
+                .clone()
+                .within(room.clone())
+                .emit("node-offline", &payload)
+                .await
+            {
+                broadcast_failed(ctx, room, "node-offline", &e);
+            }
+        }
+    }
+    if let Err(e) = ctx.store().delete_node_config(node.id).await {
+        ctx.db_failed("delete node configuration", &e);
+    }
+    true
 }
 
 /// `on_ping` (4.x): any identified client; status online and `last_seen`
