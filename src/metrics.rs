@@ -98,7 +98,7 @@ struct Inner {
     ping_recoveries: Counter,
     broadcast_closed: Counter,
     broadcast_full: Counter,
-    lost_instance_nodes: Counter,
+    lost_instance_clients: Counter,
     /// The `os`/`platform` label pairs seen per node (bounded, see
     /// [`MAX_LABEL_SETS_PER_NODE`]).
     node_label_sets: std::sync::Mutex<std::collections::HashMap<String, Vec<(String, String)>>>,
@@ -216,11 +216,11 @@ impl Metrics {
             "Sockets that missed a broadcast of this instance because their buffer (max_buffer_size) was full",
             broadcast_full.clone(),
         );
-        let lost_instance_nodes = Counter::default();
+        let lost_instance_clients = Counter::default();
         registry.register(
-            "v6_socketio_lost_instance_nodes_released",
-            "Nodes of a lost instance (no heartbeat) that this instance marked offline and announced node-offline for",
-            lost_instance_nodes.clone(),
+            "v6_socketio_lost_instance_clients_released",
+            "Nodes and users of a lost instance (no heartbeat) that this instance marked offline and announced as gone",
+            lost_instance_clients.clone(),
         );
         Self {
             inner: Arc::new(Inner {
@@ -237,7 +237,7 @@ impl Metrics {
                 ping_recoveries,
                 broadcast_closed,
                 broadcast_full,
-                lost_instance_nodes,
+                lost_instance_clients,
                 node_label_sets: std::sync::Mutex::default(),
             }),
         }
@@ -367,9 +367,9 @@ impl Metrics {
         self.inner.identification_retries.inc();
     }
 
-    /// Counts the nodes of a lost instance released by this one.
-    pub fn lost_instance_nodes_released(&self, n: u64) {
-        self.inner.lost_instance_nodes.inc_by(n);
+    /// Counts the clients of a lost instance released by this one.
+    pub fn lost_instance_clients_released(&self, n: u64) {
+        self.inner.lost_instance_clients.inc_by(n);
     }
 
     /// Counts a 5.x ping that recovered a node's session.

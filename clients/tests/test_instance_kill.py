@@ -4,9 +4,9 @@ Three ``v6-socketio serve`` instances A, B and C on the shared RabbitMQ and
 the session's database. User u_col (collaboration scope: rooms of
 collaborations 1 and 2) on A; node b1 (collaboration 1) on B, streaming
 ``algorithm_status_change`` events (20 per second) that A relays to u_col;
-nodes a1 (collaboration 1) and c2 (collaboration 2) on C. C is SIGKILLed: it
-runs no disconnect handler. c2 comes back at once on A (as a node does
-through the proxy); a1 does not come back.
+nodes a1 (collaboration 1) and c2 (collaboration 2) and user u_org on C. C
+is SIGKILLed: it runs no disconnect handler. c2 comes back at once on A (as a
+node does through the proxy); a1 and u_org do not come back.
 
 Asserted:
 
@@ -15,13 +15,13 @@ Asserted:
 * a1, which did not come back, is marked offline and announced, as
   ``on_disconnect`` would have: u_col and b1 hear the left message and
   ``node-offline`` for it exactly once, within 30 s of the kill (the time is
-  printed); its configuration rows are deleted;
+  printed); its configuration rows are deleted; u_org is marked offline too;
 * c2, which came back on A, stays online and nobody hears ``node-offline``
   for it;
 * C's queue, which would collect every message of the exchange until its
   5-minute ``x-expires``, is deleted within the same bound;
-* exactly one instance released a1
-  (``v6_socketio_lost_instance_nodes_released_total`` sums to 1), and both
+* exactly one instance released a1 and u_org
+  (``v6_socketio_lost_instance_clients_released_total`` sums to 2), and both
   survivors counted C as lost (``v6_socketio_broker_peers_lost_total``).
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def departures(rec: Recorder, node) -> list:
             or (e == "node-offline" and isinstance(d, dict) and d.get("id") == node.id)]
 
 
-def test_sigkilled_instance_nodes_are_released_by_the_survivors_and_its_queue_deleted(
+def test_sigkilled_instance_clients_are_released_by_the_survivors_and_its_queue_deleted(
         broker, world, db, tokens, jwt_secret, tmp_path, figures):
     a, b, c = (ServerProcess(tmp_path, db, jwt_secret, sweep_interval=60,
                              extra={"rabbitmq": {"uri": broker}}, name=f"kill-{n}-{db.backend}")
@@ -74,7 +74,9 @@ def test_sigkilled_instance_nodes_are_released_by_the_survivors_and_its_queue_de
         on_b = Recorder(b.url, tokens.access(b1), label="b1@B")
         a1_on_c = Recorder(c.url, tokens.access(a1), label="a1@C")
         c2_on_c = Recorder(c.url, tokens.access(c2), label="c2@C")
-        clients += [user, on_b, a1_on_c, c2_on_c]
+        u_org_on_c = Recorder(c.url, tokens.access(world.u_org), label="u_org@C")
+        clients += [user, on_b, a1_on_c, c2_on_c, u_org_on_c]
+        u_org_on_c.connect()
         user.connect()
         on_b.connect()
         on_b.wait_for(lambda evs: evs[:3] == node_connect_sequence(b1), what="b1 connected")
@@ -88,7 +90,7 @@ def test_sigkilled_instance_nodes_are_released_by_the_survivors_and_its_queue_de
                    what="a1's configuration rows written")
         # Heartbeats every 5 s: let each instance hear the others' announced nodes.
         time.sleep(6)
-        assert db.auth_row(a1.id)[0] == "online" and db.auth_row(c2.id)[0] == "online"
+        assert [db.auth_row(x.id)[0] for x in (a1, c2, world.u_org)] == ["online"] * 3
 
         payload_b = a1_status_payload(world, run_id=world.r_b.id, node_id=b1.id,
                                       organization_id=world.org_b.id)
@@ -133,6 +135,7 @@ def test_sigkilled_instance_nodes_are_released_by_the_survivors_and_its_queue_de
         assert departures(on_b, a1) == expected, departures(on_b, a1)
         assert departures(user, c2) == [], "c2 came back: nobody may hear it leave"
         assert db.auth_row(c2.id)[0] == "online"
+        assert db.auth_row(world.u_org.id)[0] == "offline", "u_org (not back) still online"
         assert not db.node_config(a1.id), "a1's configuration rows are not deleted"
 
         sent = set(stream.sent)
@@ -140,12 +143,12 @@ def test_sigkilled_instance_nodes_are_released_by_the_survivors_and_its_queue_de
         missing = sorted(sent - got, key=lambda s: int(s.split("-")[1]))
         assert not missing, f"u_col on A missed {len(missing)} of b1's status changes: {missing[:10]}"
 
-        released = [metric(s, "v6_socketio_lost_instance_nodes_released_total") for s in (a, b)]
-        assert sum(released) == 1, f"released per survivor (A, B): {released}"
+        released = [metric(s, "v6_socketio_lost_instance_clients_released_total") for s in (a, b)]
+        assert sum(released) == 2, f"released per survivor (A, B): {released}"
         lost = [metric(s, "v6_socketio_broker_peers_lost_total") for s in (a, b)]
         assert all(n >= 1 for n in lost), f"peers lost per survivor (A, B): {lost}"
         assert metric(a, "v6_socketio_connected_sockets") == 2  # u_col and c2
-        figures(f"\n[instance kill] SIGKILL of 1 of 3 instances: a1 (not back) offline after "
+        figures(f"\n[instance kill] SIGKILL of 1 of 3 instances: a1 and u_org (not back) offline after "
                 f"{t_offline:.1f} s, announced (left + node-offline, once) after "
                 f"{t_announced:.1f} s, C's queue deleted after {t_queue:.1f} s (bound "
                 f"{RELEASE_BOUND:.0f} s); c2 back on A stays online; u_col received all "

@@ -468,16 +468,6 @@ impl Store {
         Ok(changed > 0)
     }
 
-    /// The node with id `id`; `None` when it has no `node` row (or one
-    /// without organization or collaboration).
-    pub async fn node_identity(&self, id: i64) -> Result<Option<NodeIdentity>, StoreError> {
-        match self.node(id).await {
-            Ok(Ok(Identity::Node(node))) => Ok(Some(node)),
-            Ok(_) | Err(StoreError::Inconsistent(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// A `ping`: status online and `last_seen` = `now` (UTC, naive, as vantage6).
     pub async fn record_ping(&self, auth_id: i64, now: NaiveDateTime) -> Result<(), StoreError> {
         self.set_online_seen(auth_id, now).await?;

@@ -82,8 +82,9 @@ struct ContextInner {
     sessions: watch::Sender<usize>,
     /// A graceful stop has begun: new connections get no session.
     closing: std::sync::atomic::AtomicBool,
-    /// The nodes identified on this instance, with their number of sessions
-    /// (a node reconnecting may briefly have two).
+    /// The clients identified on this instance, by `authenticatable.id`,
+    /// with their number of sessions (a node reconnecting may briefly have
+    /// two, a user has one per browser tab).
     held: std::sync::Mutex<std::collections::BTreeMap<i64, usize>>,
 }
 
@@ -172,9 +173,10 @@ impl TasksContext {
             .count()
     }
 
-    /// The ids of the nodes with a session on this instance, ascending
-    /// (what it announces to the other instances, see [`crate::cluster`]).
-    pub fn held_node_ids(&self) -> Vec<i64> {
+    /// The ids (`authenticatable.id`) of the nodes and users with a session
+    /// on this instance, ascending (what it announces to the other
+    /// instances, see [`crate::cluster`]).
+    pub fn held_client_ids(&self) -> Vec<i64> {
         self.inner
             .held
             .lock()
@@ -184,7 +186,7 @@ impl TasksContext {
             .collect()
     }
 
-    fn hold_node(&self, id: i64) -> NodeHold {
+    fn hold_client(&self, id: i64) -> ClientHold {
         *self
             .inner
             .held
@@ -192,7 +194,7 @@ impl TasksContext {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(id)
             .or_default() += 1;
-        NodeHold {
+        ClientHold {
             inner: self.inner.clone(),
             id,
         }
@@ -239,15 +241,15 @@ impl TasksContext {
     }
 }
 
-/// A node's session on this instance, counted in
-/// [`TasksContext::held_node_ids`] until it is dropped with the session.
+/// A client's session on this instance, counted in
+/// [`TasksContext::held_client_ids`] until it is dropped with the session.
 #[derive(Debug)]
-struct NodeHold {
+struct ClientHold {
     inner: Arc<ContextInner>,
     id: i64,
 }
 
-impl Drop for NodeHold {
+impl Drop for ClientHold {
     fn drop(&mut self) {
         let mut held = self
             .inner
@@ -279,8 +281,8 @@ enum Session {
         rooms: Vec<String>,
         /// When a `ping` of this client was last written to the database.
         ping_written: Option<tokio::time::Instant>,
-        /// For a node: counts it among the nodes this instance holds.
-        _held: Option<NodeHold>,
+        /// Counts it among the clients this instance holds.
+        _held: ClientHold,
     },
 }
 
@@ -448,15 +450,12 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
     if let (Identity::Node(node), true) = (&identity, ctx.is_v5()) {
         v5::send_dataframe_deletion_instructions(s, ctx, node).await;
     }
-    let node_hold = match &identity {
-        Identity::Node(node) => Some(ctx.hold_node(node.id)),
-        Identity::User(_) => None,
-    };
+    let held = ctx.hold_client(identity.id());
     Session::Identified {
         identity,
         rooms,
         ping_written: None,
-        _held: node_hold,
+        _held: held,
     }
 }
 
@@ -712,43 +711,46 @@ async fn disconnect<A: Adapter>(
     }
 }
 
-/// What [`disconnect`] does for a node, done for a node whose instance
-/// died without it (see [`crate::cluster`]): if the node is still marked
-/// online, it is marked offline, its announced rooms are told that it left
-/// and get `node-offline`, and its configuration rows are deleted. Returns
-/// whether it was released (`false`: not online any more, e.g. already
-/// released by another instance, or unknown).
-pub async fn release_lost_node<A: Adapter>(
+/// What [`disconnect`] does, done for a client whose instance died without
+/// it (see [`crate::cluster`]): if the node or user `auth_id` is still
+/// marked online, it is marked offline and its announced rooms are told
+/// that it left; for a node, they also get `node-offline` and its
+/// configuration rows are deleted. Returns whether it was released
+/// (`false`: not online any more, e.g. released by another instance).
+pub async fn release_lost_client<A: Adapter>(
     io: &SocketIo<A>,
     ctx: &TasksContext,
-    node_id: i64,
+    auth_id: i64,
 ) -> bool {
-    match ctx.store().set_offline_if_online(node_id).await {
+    match ctx.store().set_offline_if_online(auth_id).await {
         Ok(true) => {}
         Ok(false) => return false,
         Err(e) => {
-            ctx.db_failed("set a lost instance's node offline", &e);
+            ctx.db_failed("set a lost instance's client offline", &e);
             return false;
         }
     }
-    let node = match ctx.store().node_identity(node_id).await {
-        Ok(Some(node)) => node,
-        Ok(None) => return true,
+    let identity = match ctx.store().identify(auth_id).await {
+        Ok(Ok(identity)) => identity,
+        // Its rows are gone or not a client's: nobody to announce.
+        Ok(Err(_)) | Err(StoreError::Inconsistent(_)) => return true,
         Err(e) => {
-            ctx.db_failed("read a lost instance's node", &e);
+            ctx.db_failed("read a lost instance's client", &e);
             return true;
         }
     };
-    let identity = Identity::Node(node.clone());
-    let rooms = rooms::node_rooms(&node);
-    if let Some(ns) = io.of(NAMESPACE) {
-        let payload = json!({"id": node.id, "name": node.name, "org_id": node.organization_id});
-        for room in rooms.iter().filter(|r| is_announced(r)) {
-            let text = rooms::leave_message(&identity, room);
-            if let Err(e) = ns.clone().within(room.clone()).emit("message", &text).await {
-                broadcast_failed(ctx, room, "message", &e);
-            }
+    let Some(ns) = io.of(NAMESPACE) else {
+        return true;
+    };
+    let rooms = rooms::rooms_for(&identity);
+    for room in rooms.iter().filter(|r| is_announced(r)) {
+        let text = rooms::leave_message(&identity, room);
+        if let Err(e) = ns.clone().within(room.clone()).emit("message", &text).await {
+            broadcast_failed(ctx, room, "message", &e);
         }
+    }
+    if let Identity::Node(node) = &identity {
+        let payload = node_status_payload(node);
         for room in rooms.iter().filter(|r| is_announced(r)) {
             if let Err(e) = ns
                 .clone()
@@ -759,9 +761,9 @@ pub async fn release_lost_node<A: Adapter>(
                 broadcast_failed(ctx, room, "node-offline", &e);
             }
         }
-    }
-    if let Err(e) = ctx.store().delete_node_config(node.id).await {
-        ctx.db_failed("delete node configuration", &e);
+        if let Err(e) = ctx.store().delete_node_config(node.id).await {
+            ctx.db_failed("delete node configuration", &e);
+        }
     }
     true
 }
@@ -1025,10 +1027,15 @@ async fn announce_node<A: Adapter>(
     rooms: &[String],
     event: &str,
 ) {
-    let payload = json!({"id": node.id, "name": node.name, "org_id": node.organization_id});
+    let payload = node_status_payload(node);
     for room in rooms.iter().filter(|r| is_announced(r)) {
         emit_to_room(s, ctx, room, event, &payload).await;
     }
+}
+
+/// The argument of `node-online` / `node-offline`.
+fn node_status_payload(node: &NodeIdentity) -> Value {
+    json!({"id": node.id, "name": node.name, "org_id": node.organization_id})
 }
 
 /// A `message` (`text`: a join or leave message) to `room` if vantage6
