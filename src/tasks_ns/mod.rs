@@ -450,12 +450,12 @@ async fn connect<A: Adapter>(s: &SocketRef<A>, ctx: &TasksContext) -> Session {
     if let (Identity::Node(node), true) = (&identity, ctx.is_v5()) {
         v5::send_dataframe_deletion_instructions(s, ctx, node).await;
     }
-    let held = ctx.hold_client(identity.id());
+    let client_hold = ctx.hold_client(identity.id());
     Session::Identified {
         identity,
         rooms,
         ping_written: None,
-        _held: held,
+        _held: client_hold,
     }
 }
 
