@@ -123,6 +123,11 @@ def _v6_claims(sub) -> dict:
             "nbf": now, "exp": now + 3600, "client_type": "node", "roles": []}
 
 
+def _metric(srv, name: str, **labels) -> float:
+    return sum(v for n, lab, v in srv.metrics()
+               if n == name and all(lab.get(k) == w for k, w in labels.items()))
+
+
 def _unidentified_total(srv) -> float:
     return sum(v for name, _, v in srv.metrics()
                if name == "v6_socketio_unidentified_connections_total")
@@ -173,6 +178,8 @@ def test_forged_algorithms_odd_subjects_and_missing_rows(world, db, srv, tokens,
         "deleted_after_minting": deleted_token,
     }
     before = _unidentified_total(srv)
+    db_errors_before = _metric(srv, "v6_socketio_database_errors_total")
+    missing_before = _metric(srv, "v6_socketio_unidentified_connections_total", reason="missing_row")
     bad = {case: clients(None, label=f"unidentified[{case}]", auth_header="Bearer " + token)
            for case, token in cases.items()}
     expect_exact({**{rec: [] for rec in bad.values()}, glob: []})
@@ -181,6 +188,10 @@ def test_forged_algorithms_odd_subjects_and_missing_rows(world, db, srv, tokens,
     counted = _unidentified_total(srv) - before
     figures(f"bad tokens: {len(cases)} clients, unidentified counter +{counted:g}")
     assert counted == len(cases), counted
+    # a row that is missing identifies nobody: not a database failure
+    assert _metric(srv, "v6_socketio_database_errors_total") == db_errors_before
+    assert _metric(srv, "v6_socketio_unidentified_connections_total",
+                   reason="missing_row") == missing_before + 1
     for case, rec in bad.items():
         assert rec.connected, f"{case}: an unidentified client must stay connected to /tasks"
         rec.emit("ping")

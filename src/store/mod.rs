@@ -69,6 +69,10 @@ pub enum Unknown {
     NoSuchId,
     /// `authenticatable.type` is neither `node` nor `user`.
     OtherType(Option<String>),
+    /// The `authenticatable` row has no `node` or `user` row (it was
+    /// deleted, or never written): a subject that identifies nobody, not a
+    /// database failure.
+    MissingRow,
 }
 
 /// Whose a run is: its organisation and task, and its task's collaboration
@@ -348,7 +352,10 @@ impl Store {
             .fetch_optional(p)
             .await?
         );
-        let Some((name, Some(organization_id), Some(collaboration_id))) = row else {
+        let Some(row) = row else {
+            return Ok(Err(Unknown::MissingRow));
+        };
+        let (name, Some(organization_id), Some(collaboration_id)) = row else {
             return Err(StoreError::Inconsistent(format!(
                 "node {id} has no node row with organization and collaboration"
             )));
@@ -370,7 +377,10 @@ impl Store {
             .fetch_optional(p)
             .await?
         );
-        let Some((username, Some(organization_id))) = row else {
+        let Some(row) = row else {
+            return Ok(Err(Unknown::MissingRow));
+        };
+        let (username, Some(organization_id)) = row else {
             return Err(StoreError::Inconsistent(format!(
                 "user {id} has no user row with an organization"
             )));

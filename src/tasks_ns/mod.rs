@@ -612,6 +612,7 @@ async fn identify<A: Adapter>(
             let reason = match unknown {
                 Unknown::NoSuchId => "unknown_subject",
                 Unknown::OtherType(_) => "unsupported_subject_type",
+                Unknown::MissingRow => "missing_row",
             };
             if let Some(n) = ctx.log_due("unknown_subject", 1) {
                 warn!(sid = %s.id, %auth_id, ?unknown, clients = n,
