@@ -54,6 +54,12 @@ pub const DEFAULT_WS_READ_BUFFER_SIZE: usize = 1024;
 pub const DEFAULT_FIRST_EVENT_DELAY: Duration = Duration::from_millis(DEFAULT_FIRST_EVENT_DELAY_MS);
 /// [`DEFAULT_FIRST_EVENT_DELAY`] in milliseconds, the unit of the setting.
 pub const DEFAULT_FIRST_EVENT_DELAY_MS: u64 = 50;
+/// Default `tcp_user_timeout`: a client whose receive window stays closed
+/// this long (it reads nothing) is dropped. engine.io's own ping cannot drop
+/// it: the writer task is stuck in the blocked write and never lets the
+/// session close (README, "Failure behaviour").
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Largest accepted `first_event_delay`.
 pub const MAX_FIRST_EVENT_DELAY: Duration = Duration::from_secs(10);
 /// Default `client_event_burst` (the [`DEFAULT_EVENT_BUDGET`]'s burst).
@@ -302,6 +308,8 @@ pub struct Config {
     pub event_budget: EventBudget,
     /// Shortest pause between two database writes of a client's pings.
     pub ping_write_interval: Duration,
+    /// `TCP_USER_TIMEOUT` of accepted connections (`None`: the kernel's).
+    pub tcp_user_timeout: Option<Duration>,
     /// 5.x: HQ's `jwt_decode_algorithms` (RSA algorithms only).
     pub jwt_decode_algorithms: Vec<jsonwebtoken::Algorithm>,
     /// 5.x: HQ's `jwt_decode_leeway`.
@@ -480,6 +488,11 @@ own_settings! {
         /// database; the ones in between change nothing
         ping_write_interval: f64 = "V6_SOCKETIO_PING_WRITE_INTERVAL",
             default(DEFAULT_PING_WRITE_INTERVAL.as_secs_f64());
+        /// Seconds that data sent to a client may stay unacknowledged (a client that reads
+        /// nothing, or is gone) before the kernel drops the connection; 0 for the kernel's
+        /// default (about 15 minutes)
+        tcp_user_timeout: f64 = "V6_SOCKETIO_TCP_USER_TIMEOUT",
+            default(DEFAULT_TCP_USER_TIMEOUT.as_secs_f64());
         /// 5.x: the realm's public key as a PEM file, instead of fetching it from Keycloak at
         /// start-up
         keycloak_public_key_file: PathBuf = "V6_SOCKETIO_KEYCLOAK_PUBLIC_KEY_FILE", shown("none");
@@ -797,6 +810,8 @@ impl Config {
             disconnect_after: own.client_flood_disconnect,
         };
         let ping_write_interval = seconds_or_zero("ping_write_interval", own.ping_write_interval)?;
+        let tcp_user_timeout = Some(seconds_or_zero("tcp_user_timeout", own.tcp_user_timeout)?)
+            .filter(|t| !t.is_zero());
 
         Ok((
             Config {
@@ -821,6 +836,7 @@ impl Config {
                 vantage6_generation,
                 event_budget,
                 ping_write_interval,
+                tcp_user_timeout,
                 jwt_decode_algorithms,
                 jwt_decode_leeway,
                 keycloak,
@@ -1198,6 +1214,7 @@ mod tests {
         ("client_event_burst", "1", "2"),
         ("client_flood_disconnect", "1", "2"),
         ("ping_write_interval", "1", "2"),
+        ("tcp_user_timeout", "1", "2"),
         ("keycloak_public_key_file", "/a.pem", "/b.pem"),
         ("keycloak_key_refresh_interval", "1", "2"),
     ];

@@ -33,3 +33,4 @@ pub mod server;
 pub mod store;
 pub mod sweeper;
 pub mod tasks_ns;
+pub mod tcp_options;

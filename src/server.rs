@@ -28,6 +28,7 @@ use crate::{
     store::{Store, StoreError},
     sweeper,
     tasks_ns::{self, TasksContext},
+    tcp_options,
 };
 
 /// Why the server could not start or stopped with an error. The message
@@ -324,14 +325,8 @@ async fn run<A: Adapter>(
         "serving"
     );
 
-    // Every Socket.IO packet is its own small write; with Nagle's algorithm a
-    // write behind an unacknowledged one waits for the client's delayed ACK
-    // (40 ms on Linux), which showed as a 40-80 ms p99 in the fanout benchmark.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
-        }
-    });
+    let user_timeout = config.tcp_user_timeout;
+    let listener = listener.tap_io(move |tcp| tcp_options::apply(tcp, user_timeout));
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown(instance.io, instance.ctx, close_adapter))
         .await

@@ -167,6 +167,16 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             c.delivery_closed.fetch_add(closed, Ordering::Relaxed);
             c.delivery_full.fetch_add(full, Ordering::Relaxed);
             tracing::debug!(closed, full, "some local sockets did not get a remote emit");
+            if full > 0 {
+                if let Some(skipped) = c.full_log.hit() {
+                    tracing::warn!(
+                        sockets = full,
+                        not_logged_before = skipped,
+                        "remote emits skipped local sockets whose buffer was full (clients not \
+                         reading); one line per 10 s at most"
+                    );
+                }
+            }
         }
     }
 

@@ -54,6 +54,8 @@ pub(crate) struct Counters {
     pub(crate) peer_queues_deleted: AtomicU64,
     /// The warnings about dropped invalid messages: one line per interval, not one per message.
     pub(crate) invalid_log: LogGate,
+    /// The warnings about local sockets whose buffer was full for a remote emit.
+    pub(crate) full_log: LogGate,
 }
 
 /// At most one log line per [`LogGate::INTERVAL`] for a kind of message that may arrive by the
