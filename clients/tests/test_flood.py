@@ -145,3 +145,118 @@ def test_flooding_client_is_limited_and_others_are_served(world, db, tokens, jwt
         sender.disconnect()
         listener.disconnect()
         srv.stop()
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+BURST_LINES = 100_000
+
+
+def test_a_burst_of_100k_algorithm_log_lines_is_bounded_and_others_write_meanwhile(
+        world, db, tokens, jwt_secret, tmp_path, figures):
+    """Node a1 writes 100,000 ``algorithm_log`` lines for its own run as fast as a websocket
+    takes them (the default budget, but never disconnected, so that all of them arrive). The
+    ones within the budget are appended, in order; the rest are dropped and counted; the
+    server's memory stays bounded; node b1's ``ping``s and its own ``algorithm_log`` are
+    written meanwhile, each within a few seconds (the figures are printed)."""
+    import websocket  # websocket-client
+
+    from compat_support import log_payload
+
+    srv = ServerProcess(tmp_path, db, jwt_secret, sweep_interval=60, name=f"logburst-{db.backend}",
+                        socketio_extra={"client_flood_disconnect": 0})
+    srv.start()
+    a1, b1 = world.node_a1, world.node_b1
+    other = Recorder(srv.url, tokens.access(b1), label="b1")
+    try:
+        other.connect()
+        other.wait_for(lambda evs: evs[:3] == node_connect_sequence(b1), what="b1 connected")
+        ws_url = srv.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        flooder = websocket.create_connection(
+            ws_url, timeout=10, header=[f"Authorization: Bearer {tokens.access(a1)}"])
+        assert flooder.recv().startswith("0")
+        flooder.send("40/tasks,")
+        time.sleep(0.5)  # identified (the first events would wait for it anyway)
+        frames = ["42/tasks," + json.dumps(["algorithm_log", log_payload(world, f"l{n}\n")])
+                  for n in range(BURST_LINES)]
+        dropped_before = sum(metric(srv, "v6_socketio_ignored_events_total", reason=r)
+                             for r in ("rate_limited", "queue_full"))
+        rss_before = rss_kib(srv.proc.pid)
+        peak = [rss_before]
+        done = threading.Event()
+
+        def burst():
+            for f in frames:
+                flooder.send(f)
+            done.set()
+
+        def sample():
+            while not done.is_set():
+                peak.append(rss_kib(srv.proc.pid))
+                time.sleep(0.2)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=burst, daemon=True),
+                   threading.Thread(target=sample, daemon=True)]
+        for t in threads:
+            t.start()
+        # b1 meanwhile: pings and log lines of its own run, each waited for in the database
+        ping_waits, log_waits = [], []
+        while not done.is_set() and len(ping_waits) < 30:
+            before = db.auth_row(b1.id)[1]
+            t0 = time.monotonic()
+            other.emit("ping")
+            wait_until(lambda: db.auth_row(b1.id)[1] != before, 10, 0.02,
+                       what="b1's ping written during the burst")
+            ping_waits.append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            marker = f"b1-{len(log_waits)}\n"
+            other.emit("algorithm_log", log_payload(world, marker, run=world.r_b))
+            wait_until(lambda: (db.run_log(world.r_b.id) or "").endswith(marker), 10, 0.02,
+                       what="b1's log line written during the burst")
+            log_waits.append(time.monotonic() - t0)
+        for t in threads:
+            t.join(120)
+        sent_in = time.monotonic() - started
+        assert done.is_set(), "the burst did not finish"
+        def dropped_now():
+            # beyond the budget, or (within it) beyond what its session's queue holds
+            return sum(metric(srv, "v6_socketio_ignored_events_total", reason=r)
+                       for r in ("rate_limited", "queue_full"))
+
+        def accounted():
+            return dropped_now() - dropped_before + len((db.run_log(world.r_a.id) or "").splitlines())
+
+        try:
+            wait_until(lambda: accounted() >= BURST_LINES, 60, 0.2,
+                       what="every line appended or counted as dropped")
+        except AssertionError:
+            raise AssertionError(f"accounted for {accounted()} of {BURST_LINES}; ignored: "
+                                 f"{[x for x in srv.metrics() if 'ignored' in x[0]]}; "
+                                 f"log: {srv.log_tail()}") from None
+        srv.assert_alive()
+        lines = (db.run_log(world.r_a.id) or "").splitlines()
+        dropped = dropped_now() - dropped_before
+        numbers = [int(x[1:]) for x in lines]
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), \
+            "the appended lines are out of order or repeated"
+        assert len(lines) + dropped == BURST_LINES, (len(lines), dropped)
+        # the default budget: a burst of 1000, then 200/s
+        assert len(lines) <= 1000 + 200 * (time.monotonic() - started) + 10, len(lines)
+        assert ping_waits and log_waits, "b1 wrote nothing during the burst"
+        growth = max(peak) - rss_before
+        assert growth < 64 * 1024, f"RSS grew by {growth} KiB"
+        flooder.close()
+        figures(f"\n[algorithm_log burst] {BURST_LINES} lines sent in {sent_in:.1f} s: "
+                f"{len(lines)} appended in order, {dropped:.0f} dropped and counted; RSS "
+                f"{rss_before / 1024:.1f} MiB before, peak +{growth / 1024:.1f} MiB; meanwhile "
+                f"{len(ping_waits)} pings of b1 written after max {max(ping_waits) * 1000:.0f} ms, "
+                f"its log lines after max {max(log_waits) * 1000:.0f} ms")
+    finally:
+        other.disconnect()
+        srv.stop()
