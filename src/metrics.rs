@@ -98,6 +98,8 @@ struct Inner {
     ping_recoveries: Counter,
     broadcast_closed: Counter,
     broadcast_full: Counter,
+    http_connections: Gauge,
+    connections_refused: Counter,
     /// The `os`/`platform` label pairs seen per node (bounded, see
     /// [`MAX_LABEL_SETS_PER_NODE`]).
     node_label_sets: std::sync::Mutex<std::collections::HashMap<String, Vec<(String, String)>>>,
@@ -215,6 +217,18 @@ impl Metrics {
             "Sockets that missed a broadcast of this instance because their buffer (max_buffer_size) was full",
             broadcast_full.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "v6_socketio_http_connections",
+            "TCP connections open on this instance's listener (upgraded websockets included)",
+            http_connections.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "v6_socketio_connections_refused",
+            "TCP connections refused with 503 because this instance held max_connections",
+            connections_refused.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -230,6 +244,8 @@ impl Metrics {
                 ping_recoveries,
                 broadcast_closed,
                 broadcast_full,
+                http_connections,
+                connections_refused,
                 node_label_sets: std::sync::Mutex::default(),
             }),
         }
@@ -375,6 +391,21 @@ impl Metrics {
     pub fn broadcast_missed(&self, closed: u64, full: u64) {
         self.inner.broadcast_closed.inc_by(closed);
         self.inner.broadcast_full.inc_by(full);
+    }
+
+    /// A TCP connection was accepted (`+1`) or closed (`-1`).
+    pub fn http_connection(&self, delta: i64) {
+        self.inner.http_connections.inc_by(delta);
+    }
+
+    /// TCP connections open on the listener now.
+    pub fn http_connections(&self) -> i64 {
+        self.inner.http_connections.get()
+    }
+
+    /// Counts a connection refused because the instance held `max_connections`.
+    pub fn connection_refused(&self) {
+        self.inner.connections_refused.inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -4,7 +4,6 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use axum::serve::ListenerExt as _;
 use socketioxide::{
     adapter::{Adapter, Emitter, LocalAdapter},
     layer::SocketIoLayer,
@@ -23,6 +22,7 @@ use crate::{
     generation::{self, Vantage6Generation},
     http,
     keycloak::{KeycloakError, RealmKey, StartupRetry},
+    listener::{self, Limits},
     metrics::Metrics,
     store::{Store, StoreError},
     sweeper,
@@ -59,7 +59,7 @@ pub enum ServeError {
     /// 5.x: the Keycloak realm key could not be obtained.
     #[error(transparent)]
     Keycloak(#[from] KeycloakError),
-    /// The listener could not be bound or failed.
+    /// The listener could not be bound.
     #[error("listener {addr}")]
     Listen {
         /// The address.
@@ -299,14 +299,14 @@ async fn run<A: Adapter>(
     let metrics = instance.metrics;
     let app = app(config, instance.layer, metrics.clone(), instance.readiness);
 
-    let sweep = sweeper::spawn(instance.store, metrics, config.sweep_interval);
-    let listener = TcpListener::bind(config.listen)
+    let sweep = sweeper::spawn(instance.store, metrics.clone(), config.sweep_interval);
+    let tcp = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen {
             addr: config.listen,
             source,
         })?;
-    let addr = listener.local_addr().unwrap_or(config.listen);
+    let addr = tcp.local_addr().unwrap_or(config.listen);
     info!(
         %addr,
         path = %config.path,
@@ -316,36 +316,55 @@ async fn run<A: Adapter>(
         "serving"
     );
 
-    // Every Socket.IO packet is its own small write; with Nagle's algorithm a
-    // write behind an unacknowledged one waits for the client's delayed ACK
-    // (40 ms on Linux), which showed as a 40-80 ms p99 in the fanout benchmark.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
-        }
-    });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown(instance.io, instance.ctx, close_adapter))
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        });
+    let limits = limits(config);
+    // TCP_NODELAY is set on every accepted socket there (see listener).
+    listener::serve(
+        tcp,
+        app,
+        limits,
+        metrics,
+        stop_signal(),
+        drain(instance.io, instance.ctx, close_adapter),
+    )
+    .await;
     sweep.abort();
-    result
+    Ok(())
+}
+
+/// The listener's limits: `max_connections` as set, else from the
+/// open-files limit, raised to its hard limit now.
+fn limits(config: &Config) -> Limits {
+    let open_files = listener::raise_open_files_limit();
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(|| listener::default_max_connections(open_files));
+    let usable = open_files.map(|n| n.saturating_sub(listener::FD_RESERVE));
+    if usable.is_some_and(|usable| max_connections as u64 > usable) {
+        warn!(
+            max_connections,
+            open_files_limit = open_files,
+            reserve = listener::FD_RESERVE,
+            "max_connections exceeds the open-files limit minus the reserve: \
+             accepting may fail before the cap is reached"
+        );
+    }
+    info!(
+        max_connections,
+        open_files_limit = open_files,
+        header_read_timeout = ?config.http_header_read_timeout,
+        "connection limits"
+    );
+    Limits {
+        header_read_timeout: config.http_header_read_timeout,
+        max_connections,
+    }
 }
 
 /// How long a graceful stop waits for the clients' disconnects.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Waits for SIGINT/SIGTERM, then disconnects every socket and waits until
-/// their disconnects are handled (nodes marked offline, `node-offline` sent,
-/// also to other instances), closes the adapter, and lets the listener stop.
-async fn shutdown<A: Adapter>(
-    io: SocketIo<A>,
-    ctx: TasksContext,
-    close_adapter: impl Future<Output = ()>,
-) {
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             warn!(error = %e, "cannot listen for ctrl-c");
@@ -370,6 +389,17 @@ async fn shutdown<A: Adapter>(
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// A graceful stop, once the listener is closed: disconnects every socket
+/// and waits until their disconnects are handled (nodes marked offline,
+/// `node-offline` sent, also to other instances), then closes the transports
+/// and the adapter. The HTTP connections still open are ended after this.
+async fn drain<A: Adapter>(
+    io: SocketIo<A>,
+    ctx: TasksContext,
+    close_adapter: impl Future<Output = ()>,
+) {
     // Our own disconnects first, while the namespace and the adapter work
     // (nodes marked offline, `node-offline` to every instance); then the
     // transports are closed, without a Socket.IO DISCONNECT, so that nodes
