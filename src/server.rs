@@ -10,7 +10,6 @@ use socketioxide::{
     SocketIo, SocketIoBuilder,
 };
 use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig};
-use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::{
@@ -300,12 +299,10 @@ async fn run<A: Adapter>(
     let app = app(config, instance.layer, metrics.clone(), instance.readiness);
 
     let sweep = sweeper::spawn(instance.store, metrics.clone(), config.sweep_interval);
-    let tcp = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let tcp = listener::bind(config.listen).map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let addr = tcp.local_addr().unwrap_or(config.listen);
     info!(
         %addr,
