@@ -162,7 +162,10 @@ pub async fn serve(
     let (stopping_tx, stopping) = watch::channel(false);
     let accepting = Accepting {
         shared: shared.clone(),
-        permits: Arc::new(Semaphore::new(limits.max_connections)),
+        // A larger figure than a semaphore holds is no cap in practice.
+        permits: Arc::new(Semaphore::new(
+            limits.max_connections.min(Semaphore::MAX_PERMITS),
+        )),
         refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
         max_connections: limits.max_connections,
         log_limit: LogLimiter::default(),
