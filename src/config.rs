@@ -76,6 +76,10 @@ pub const DEFAULT_KEYCLOAK_KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(
 pub const DEFAULT_BROKER_RECONNECT_MAX: Duration = socketioxide_amqp::broker::DEFAULT_RECONNECT_MAX;
 /// Smallest `broker_reconnect_max` (the backoff's first pause).
 pub const MIN_BROKER_RECONNECT_MAX: Duration = Duration::from_millis(100);
+/// Default `http_header_read_timeout`: how long a connection may take to send
+/// a complete request head (hyper's own default, and nginx's
+/// `client_header_timeout` is 60 s).
+pub const DEFAULT_HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A problem with the configuration; every variant names the setting, and
 /// a cause is its [`source`](std::error::Error::source), not repeated in
@@ -320,6 +324,12 @@ pub struct Config {
     pub keycloak_public_key_file: Option<PathBuf>,
     /// 5.x: shortest pause between two re-fetches of the realm key.
     pub keycloak_key_refresh_interval: Duration,
+    /// How long a connection may take to send a complete request head
+    /// (before its first request and between two on a kept-alive connection).
+    pub http_header_read_timeout: Duration,
+    /// Most TCP connections open at once; `None`: derived from the open-files
+    /// limit at start-up (see [`crate::listener::default_max_connections`]).
+    pub max_connections: Option<usize>,
 }
 
 /// The `--help` line of a setting: its doc comment and its default.
@@ -500,6 +510,14 @@ own_settings! {
         /// signature failure
         keycloak_key_refresh_interval: f64 = "V6_SOCKETIO_KEYCLOAK_KEY_REFRESH_INTERVAL",
             default(DEFAULT_KEYCLOAK_KEY_REFRESH_INTERVAL.as_secs_f64());
+        /// Seconds a connection may take to send a complete request head (before its first
+        /// request and between two on a kept-alive connection); it is closed after that
+        http_header_read_timeout: f64 = "V6_SOCKETIO_HTTP_HEADER_READ_TIMEOUT",
+            default(DEFAULT_HTTP_HEADER_READ_TIMEOUT.as_secs_f64());
+        /// Most TCP connections this instance keeps open at once (websockets included);
+        /// further ones get 503 and are closed
+        max_connections: usize = "V6_SOCKETIO_MAX_CONNECTIONS",
+            shown("the open-files limit - 100");
     }
     env_only {
         /// 5.x: Keycloak's address, as HQ reads it
@@ -812,6 +830,12 @@ impl Config {
         let ping_write_interval = seconds_or_zero("ping_write_interval", own.ping_write_interval)?;
         let tcp_user_timeout = Some(seconds_or_zero("tcp_user_timeout", own.tcp_user_timeout)?)
             .filter(|t| !t.is_zero());
+        let http_header_read_timeout =
+            seconds("http_header_read_timeout", own.http_header_read_timeout)?;
+        let max_connections = own
+            .max_connections
+            .map(|n| nonzero("max_connections", n, "connection"))
+            .transpose()?;
 
         Ok((
             Config {
@@ -842,6 +866,8 @@ impl Config {
                 keycloak,
                 keycloak_public_key_file: own.keycloak_public_key_file,
                 keycloak_key_refresh_interval,
+                http_header_read_timeout,
+                max_connections,
             },
             warnings,
         ))
@@ -1072,12 +1098,19 @@ mod tests {
         assert!(c.affinity_cookie);
         assert_eq!(c.first_event_delay, DEFAULT_FIRST_EVENT_DELAY);
         assert_eq!(c.ws_read_buffer_size, DEFAULT_WS_READ_BUFFER_SIZE);
+        assert_eq!(c.http_header_read_timeout, DEFAULT_HTTP_HEADER_READ_TIMEOUT);
+        assert_eq!(c.max_connections, None);
         assert!(w.0.is_empty());
     }
 
     #[test]
     fn sizes_must_not_be_zero() {
-        for name in ["max_payload", "max_buffer_size", "ws_read_buffer_size"] {
+        for name in [
+            "max_payload",
+            "max_buffer_size",
+            "ws_read_buffer_size",
+            "max_connections",
+        ] {
             let yaml = format!("{MINIMAL}v6_socketio: {{{name}: 0}}\n");
             let err = Config::from_yaml(&yaml, &ServeOverrides::default()).expect_err(&yaml);
             assert!(
@@ -1217,6 +1250,8 @@ mod tests {
         ("tcp_user_timeout", "1", "2"),
         ("keycloak_public_key_file", "/a.pem", "/b.pem"),
         ("keycloak_key_refresh_interval", "1", "2"),
+        ("http_header_read_timeout", "1", "2"),
+        ("max_connections", "1", "2"),
     ];
 
     /// Each file key and each flag sets its own setting, the flag over the

@@ -25,6 +25,7 @@ pub mod generation;
 pub mod http;
 pub mod identity;
 pub mod keycloak;
+pub mod listener;
 pub mod log_limit;
 pub mod metrics;
 pub mod node_config;

@@ -99,6 +99,8 @@ struct Inner {
     broadcast_closed: Counter,
     broadcast_full: Counter,
     lost_instance_clients: Counter,
+    http_connections: Gauge,
+    connections_refused: Counter,
     /// The `os`/`platform` label pairs seen per node (bounded, see
     /// [`MAX_LABEL_SETS_PER_NODE`]).
     node_label_sets: std::sync::Mutex<std::collections::HashMap<String, Vec<(String, String)>>>,
@@ -222,6 +224,18 @@ impl Metrics {
             "Nodes and users of a lost instance (no heartbeat) that this instance marked offline and announced as gone",
             lost_instance_clients.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "v6_socketio_http_connections",
+            "TCP connections open on this instance's listener (upgraded websockets included)",
+            http_connections.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "v6_socketio_connections_refused",
+            "TCP connections refused with 503 because this instance held max_connections",
+            connections_refused.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -238,6 +252,8 @@ impl Metrics {
                 broadcast_closed,
                 broadcast_full,
                 lost_instance_clients,
+                http_connections,
+                connections_refused,
                 node_label_sets: std::sync::Mutex::default(),
             }),
         }
@@ -388,6 +404,21 @@ impl Metrics {
     pub fn broadcast_missed(&self, closed: u64, full: u64) {
         self.inner.broadcast_closed.inc_by(closed);
         self.inner.broadcast_full.inc_by(full);
+    }
+
+    /// A TCP connection was accepted (`+1`) or closed (`-1`).
+    pub fn http_connection(&self, delta: i64) {
+        self.inner.http_connections.inc_by(delta);
+    }
+
+    /// TCP connections open on the listener now.
+    pub fn http_connections(&self) -> i64 {
+        self.inner.http_connections.get()
+    }
+
+    /// Counts a connection refused because the instance held `max_connections`.
+    pub fn connection_refused(&self) {
+        self.inner.connections_refused.inc();
     }
 
     /// The Prometheus text exposition of every metric.

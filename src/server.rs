@@ -4,14 +4,12 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use axum::serve::ListenerExt as _;
 use socketioxide::{
     adapter::{Adapter, Emitter, LocalAdapter},
     layer::SocketIoLayer,
     SocketIo, SocketIoBuilder,
 };
 use socketioxide_amqp::{AdapterConfig, AmqpAdapter, AmqpAdapterCtr, AmqpConfig};
-use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::{
@@ -24,11 +22,11 @@ use crate::{
     generation::{self, Vantage6Generation},
     http,
     keycloak::{KeycloakError, RealmKey, StartupRetry},
+    listener::{self, Limits},
     metrics::Metrics,
     store::{Store, StoreError},
     sweeper,
     tasks_ns::{self, TasksContext},
-    tcp_options,
 };
 
 /// Why the server could not start or stopped with an error. The message
@@ -61,7 +59,7 @@ pub enum ServeError {
     /// 5.x: the Keycloak realm key could not be obtained.
     #[error(transparent)]
     Keycloak(#[from] KeycloakError),
-    /// The listener could not be bound or failed.
+    /// The listener could not be bound.
     #[error("listener {addr}")]
     Listen {
         /// The address.
@@ -308,14 +306,12 @@ async fn run<A: Adapter>(
     let metrics = instance.metrics;
     let app = app(config, instance.layer, metrics.clone(), instance.readiness);
 
-    let sweep = sweeper::spawn(instance.store, metrics, config.sweep_interval);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().unwrap_or(config.listen);
+    let sweep = sweeper::spawn(instance.store, metrics.clone(), config.sweep_interval);
+    let tcp = listener::bind(config.listen).map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = tcp.local_addr().unwrap_or(config.listen);
     info!(
         %addr,
         path = %config.path,
@@ -325,30 +321,56 @@ async fn run<A: Adapter>(
         "serving"
     );
 
-    let user_timeout = config.tcp_user_timeout;
-    let listener = listener.tap_io(move |tcp| tcp_options::apply(tcp, user_timeout));
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown(instance.io, instance.ctx, close_adapter))
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        });
+    let limits = limits(config);
+    // TCP_NODELAY and TCP_USER_TIMEOUT are set on every accepted socket there.
+    listener::serve(
+        tcp,
+        app,
+        limits,
+        metrics,
+        stop_signal(),
+        drain(instance.io, instance.ctx, close_adapter),
+    )
+    .await;
     sweep.abort();
-    result
+    Ok(())
+}
+
+/// The listener's limits: `max_connections` as set, else from the
+/// open-files limit, raised to its hard limit now.
+fn limits(config: &Config) -> Limits {
+    let open_files = listener::raise_open_files_limit();
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(|| listener::default_max_connections(open_files));
+    let usable = open_files.map(|n| n.saturating_sub(listener::FD_RESERVE));
+    if usable.is_some_and(|usable| max_connections as u64 > usable) {
+        warn!(
+            max_connections,
+            open_files_limit = open_files,
+            reserve = listener::FD_RESERVE,
+            "max_connections exceeds the open-files limit minus the reserve: \
+             accepting may fail before the cap is reached"
+        );
+    }
+    info!(
+        max_connections,
+        open_files_limit = open_files,
+        header_read_timeout = ?config.http_header_read_timeout,
+        "connection limits"
+    );
+    Limits {
+        header_read_timeout: config.http_header_read_timeout,
+        max_connections,
+        tcp_user_timeout: config.tcp_user_timeout,
+    }
 }
 
 /// How long a graceful stop waits for the clients' disconnects.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Waits for SIGINT/SIGTERM, then disconnects every socket and waits until
-/// their disconnects are handled (nodes marked offline, `node-offline` sent,
-/// also to other instances), closes the adapter, and lets the listener stop.
-async fn shutdown<A: Adapter>(
-    io: SocketIo<A>,
-    ctx: TasksContext,
-    close_adapter: impl Future<Output = ()>,
-) {
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             warn!(error = %e, "cannot listen for ctrl-c");
@@ -373,6 +395,17 @@ async fn shutdown<A: Adapter>(
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// A graceful stop, once the listener is closed: disconnects every socket
+/// and waits until their disconnects are handled (nodes marked offline,
+/// `node-offline` sent, also to other instances), then closes the transports
+/// and the adapter. The HTTP connections still open are ended after this.
+async fn drain<A: Adapter>(
+    io: SocketIo<A>,
+    ctx: TasksContext,
+    close_adapter: impl Future<Output = ()>,
+) {
     // Our own disconnects first, while the namespace and the adapter work
     // (nodes marked offline, `node-offline` to every instance); then the
     // transports are closed, without a Socket.IO DISCONNECT, so that nodes

@@ -7,6 +7,7 @@ node a1 on A, node b1 (same collaboration) on B. A is sent SIGTERM:
 * a1 is marked offline and b1, on the other instance, hears a1 leave
   (the left message, then ``node-offline``), exactly once;
 * A's queue is deleted from the broker;
+* A closes its listener before it ends the sessions;
 * A logs no "disconnects not all handled" warning (the sessions ended
   before the transports and the broker were closed);
 * a1's transport is closed without a Socket.IO DISCONNECT (after its
@@ -70,6 +71,10 @@ def test_sigterm_marks_nodes_offline_announces_them_and_deletes_the_queue(
                    what="a1 offline in the database")
         log = a.log_path.read_text(errors="replace")
         assert "not all handled" not in log, a.log_tail()
+        # The listener is closed before the sessions are ended (src/listener.rs): new
+        # connects are refused at TCP level while the drain runs.
+        closed_at, drain_at = log.find("listener closed"), log.find("shutting down")
+        assert 0 <= closed_at < drain_at, a.log_tail()
         assert not queue_exists(queue), f"A's queue {queue} is still declared"
         assert b.alive()
         figures(f"\n[SIGTERM] exit 0 after {took:.2f} s (bound {EXIT_BOUND:.0f} s); b1 on the "
