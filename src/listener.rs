@@ -169,8 +169,7 @@ pub async fn serve(
             limits.max_connections.min(Semaphore::MAX_PERMITS),
         )),
         refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
-        max_connections: limits.max_connections,
-        tcp_user_timeout: limits.tcp_user_timeout,
+        limits,
         log_limit: LogLimiter::default(),
         stopping,
     };
@@ -206,8 +205,7 @@ struct Accepting {
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
-    max_connections: usize,
-    tcp_user_timeout: Option<Duration>,
+    limits: Limits,
     log_limit: LogLimiter,
     /// Turns `true` when the connections are to end.
     stopping: watch::Receiver<bool>,
@@ -236,7 +234,7 @@ impl Accepting {
                     }
                 }
             };
-            tcp_options::apply(&stream, self.tcp_user_timeout);
+            tcp_options::apply(&stream, self.limits.tcp_user_timeout);
             match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let stream = CountedStream::new(stream, permit, &self.shared.metrics);
@@ -259,7 +257,7 @@ impl Accepting {
         if let Some(n) = self.log_limit.hit("connections_refused", 1) {
             warn!(
                 refused = n,
-                max_connections = self.max_connections,
+                max_connections = self.limits.max_connections,
                 "connections refused: this instance holds max_connections"
             );
         }

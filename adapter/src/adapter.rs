@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use crate::{
     broker::Driver,
-    ctr::{lock, AmqpAdapterCtr, Shared},
+    ctr::{lock, AmqpAdapterCtr, LocalState, Shared},
     error::Error,
     metrics::inc,
     peers::{PeerEvent, Peers},
@@ -48,6 +48,8 @@ pub struct CustomAmqpAdapter<E, D> {
     pub(crate) ns: String,
     pub(crate) uid: Uid,
     pub(crate) peers: Arc<Peers>,
+    /// What this namespace announces in its heartbeats.
+    pub(crate) announced: Arc<LocalState>,
     pub(crate) pending: Pending,
     pub(crate) tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -163,7 +165,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         );
         let weak = Arc::downgrade(&self);
         let interval = self.shared.config.heartbeat_interval;
-        let local = self.shared.local_state(&self.ns);
+        let announced = self.announced.clone();
         tasks.push(
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(interval);
@@ -172,7 +174,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
                 loop {
                     let periodic = tokio::select! {
                         _ = tick.tick() => true,
-                        () = local.changed.notified() => false,
+                        () = announced.changed.notified() => false,
                     };
                     let Some(this) = weak.upgrade() else {
                         return;
@@ -283,6 +285,7 @@ impl<E: SocketEmitter, D: Driver> CoreAdapter<E> for CustomAmqpAdapter<E, D> {
             shared: state.shared.clone(),
             ns: local.path().to_string(),
             uid: local.server_id(),
+            announced: state.shared.local_state(local.path()),
             local,
             peers: Arc::new(Peers::new(state.shared.config.heartbeat_timeout)),
             pending: Arc::new(Mutex::new(HashMap::new())),

@@ -272,7 +272,7 @@ impl<D: Driver> AmqpAdapterCtr<D> {
     /// ```
     /// # use socketioxide_amqp::{AdapterConfig, AmqpAdapterCtr, broker::MemoryBroker};
     /// let ctr = AmqpAdapterCtr::new_with_driver(MemoryBroker::new().driver(), AdapterConfig::default());
-    /// ctr.set_local_state("/tasks", serde_json::json!({"nodes": [3, 5]}));
+    /// ctr.set_local_state("/tasks", serde_json::json!({"clients": [3, 5]}));
     /// ```
     pub fn set_local_state(&self, ns: &str, state: Value) {
         let local = self.shared.local_state(ns);

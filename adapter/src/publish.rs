@@ -66,7 +66,7 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
             uid: self.uid,
             reply_to: self.shared.driver.queue_name().to_owned(),
             kind,
-            state: crate::ctr::lock(&self.shared.local_state(&self.ns).value).clone(),
+            state: crate::ctr::lock(&self.announced.value).clone(),
         });
         self.shared.send(&msg, queue).await
     }

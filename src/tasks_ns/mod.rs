@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use socketioxide::{
     adapter::Adapter,
     extract::{SocketRef, State},
+    operators::BroadcastOperators,
     socket::DisconnectReason,
     BroadcastError, SocketError, SocketIo,
 };
@@ -746,21 +747,19 @@ pub async fn release_lost_client<A: Adapter>(
     let rooms = rooms::rooms_for(&identity);
     for room in rooms.iter().filter(|r| is_announced(r)) {
         let text = rooms::leave_message(&identity, room);
-        if let Err(e) = ns.clone().within(room.clone()).emit("message", &text).await {
-            broadcast_failed(ctx, room, "message", &e);
-        }
+        emit_within(ns.clone().within(room.clone()), ctx, room, "message", &text).await;
     }
     if let Identity::Node(node) = &identity {
         let payload = node_status_payload(node);
         for room in rooms.iter().filter(|r| is_announced(r)) {
-            if let Err(e) = ns
-                .clone()
-                .within(room.clone())
-                .emit("node-offline", &payload)
-                .await
-            {
-                broadcast_failed(ctx, room, "node-offline", &e);
-            }
+            emit_within(
+                ns.clone().within(room.clone()),
+                ctx,
+                room,
+                "node-offline",
+                &payload,
+            )
+            .await;
         }
         if let Err(e) = ctx.store().delete_node_config(node.id).await {
             ctx.db_failed("delete node configuration", &e);
@@ -1070,7 +1069,19 @@ async fn emit_to_room<A: Adapter, T: serde::Serialize + ?Sized>(
     event: &str,
     data: &T,
 ) {
-    if let Err(e) = s.within(room.to_owned()).emit(event, data).await {
+    emit_within(s.within(room.to_owned()), ctx, room, event, data).await;
+}
+
+/// An event to the sockets `to` addresses (the members of `room`, on every
+/// instance); a failure is counted and summarised by [`broadcast_failed`].
+async fn emit_within<A: Adapter, T: serde::Serialize + ?Sized>(
+    to: BroadcastOperators<A>,
+    ctx: &TasksContext,
+    room: &str,
+    event: &str,
+    data: &T,
+) {
+    if let Err(e) = to.emit(event, data).await {
         broadcast_failed(ctx, room, event, &e);
     }
 }
