@@ -98,7 +98,7 @@ pub struct RestartPart {
     pub synced: u64,
     /// Failed connection attempts after `back_us`.
     pub failed: u64,
-    /// Connection attempts after `back_us`.
+    /// Connection attempts after `lost_us` (every client makes one at least).
     pub attempts: u64,
     /// Errors of the process (not the connection failures while the server was down).
     pub errors: BTreeMap<String, u64>,

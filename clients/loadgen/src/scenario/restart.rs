@@ -86,13 +86,18 @@ async fn watch(setup: &Setup, fleet: &Fleet, synced: u64, timeout: Duration) -> 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     part.lost_us = now_us();
+    // Every client lost its session after this instant, so each makes at least one attempt
+    // from here on, however quickly the server was back.
+    let attempts_at_loss = state.attempts.load(Ordering::Acquire);
+    let failed_at_loss = state.failed.load(Ordering::Acquire);
     if state.synced() >= synced {
         part.errors
             .insert("the server did not go away".to_owned(), 1);
     } else {
         part.went_away = true;
         // The server may serve on while it shuts down: wait until one URL refuses
-        // connections (if none does within the timeout, the loss itself is the start).
+        // connections. If none does (it was back before this process looked), the loss
+        // itself is "back".
         let deadline = Instant::now() + timeout;
         let mut gone = false;
         while Instant::now() < deadline && state.synced() < n {
@@ -102,20 +107,24 @@ async fn watch(setup: &Setup, fleet: &Fleet, synced: u64, timeout: Duration) -> 
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Until every server accepts connections again.
-        while gone && !all_accepting(setup).await && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        part.back_us = now_us();
-        let failed_before = state.failed.load(Ordering::Acquire);
-        let attempts_before = state.attempts.load(Ordering::Acquire);
+        let failed_before = if gone {
+            // Until every server accepts connections again.
+            while !all_accepting(setup).await && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            part.back_us = now_us();
+            state.failed.load(Ordering::Acquire)
+        } else {
+            part.back_us = part.lost_us;
+            failed_at_loss
+        };
         let deadline = Instant::now() + timeout;
         while state.synced() < n && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         part.done_us = now_us();
         part.failed = state.failed.load(Ordering::Acquire) - failed_before;
-        part.attempts = state.attempts.load(Ordering::Acquire) - attempts_before;
+        part.attempts = state.attempts.load(Ordering::Acquire) - attempts_at_loss;
     }
     part.synced = state.synced();
     // connection failures and lost sessions while the server was down are expected
