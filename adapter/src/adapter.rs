@@ -225,17 +225,28 @@ impl<E: SocketEmitter, D: Driver> CustomAmqpAdapter<E, D> {
         }
         let acting = self.peers.is_acting(self.uid, now);
         for peer in lost {
-            inc(&self.shared.counters.peers_lost);
             let deleted = match self.shared.driver.delete_queue(&peer.queue).await {
-                Ok(()) => {
+                Ok(true) => {
                     inc(&self.shared.counters.peer_queues_deleted);
                     true
+                }
+                Ok(false) => {
+                    // Something consumes from its queue: the server is alive (e.g. back after
+                    // an outage of its own) and is heard again with its next heartbeat.
+                    tracing::info!(
+                        ns = %self.ns,
+                        peer = %peer.uid,
+                        queue = %peer.queue,
+                        "peer server silent, but its queue has a consumer: not declared lost"
+                    );
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(queue = %peer.queue, error = %e, "cannot delete a lost peer's queue");
                     false
                 }
             };
+            inc(&self.shared.counters.peers_lost);
             tracing::warn!(
                 ns = %self.ns,
                 peer = %peer.uid,

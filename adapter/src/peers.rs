@@ -23,7 +23,8 @@ use crate::ctr::lock;
 pub enum PeerEvent {
     /// No heartbeat of a peer within the heartbeat timeout, while this server's own broker
     /// connection was up all that time: the peer is taken for dead (a crash, a kill, a network
-    /// partition from the broker). Its queue has been deleted by the adapter.
+    /// partition from the broker). Its queue has been deleted by the adapter; a peer whose queue
+    /// still has a consumer is not lost (it is heard again with its next heartbeat).
     Lost {
         /// The namespace.
         namespace: String,

@@ -135,6 +135,47 @@ async fn publisher_declares_no_queue_and_close_deletes_the_own_queue() {
     assert!(!publisher.is_connected());
 }
 
+#[tokio::test]
+async fn a_peer_queue_is_deleted_only_when_nothing_consumes_from_it() {
+    let _lock = BrokerLock::shared();
+    let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("delete"));
+    let exchange = cleanup.exchange();
+    let a = AmqpDriver::connect(config(exchange)).await.unwrap();
+    let b = AmqpDriver::connect(config(exchange)).await.unwrap();
+    cleanup.queue(a.queue_name());
+    cleanup.queue(b.queue_name());
+    let mut sb = b.subscribe().unwrap();
+    // b consumes from its queue: kept, and the refusal (406, which closes the channel it was
+    // asked on) leaves a's publishing channel open.
+    assert!(!a.delete_queue(b.queue_name()).await.unwrap());
+    assert!(rabbit::queue_exists(b.queue_name()).await);
+    a.publish(b"after".to_vec()).await.unwrap();
+    assert_eq!(recv(&mut sb).await, b"after");
+
+    // A queue whose consumer is gone (its server was killed): deleted.
+    let unused = format!("{exchange}.unused");
+    cleanup.queue(&unused);
+    let (conn, channel) = rabbit::open_channel().await;
+    channel
+        .queue_declare(
+            unused.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    conn.close(200, "bye".into()).await.unwrap();
+    assert!(rabbit::queue_exists(&unused).await);
+    assert!(a.delete_queue(&unused).await.unwrap());
+    assert!(!rabbit::queue_exists(&unused).await);
+    // One that does not exist (deleted meanwhile): deleted too.
+    assert!(a.delete_queue(&unused).await.unwrap());
+    a.publish(b"still".to_vec()).await.unwrap();
+    assert_eq!(recv(&mut sb).await, b"still");
+    a.close().await;
+    b.close().await;
+}
+
 /// A TCP proxy to the broker whose existing connections can be frozen: bytes are read and
 /// dropped in both directions, sockets stay open, like a connection that died silently
 /// (no RST). New connections pass through.

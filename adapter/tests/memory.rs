@@ -698,3 +698,40 @@ async fn peers_silent_during_our_own_outage_are_forgotten_not_lost() {
     assert_eq!(ctr1.metrics().peers_lost, 0);
     assert!(broker.has_queue(&queue2));
 }
+
+#[tokio::test]
+async fn a_silent_peer_whose_queue_has_a_consumer_is_not_lost() {
+    let broker = MemoryBroker::new();
+    let (_io1, ctr1) = server_with(broker.driver(), fast_heartbeats()).await;
+    let mut events = ctr1.peer_events();
+    // A peer whose heartbeats stop while something still consumes from its queue (the
+    // receiver of `alive` lives): a server that is up, e.g. back after an outage of its own.
+    let alive = broker.driver();
+    let queue = alive.queue_name().to_owned();
+    broker.inject(
+        serde_json::to_vec(&json!({
+            "method": "x_heartbeat", "host_id": "0f0e0d0c0b0a09080706050403020100",
+            "namespace": "/", "uid": "AAAAAAAAAAAAAAAA", "reply_to": queue, "kind": "beat"
+        }))
+        .unwrap(),
+    );
+    eventually("server 1 hears the peer", || async {
+        ctr1.server_count("/") == Some(2)
+    })
+    .await;
+    // Three heartbeat timeouts without a beat.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        ctr1.server_count("/"),
+        Some(1),
+        "forgotten until heard again"
+    );
+    assert!(
+        events.try_recv().is_err(),
+        "a peer whose queue is consumed is not declared lost"
+    );
+    assert!(broker.has_queue(&queue), "its queue is kept");
+    let m = ctr1.metrics();
+    assert_eq!((m.peers_lost, m.peer_queues_deleted), (0, 0));
+    drop(alive);
+}

@@ -184,12 +184,18 @@ impl Driver for MemoryDriver {
         Some(up_since.map_or(std::time::Duration::MAX, |t| t.elapsed()))
     }
 
-    async fn delete_queue(&self, queue: &str) -> Result<(), MemoryError> {
+    /// A queue is in use while its receiver lives (in its driver, or the stream taken from
+    /// it), as a queue with a consumer: then it is kept.
+    async fn delete_queue(&self, queue: &str) -> Result<bool, MemoryError> {
         if self.broker.state.down.load(Ordering::Relaxed) {
             return Err(MemoryError::NotConnected);
         }
-        self.broker.hub().queues.remove(queue);
-        Ok(())
+        let mut hub = self.broker.hub();
+        if hub.queues.get(queue).is_some_and(|tx| !tx.is_closed()) {
+            return Ok(false);
+        }
+        hub.queues.remove(queue);
+        Ok(true)
     }
 
     fn subscribe(&self) -> Option<MessageStream> {

@@ -104,12 +104,13 @@ pub trait Driver: Send + Sync + 'static {
         Some(std::time::Duration::MAX)
     }
 
-    /// Deletes a queue: a lost peer's, which would otherwise collect every message of the
-    /// exchange until the broker expires it. Deleting a queue that does not exist succeeds. The
-    /// default does nothing.
-    fn delete_queue(&self, queue: &str) -> impl Future<Output = Result<(), Self::Error>> + Send {
+    /// Deletes a queue unless a consumer uses it: a lost peer's, which would otherwise collect
+    /// every message of the exchange until the broker expires it. `Ok(true)`: deleted (or there
+    /// was none); `Ok(false)`: kept, something consumes from it (its server is back). The
+    /// default does nothing and answers `Ok(true)`.
+    fn delete_queue(&self, queue: &str) -> impl Future<Output = Result<bool, Self::Error>> + Send {
         let _ = queue;
-        std::future::ready(Ok(()))
+        std::future::ready(Ok(true))
     }
 
     /// Closes the connection; later publishes may fail (the AMQP driver's do, with

@@ -151,6 +151,8 @@ struct Inner {
     config: AmqpConfig,
     queue: String,
     channel: RwLock<Option<Channel>>,
+    /// The current connection (`None` while reconnecting), for channels of their own.
+    conn: RwLock<Option<Arc<Connection>>>,
     broken: Arc<Notify>,
     /// Incremented by the supervisor for each new connection.
     session_gen: AtomicU64,
@@ -179,7 +181,7 @@ impl std::fmt::Debug for AmqpDriver {
 }
 
 struct Session {
-    conn: Connection,
+    conn: Arc<Connection>,
     channel: Channel,
     consumer: Option<Consumer>,
 }
@@ -216,6 +218,7 @@ impl AmqpDriver {
             config,
             queue,
             channel: RwLock::new(Some(session.channel.clone())),
+            conn: RwLock::new(Some(session.conn.clone())),
             broken: Arc::new(Notify::new()),
             session_gen: AtomicU64::new(0),
             stale_gen: AtomicU64::new(NO_GEN),
@@ -339,17 +342,31 @@ impl Driver for AmqpDriver {
         lock(&self.inner.connected_at).map(|at| at.elapsed())
     }
 
-    /// `queue.delete` without conditions, on the publishing channel (RabbitMQ answers
-    /// `delete-ok` for a queue that does not exist, so the channel stays open), bounded by
+    /// `queue.delete` with `if-unused`, on a channel of its own: a queue with a consumer (its
+    /// server is back) is kept, and RabbitMQ answers that by closing the channel, which must
+    /// not be the publishing one. A queue that does not exist counts as deleted. Bounded by
     /// [`AmqpConfig::publish_timeout`].
-    async fn delete_queue(&self, queue: &str) -> Result<(), AmqpError> {
-        let Some(channel) = read(&self.inner.channel).clone() else {
+    async fn delete_queue(&self, queue: &str) -> Result<bool, AmqpError> {
+        let Some(conn) = read(&self.inner.conn).clone() else {
             return Err(AmqpError::NotConnected);
         };
-        let delete = channel.queue_delete(queue.into(), QueueDeleteOptions::default());
+        let delete = async {
+            let channel = conn.create_channel().await?;
+            let options = QueueDeleteOptions {
+                if_unused: true,
+                ..QueueDeleteOptions::default()
+            };
+            match channel.queue_delete(queue.into(), options).await {
+                Ok(_) => {
+                    let _ = channel.close(200, "deleted".into()).await;
+                    Ok(true)
+                }
+                Err(e) if precondition_failed(&e) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        };
         match tokio::time::timeout(self.inner.config.publish_timeout, delete).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
+            Ok(result) => result,
             Err(_) => Err(AmqpError::Timeout),
         }
     }
@@ -368,6 +385,7 @@ impl Driver for AmqpDriver {
         self.inner.closed.store(true, Ordering::Relaxed);
         self.inner.shutdown.send_replace(true);
         write(&self.inner.channel).take();
+        write(&self.inner.conn).take();
         let supervisor = self.inner.supervisor.lock().await.take();
         if let Some(handle) = supervisor {
             if tokio::time::timeout(self.inner.config.publish_timeout, handle)
@@ -516,10 +534,22 @@ async fn try_open_session(
         None
     };
     Ok(Session {
-        conn,
+        conn: Arc::new(conn),
         channel,
         consumer,
     })
+}
+
+/// Whether the broker refused a request with 406 PRECONDITION_FAILED (closing the channel).
+fn precondition_failed(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(
+                amqp.kind(),
+                lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+            )
+    )
 }
 
 /// Owns the connection: forwards deliveries, and reconnects when the connection is lost.
@@ -560,6 +590,7 @@ async fn supervise(
         };
         if let Some(i) = inner.upgrade() {
             write(&i.channel).take();
+            write(&i.conn).take();
             *lock(&i.connected_at) = None;
         }
         let lost_at = Instant::now();
@@ -648,6 +679,7 @@ async fn supervise(
         i.session_gen.store(gen, Ordering::Release);
         i.current.store(next, Ordering::Relaxed);
         *write(&i.channel) = Some(session.channel.clone());
+        *write(&i.conn) = Some(session.conn.clone());
         *lock(&i.connected_at) = Some(Instant::now());
         tracing::info!(
             exchange = %config.exchange,
