@@ -59,6 +59,9 @@ pub const DEFAULT_FIRST_EVENT_DELAY_MS: u64 = 50;
 /// it: the writer task is stuck in the blocked write and never lets the
 /// session close (README, "Failure behaviour").
 pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `heap_trim_threshold`: freed memory the allocator keeps beyond
+/// this (after a burst of connections or events) goes back to the kernel.
+pub const DEFAULT_HEAP_TRIM_THRESHOLD: u64 = 32 << 20;
 
 /// Largest accepted `first_event_delay`.
 pub const MAX_FIRST_EVENT_DELAY: Duration = Duration::from_secs(10);
@@ -327,6 +330,9 @@ pub struct Config {
     /// How long a connection may take to send a complete request head
     /// (before its first request and between two on a kept-alive connection).
     pub http_header_read_timeout: Duration,
+    /// Newly freed heap bytes kept before they go back to the kernel
+    /// (`None`: never).
+    pub heap_trim_threshold: Option<u64>,
     /// Most TCP connections open at once; `None`: derived from the open-files
     /// limit at start-up (see [`crate::listener::default_max_connections`]).
     pub max_connections: Option<usize>,
@@ -518,6 +524,10 @@ own_settings! {
         /// further ones get 503 and are closed
         max_connections: usize = "V6_SOCKETIO_MAX_CONNECTIONS",
             shown("the open-files limit - 100");
+        /// Bytes the allocator may newly hold free (freed after a burst) before they are
+        /// returned to the kernel, checked every second; 0: never returned
+        heap_trim_threshold: u64 = "V6_SOCKETIO_HEAP_TRIM_THRESHOLD",
+            default(DEFAULT_HEAP_TRIM_THRESHOLD);
     }
     env_only {
         /// 5.x: Keycloak's address, as HQ reads it
@@ -836,6 +846,7 @@ impl Config {
             .max_connections
             .map(|n| nonzero("max_connections", n, "connection"))
             .transpose()?;
+        let heap_trim_threshold = Some(own.heap_trim_threshold).filter(|&n| n > 0);
 
         Ok((
             Config {
@@ -868,6 +879,7 @@ impl Config {
                 keycloak_key_refresh_interval,
                 http_header_read_timeout,
                 max_connections,
+                heap_trim_threshold,
             },
             warnings,
         ))
@@ -1252,6 +1264,7 @@ mod tests {
         ("keycloak_key_refresh_interval", "1", "2"),
         ("http_header_read_timeout", "1", "2"),
         ("max_connections", "1", "2"),
+        ("heap_trim_threshold", "1", "2"),
     ];
 
     /// Each file key and each flag sets its own setting, the flag over the

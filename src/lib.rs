@@ -22,6 +22,7 @@ pub mod demo;
 pub mod detached_head;
 pub mod emit;
 pub mod generation;
+pub mod heap;
 pub mod http;
 pub mod identity;
 pub mod keycloak;

@@ -101,6 +101,7 @@ struct Inner {
     lost_instance_clients: Counter,
     http_connections: Gauge,
     connections_refused: Counter,
+    heap_trims: Counter,
     /// The `os`/`platform` label pairs seen per node (bounded, see
     /// [`MAX_LABEL_SETS_PER_NODE`]).
     node_label_sets: std::sync::Mutex<std::collections::HashMap<String, Vec<(String, String)>>>,
@@ -236,6 +237,12 @@ impl Metrics {
             "TCP connections refused with 503 because this instance held max_connections",
             connections_refused.clone(),
         );
+        let heap_trims = Counter::default();
+        registry.register(
+            "v6_socketio_heap_trims",
+            "Times freed heap memory was returned to the kernel (heap_trim_threshold)",
+            heap_trims.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -254,6 +261,7 @@ impl Metrics {
                 lost_instance_clients,
                 http_connections,
                 connections_refused,
+                heap_trims,
                 node_label_sets: std::sync::Mutex::default(),
             }),
         }
@@ -419,6 +427,11 @@ impl Metrics {
     /// Counts a connection refused because the instance held `max_connections`.
     pub fn connection_refused(&self) {
         self.inner.connections_refused.inc();
+    }
+
+    /// Counts a return of freed heap memory to the kernel.
+    pub fn heap_trimmed(&self) {
+        self.inner.heap_trims.inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -20,7 +20,7 @@ use crate::{
     config::{Config, ConfigError},
     detached_head,
     generation::{self, Vantage6Generation},
-    http,
+    heap, http,
     keycloak::{KeycloakError, RealmKey, StartupRetry},
     listener::{self, Limits},
     metrics::Metrics,
@@ -307,6 +307,7 @@ async fn run<A: Adapter>(
     let app = app(config, instance.layer, metrics.clone(), instance.readiness);
 
     let sweep = sweeper::spawn(instance.store, metrics.clone(), config.sweep_interval);
+    let trim = heap::spawn(config.heap_trim_threshold, metrics.clone());
     let tcp = listener::bind(config.listen).map_err(|source| ServeError::Listen {
         addr: config.listen,
         source,
@@ -333,6 +334,9 @@ async fn run<A: Adapter>(
     )
     .await;
     sweep.abort();
+    if let Some(trim) = trim {
+        trim.abort();
+    }
     Ok(())
 }
 
