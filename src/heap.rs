@@ -203,7 +203,11 @@ mod tests {
     #[test]
     fn freed_memory_shows_as_free_bytes() {
         let before = allocator::free_bytes();
-        let blocks: Vec<Vec<u8>> = (0u8..=255).cycle().take(4096).map(|b| vec![b; 4096]).collect();
+        let blocks: Vec<Vec<u8>> = (0u8..=255)
+            .cycle()
+            .take(4096)
+            .map(|b| vec![b; 4096])
+            .collect();
         // a block kept at the end, so the others cannot go back by shrinking the top
         let keep = vec![1u8; 4096];
         drop(blocks);
