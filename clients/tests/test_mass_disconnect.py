@@ -41,10 +41,8 @@ import pytest
 import wsproto
 import wsproto.events as wse
 
-import mq_support
 from support import ServerProcess, World, http_get, parse_prometheus, wait_until
 
-pytestmark = pytest.mark.broker  # uses RabbitMQ: runs in the broker shard (conftest.py)
 N = int(os.environ.get("V6_TEST_MASS_SOCKETS", "2000"))
 CONNECTING_AT_ONCE = 50
 EVENT_PREFIX = "42/tasks,"
@@ -160,8 +158,8 @@ def _metric(port_url: str, name: str) -> float:
 
 @pytest.fixture()
 def start_flood_servers(db, jwt_secret, tmp_path, monkeypatch):
-    """``start(names, extra)``: servers for this test, stopped (and their
-    queues deleted) afterwards."""
+    """``start(names, extra)``: servers for this test (without a broker: the module runs in
+    the shard without RabbitMQ), stopped afterwards."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = N + 200  # this process's sockets; the servers inherit the limit
     if soft < needed:
@@ -190,7 +188,8 @@ def start_flood_servers(db, jwt_secret, tmp_path, monkeypatch):
         return started
 
     yield start
-    mq_support.stop_serve(*started)
+    for proc in started:
+        proc.stop()
 
 
 def _mass_disconnect(db, tokens, servers, figures, n: int = N, first_lines: bool = True) -> dict:
