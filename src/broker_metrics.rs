@@ -38,7 +38,7 @@ impl Collector for BrokerCollector {
             ),
             (
                 "v6_socketio_broker_ignored",
-                "Messages from RabbitMQ ignored (own messages, callbacks for other hosts)",
+                "Messages from RabbitMQ ignored (own messages but heartbeats, callbacks for other hosts)",
                 m.ignored,
             ),
             (

@@ -58,7 +58,11 @@ pub(crate) async fn dispatch<D: Driver>(shared: Weak<Shared<D>>, mut stream: Mes
             _ => !own,
         };
         if !for_us {
-            inc(&c.ignored);
+            // Our own heartbeats come back through the fanout exchange by design: only other
+            // messages of our own (or callbacks for another host) are counted.
+            if !(own && matches!(msg, Message::Heartbeat(_))) {
+                inc(&c.ignored);
+            }
             continue;
         }
         let route = shared

@@ -24,7 +24,8 @@ pub struct AdapterMetrics {
     pub received: u64,
     /// Received messages dropped because they are not valid (junk, unknown method, bad payload).
     pub invalid: u64,
-    /// Received messages ignored because they are our own, or callbacks for another host.
+    /// Received messages ignored because they are our own (not counted: our own heartbeats,
+    /// which come back by design), or callbacks for another host.
     pub ignored: u64,
     /// Received messages for a namespace that does not exist here.
     pub unroutable: u64,

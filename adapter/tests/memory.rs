@@ -735,3 +735,19 @@ async fn a_silent_peer_whose_queue_has_a_consumer_is_not_lost() {
     assert_eq!((m.peers_lost, m.peer_queues_deleted), (0, 0));
     drop(alive);
 }
+
+#[tokio::test]
+async fn our_own_heartbeats_come_back_uncounted() {
+    let broker = MemoryBroker::new();
+    let (_io1, ctr1) = server_with(broker.driver(), fast_heartbeats()).await;
+    // Beats every 50 ms go round the fanout exchange and come back to their sender.
+    eventually("several own heartbeats received", || async {
+        ctr1.metrics().received >= 4
+    })
+    .await;
+    assert_eq!(
+        ctr1.metrics().ignored,
+        0,
+        "own heartbeats are not counted as ignored messages"
+    );
+}
