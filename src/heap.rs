@@ -95,16 +95,16 @@ pub fn spawn(threshold: Option<u64>, metrics: Metrics) -> Option<JoinHandle<()>>
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let free = allocator::free_bytes();
-            if trim.due(free) {
+            let usage = allocator::usage();
+            if trim.due(usage.free) {
                 let started = Instant::now();
                 let before = allocator::resident_bytes();
                 allocator::trim();
                 let after = allocator::resident_bytes();
                 metrics.heap_trimmed();
                 info!(
-                    free_mib = free >> 20,
-                    in_use_mib = allocator::in_use_bytes() >> 20,
+                    free_mib = usage.free >> 20,
+                    in_use_mib = usage.in_use >> 20,
                     resident_mib_before = before >> 20,
                     resident_mib_after = after >> 20,
                     took_ms = started.elapsed().as_millis(),
@@ -115,24 +115,31 @@ pub fn spawn(threshold: Option<u64>, metrics: Metrics) -> Option<JoinHandle<()>>
     }))
 }
 
+/// One reading of the allocator, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    free: u64,
+    in_use: u64,
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 mod allocator {
+    use super::Usage;
+
     pub const SUPPORTED: bool = true;
 
-    /// Bytes glibc's arenas hold free (`fordblks`, every arena).
-    pub fn free_bytes() -> u64 {
+    /// The arenas' free bytes (`fordblks`) and those in use (`uordblks` plus separately
+    /// mapped blocks), every arena, from one `mallinfo2` call.
+    pub fn usage() -> Usage {
         // SAFETY: mallinfo2 takes no argument, only reads the allocator's
         // state under its locks and returns a plain struct (glibc >= 2.33).
         let info = unsafe { libc::mallinfo2() };
-        u64::try_from(info.fordblks).unwrap_or(u64::MAX)
-    }
-
-    /// Bytes allocated and not freed (arenas and separately mapped blocks).
-    pub fn in_use_bytes() -> u64 {
-        // SAFETY: as in `free_bytes`.
-        let info = unsafe { libc::mallinfo2() };
-        u64::try_from(info.uordblks.saturating_add(info.hblkhd)).unwrap_or(u64::MAX)
+        let bytes = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Usage {
+            free: bytes(info.fordblks),
+            in_use: bytes(info.uordblks.saturating_add(info.hblkhd)),
+        }
     }
 
     /// Returns every whole free page of every arena.
@@ -155,17 +162,15 @@ mod allocator {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod allocator {
+    use super::Usage;
+
     pub const SUPPORTED: bool = false;
 
-    pub fn free_bytes() -> u64 {
-        0
+    pub fn usage() -> Usage {
+        Usage::default()
     }
 
     pub fn trim() {}
-
-    pub fn in_use_bytes() -> u64 {
-        0
-    }
 
     pub fn resident_bytes() -> u64 {
         0
@@ -202,7 +207,7 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn freed_memory_shows_as_free_bytes() {
-        let before = allocator::free_bytes();
+        let before = allocator::usage().free;
         let blocks: Vec<Vec<u8>> = (0u8..=255)
             .cycle()
             .take(4096)
@@ -211,7 +216,7 @@ mod tests {
         // a block kept at the end, so the others cannot go back by shrinking the top
         let keep = vec![1u8; 4096];
         drop(blocks);
-        let after = allocator::free_bytes();
+        let after = allocator::usage().free;
         assert!(
             after >= before + (8 << 20),
             "16 MiB freed, free bytes {before} -> {after}"

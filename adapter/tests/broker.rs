@@ -29,15 +29,22 @@ async fn recv(stream: &mut socketioxide_amqp::broker::MessageStream) -> Vec<u8> 
         .expect("stream closed")
 }
 
+/// A consuming driver on the cleanup's exchange, its queue registered for deletion.
+async fn consumer(cleanup: &BrokerCleanup) -> AmqpDriver {
+    let driver = AmqpDriver::connect(config(cleanup.exchange()))
+        .await
+        .unwrap();
+    cleanup.queue(driver.queue_name());
+    driver
+}
+
 #[tokio::test]
 async fn fanout_reaches_every_queue_and_direct_reaches_one() {
     let _lock = BrokerLock::shared();
     let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("fanout"));
     let exchange = cleanup.exchange();
-    let a = AmqpDriver::connect(config(exchange)).await.unwrap();
-    let b = AmqpDriver::connect(config(exchange)).await.unwrap();
-    cleanup.queue(a.queue_name());
-    cleanup.queue(b.queue_name());
+    let a = consumer(&cleanup).await;
+    let b = consumer(&cleanup).await;
     let publisher = AmqpDriver::connect_publisher(config(exchange))
         .await
         .unwrap();
@@ -118,13 +125,10 @@ async fn publisher_declares_no_queue_and_close_deletes_the_own_queue() {
         .unwrap();
     // The name a publisher reports was never declared: a one-shot emit leaves no queue behind.
     assert!(!rabbit::queue_exists(publisher.queue_name()).await);
-    let consumer = AmqpDriver::connect(config(cleanup.exchange()))
-        .await
-        .unwrap();
-    cleanup.queue(consumer.queue_name());
-    assert!(rabbit::queue_exists(consumer.queue_name()).await);
-    consumer.close().await;
-    assert!(!rabbit::queue_exists(consumer.queue_name()).await);
+    let own = consumer(&cleanup).await;
+    assert!(rabbit::queue_exists(own.queue_name()).await);
+    own.close().await;
+    assert!(!rabbit::queue_exists(own.queue_name()).await);
     publisher.publish(b"x".to_vec()).await.unwrap();
     publisher.close().await;
     assert!(matches!(
@@ -140,10 +144,8 @@ async fn a_peer_queue_is_deleted_only_when_nothing_consumes_from_it() {
     let _lock = BrokerLock::shared();
     let cleanup = BrokerCleanup::new(&rabbit::unique_exchange("delete"));
     let exchange = cleanup.exchange();
-    let a = AmqpDriver::connect(config(exchange)).await.unwrap();
-    let b = AmqpDriver::connect(config(exchange)).await.unwrap();
-    cleanup.queue(a.queue_name());
-    cleanup.queue(b.queue_name());
+    let a = consumer(&cleanup).await;
+    let b = consumer(&cleanup).await;
     let mut sb = b.subscribe().unwrap();
     // b consumes from its queue: kept, and the refusal (406, which closes the channel it was
     // asked on) leaves a's publishing channel open.
@@ -259,10 +261,7 @@ async fn a_publish_timeout_replaces_a_silently_dead_connection() {
     .with_reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
     let a = AmqpDriver::connect_publisher(cfg).await.unwrap();
     // A direct consumer on the same exchange sees what `a` manages to publish.
-    let b = AmqpDriver::connect(config(cleanup.exchange()))
-        .await
-        .unwrap();
-    cleanup.queue(b.queue_name());
+    let b = consumer(&cleanup).await;
     let mut sb = b.subscribe().unwrap();
     a.publish(b"before".to_vec()).await.unwrap();
     assert_eq!(recv(&mut sb).await, b"before");

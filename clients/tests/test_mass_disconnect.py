@@ -297,9 +297,8 @@ def _rss_kib(pid: int) -> int:
 ROUNDS = 5
 # Sockets per round: the 2,000 on SQLite, 500 on PostgreSQL (the memory does not depend
 # on the backend and a 2,000-socket run takes 200 s; V6_TEST_FLOOD_SOCKETS sets another size,
-# for both). Every socket
-# is the same node, so each round's joins queue n^2 announcements at once: a few hundred MiB
-# for the burst, all freed once it is over, which glibc would keep for good (resident memory
+# for both). Every socket is the same node, so each round's joins queue n^2 announcements at
+# once: a few hundred MiB for the burst, all freed once it is over, which glibc would keep for good (resident memory
 # ratcheting up to the highest burst: 100.9 ... 107.1 MiB in one run, 103.8 ... 286.0 MiB in
 # another) were it not for heap_trim_threshold (src/heap.rs).
 FLOOD_N = {"postgres": 500, "sqlite": 2000}

@@ -150,9 +150,8 @@ pub struct AmqpDriver {
 struct Inner {
     config: AmqpConfig,
     queue: String,
-    channel: RwLock<Option<Channel>>,
-    /// The current connection (`None` while reconnecting), for channels of their own.
-    conn: RwLock<Option<Arc<Connection>>>,
+    /// The current connection and its publishing channel (`None` while reconnecting).
+    live: RwLock<Option<Live>>,
     broken: Arc<Notify>,
     /// Incremented by the supervisor for each new connection.
     session_gen: AtomicU64,
@@ -178,6 +177,14 @@ impl std::fmt::Debug for AmqpDriver {
             .field("connected", &self.is_connected())
             .finish()
     }
+}
+
+/// What publishers use of the current session: its channel, and its connection for requests
+/// that need a channel of their own.
+#[derive(Clone)]
+struct Live {
+    channel: Channel,
+    conn: Arc<Connection>,
 }
 
 struct Session {
@@ -217,8 +224,7 @@ impl AmqpDriver {
         let inner = Arc::new(Inner {
             config,
             queue,
-            channel: RwLock::new(Some(session.channel.clone())),
-            conn: RwLock::new(Some(session.conn.clone())),
+            live: RwLock::new(Some(session.live())),
             broken: Arc::new(Notify::new()),
             session_gen: AtomicU64::new(0),
             stale_gen: AtomicU64::new(NO_GEN),
@@ -250,9 +256,9 @@ impl AmqpDriver {
 
     /// Whether a broker connection is currently up.
     pub fn is_connected(&self) -> bool {
-        read(&self.inner.channel)
+        read(&self.inner.live)
             .as_ref()
-            .is_some_and(|c| c.status().connected())
+            .is_some_and(|l| l.channel.status().connected())
     }
 
     /// The URI of the current connection (of the last one while disconnected), password hidden.
@@ -276,7 +282,7 @@ impl AmqpDriver {
             return Err(AmqpError::Closed);
         }
         let gen = self.inner.session_gen.load(Ordering::Acquire);
-        let Some(channel) = read(&self.inner.channel).clone() else {
+        let Some(channel) = read(&self.inner.live).as_ref().map(|l| l.channel.clone()) else {
             return Err(AmqpError::NotConnected);
         };
         let props = BasicProperties::default()
@@ -347,7 +353,7 @@ impl Driver for AmqpDriver {
     /// not be the publishing one. A queue that does not exist counts as deleted. Bounded by
     /// [`AmqpConfig::publish_timeout`].
     async fn delete_queue(&self, queue: &str) -> Result<bool, AmqpError> {
-        let Some(conn) = read(&self.inner.conn).clone() else {
+        let Some(conn) = read(&self.inner.live).as_ref().map(|l| l.conn.clone()) else {
             return Err(AmqpError::NotConnected);
         };
         let delete = async {
@@ -384,8 +390,7 @@ impl Driver for AmqpDriver {
     async fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
         self.inner.shutdown.send_replace(true);
-        write(&self.inner.channel).take();
-        write(&self.inner.conn).take();
+        write(&self.inner.live).take();
         let supervisor = self.inner.supervisor.lock().await.take();
         if let Some(handle) = supervisor {
             if tokio::time::timeout(self.inner.config.publish_timeout, handle)
@@ -540,6 +545,15 @@ async fn try_open_session(
     })
 }
 
+impl Session {
+    fn live(&self) -> Live {
+        Live {
+            channel: self.channel.clone(),
+            conn: self.conn.clone(),
+        }
+    }
+}
+
 /// Whether the broker refused a request with 406 PRECONDITION_FAILED (closing the channel).
 fn precondition_failed(e: &lapin::Error) -> bool {
     matches!(
@@ -589,8 +603,7 @@ async fn supervise(
             return;
         };
         if let Some(i) = inner.upgrade() {
-            write(&i.channel).take();
-            write(&i.conn).take();
+            write(&i.live).take();
             *lock(&i.connected_at) = None;
         }
         let lost_at = Instant::now();
@@ -678,8 +691,7 @@ async fn supervise(
         gen += 1;
         i.session_gen.store(gen, Ordering::Release);
         i.current.store(next, Ordering::Relaxed);
-        *write(&i.channel) = Some(session.channel.clone());
-        *write(&i.conn) = Some(session.conn.clone());
+        *write(&i.live) = Some(session.live());
         *lock(&i.connected_at) = Some(Instant::now());
         tracing::info!(
             exchange = %config.exchange,
